@@ -1,0 +1,30 @@
+package server
+
+import (
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+
+	// Registers the proto codec that rawCodec falls back to.
+	_ "google.golang.org/grpc/encoding/proto"
+)
+
+// rawResponse is a StreamViewsResponse already in wire form: resources
+// encoded once in the store are concatenated, not encoded again per stream.
+type rawResponse struct{ b []byte }
+
+// rawCodec sends rawResponse as it is and everything else through the
+// standard proto codec.
+type rawCodec struct{ proto encoding.CodecV2 }
+
+func newRawCodec() rawCodec { return rawCodec{proto: encoding.GetCodecV2("proto")} }
+
+func (c rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if r, ok := v.(*rawResponse); ok {
+		return mem.BufferSlice{mem.SliceBuffer(r.b)}, nil
+	}
+	return c.proto.Marshal(v)
+}
+
+func (c rawCodec) Unmarshal(data mem.BufferSlice, v any) error { return c.proto.Unmarshal(data, v) }
+
+func (c rawCodec) Name() string { return c.proto.Name() }

@@ -1,0 +1,503 @@
+package store
+
+import (
+	"container/list"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/spoke-proxy/spoke/controlplane/model"
+	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
+)
+
+// Encoded is one resource encoded once and shared by every stream that
+// sends it.
+type Encoded struct {
+	Name    string
+	Version string
+	// Rev is the store revision at which this content appeared.
+	Rev uint64
+	// Bytes is the wire encoding of the spokev1.Resource.
+	Bytes []byte
+	// Resource is the decoded form, for inspection. Never modify it.
+	Resource *spokev1.Resource
+}
+
+func encode(r *spokev1.Resource, rev uint64) (*Encoded, error) {
+	var content []byte
+	var field protowire.Number
+	var err error
+	opts := proto.MarshalOptions{Deterministic: true}
+	switch k := r.GetKind().(type) {
+	case *spokev1.Resource_Service:
+		field = 3
+		content, err = opts.Marshal(k.Service)
+	case *spokev1.Resource_Node:
+		field = 4
+		content, err = opts.Marshal(k.Node)
+	}
+	if err != nil {
+		return nil, err
+	}
+	version, err := spokev1.ContentVersion(r)
+	if err != nil {
+		return nil, err
+	}
+	r.Version = version
+	b := make([]byte, 0, len(content)+len(r.Name)+len(version)+12)
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendString(b, r.Name)
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	b = protowire.AppendString(b, version)
+	b = protowire.AppendTag(b, field, protowire.BytesType)
+	b = protowire.AppendBytes(b, content)
+	return &Encoded{Name: r.Name, Version: version, Rev: rev, Bytes: b, Resource: r}, nil
+}
+
+// scope is a group of nodes a service view applies to.
+type scope struct {
+	kind byte // 'd' default, 'z' zone, 'n' node
+	name string
+}
+
+type serviceEntry struct {
+	name   string
+	rev    uint64
+	def    *Encoded
+	byZone map[string]*Encoded
+	byNode map[string]*Encoded
+	// selRev records, per scope, the revision at which a view for that
+	// scope appeared or disappeared: nodes in it may now see another view.
+	selRev map[scope]uint64
+	elem   *list.Element
+}
+
+func (e *serviceEntry) tombstone() bool {
+	return e.def == nil && len(e.byZone) == 0 && len(e.byNode) == 0
+}
+
+func (e *serviceEntry) viewFor(node, zone string) *Encoded {
+	if v, ok := e.byNode[node]; ok {
+		return v
+	}
+	if v, ok := e.byZone[zone]; ok {
+		return v
+	}
+	return e.def
+}
+
+func (e *serviceEntry) selectionRev(node, zone string) uint64 {
+	return max(e.selRev[scope{'d', ""}], e.selRev[scope{'z', zone}], e.selRev[scope{'n', node}])
+}
+
+type nodeEntry struct {
+	enc     *Encoded
+	zone    string
+	zoneRev uint64
+}
+
+// Store is the set of encoded views, safe for concurrent use.
+type Store struct {
+	mu         sync.RWMutex
+	rev        uint64
+	services   map[string]*serviceEntry
+	log        *list.List // of *serviceEntry, by rev ascending
+	tombstones int
+	nodes      map[string]*nodeEntry
+	subs       map[*Subscription]struct{}
+	ready      chan struct{}
+	readyOnce  sync.Once
+}
+
+// New returns an empty store that is not ready.
+func New() *Store {
+	return &Store{
+		services: make(map[string]*serviceEntry),
+		log:      list.New(),
+		nodes:    make(map[string]*nodeEntry),
+		subs:     make(map[*Subscription]struct{}),
+		ready:    make(chan struct{}),
+	}
+}
+
+// Batch is a set of changes published under one revision.
+type Batch struct {
+	// Services maps service names ("namespace/name") to their views; empty
+	// views remove the service.
+	Services map[string]*model.Views
+	// Nodes maps node names to their node view; nil removes the node.
+	Nodes map[string]*spokev1.Node
+}
+
+// Apply publishes a batch under a new revision, wakes every subscriber if
+// anything changed, and returns the revision.
+func (s *Store) Apply(b Batch) (uint64, error) {
+	s.mu.Lock()
+	rev := s.rev + 1
+	changed := false
+	for name, views := range b.Services {
+		c, err := s.setService(name, views, rev)
+		if err != nil {
+			s.mu.Unlock()
+			return 0, err
+		}
+		changed = changed || c
+	}
+	for name, n := range b.Nodes {
+		c, err := s.setNode(name, n, rev)
+		if err != nil {
+			s.mu.Unlock()
+			return 0, err
+		}
+		changed = changed || c
+	}
+	if changed {
+		s.rev = rev
+		s.collectTombstones()
+	}
+	subs := make([]*Subscription, 0, len(s.subs))
+	if changed {
+		for sub := range s.subs {
+			subs = append(subs, sub)
+		}
+	}
+	s.mu.Unlock()
+	for _, sub := range subs {
+		sub.notify()
+	}
+	return rev, nil
+}
+
+// MarkReady makes the store serve views: call it once the first complete
+// state has been applied.
+func (s *Store) MarkReady() { s.readyOnce.Do(func() { close(s.ready) }) }
+
+// Ready is closed once the store holds a complete state.
+func (s *Store) Ready() <-chan struct{} { return s.ready }
+
+// Revision returns the current revision.
+func (s *Store) Revision() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.rev
+}
+
+func (s *Store) setService(name string, views *model.Views, rev uint64) (bool, error) {
+	e := s.services[name]
+	if e == nil {
+		if views == nil || views.Empty() {
+			return false, nil
+		}
+		e = &serviceEntry{name: name, selRev: map[scope]uint64{}}
+		s.services[name] = e
+	}
+	wasTombstone := e.tombstone()
+	if views == nil {
+		views = &model.Views{}
+	}
+	enc := func(old *Encoded, svc *spokev1.Service) (*Encoded, error) {
+		if svc == nil {
+			return nil, nil
+		}
+		n, err := encode(&spokev1.Resource{Name: name, Kind: &spokev1.Resource_Service{Service: svc}}, rev)
+		if err != nil {
+			return nil, err
+		}
+		if old != nil && old.Version == n.Version {
+			return old, nil
+		}
+		return n, nil
+	}
+	def, err := enc(e.def, views.Default)
+	if err != nil {
+		return false, err
+	}
+	changed := def != e.def
+	if (def == nil) != (e.def == nil) {
+		e.selRev[scope{'d', ""}] = rev
+	}
+	byZone := make(map[string]*Encoded, len(views.ByZone))
+	for zone, svc := range views.ByZone {
+		v, err := enc(e.byZone[zone], svc)
+		if err != nil {
+			return false, err
+		}
+		if def != nil && v.Version == def.Version {
+			continue // same as the default: no group of its own
+		}
+		byZone[zone] = v
+	}
+	byNode := make(map[string]*Encoded, len(views.ByNode))
+	for node, svc := range views.ByNode {
+		v, err := enc(e.byNode[node], svc)
+		if err != nil {
+			return false, err
+		}
+		shared := def
+		if z, ok := s.nodes[node]; ok {
+			if zv, ok := byZone[z.zone]; ok {
+				shared = zv
+			}
+		}
+		if shared != nil && v.Version == shared.Version {
+			continue
+		}
+		byNode[node] = v
+	}
+	changed = markSelection(e.selRev, 'z', e.byZone, byZone, rev) || changed
+	changed = markSelection(e.selRev, 'n', e.byNode, byNode, rev) || changed
+	changed = changed || !samePointers(e.byZone, byZone) || !samePointers(e.byNode, byNode)
+	if !changed {
+		return false, nil
+	}
+	e.def, e.byZone, e.byNode = def, byZone, byNode
+	e.rev = rev
+	if e.elem == nil {
+		e.elem = s.log.PushBack(e)
+	} else {
+		s.log.MoveToBack(e.elem)
+	}
+	switch {
+	case e.tombstone() && !wasTombstone:
+		s.tombstones++
+	case !e.tombstone() && wasTombstone:
+		s.tombstones--
+	}
+	return true, nil
+}
+
+func samePointers(a, b map[string]*Encoded) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// markSelection records the scopes whose view appeared or disappeared.
+func markSelection(sel map[scope]uint64, kind byte, before, after map[string]*Encoded, rev uint64) bool {
+	changed := false
+	for k := range before {
+		if _, ok := after[k]; !ok {
+			sel[scope{kind, k}] = rev
+			changed = true
+		}
+	}
+	for k := range after {
+		if _, ok := before[k]; !ok {
+			sel[scope{kind, k}] = rev
+			changed = true
+		}
+	}
+	return changed
+}
+
+func (s *Store) setNode(name string, n *spokev1.Node, rev uint64) (bool, error) {
+	e := s.nodes[name]
+	if n == nil {
+		if e == nil || e.enc == nil {
+			return false, nil
+		}
+		e.enc = nil
+		return true, nil
+	}
+	enc, err := encode(&spokev1.Resource{Name: spokev1.NodeResourceName, Kind: &spokev1.Resource_Node{Node: n}}, rev)
+	if err != nil {
+		return false, err
+	}
+	if e == nil {
+		s.nodes[name] = &nodeEntry{enc: enc, zone: n.Zone, zoneRev: rev}
+		return true, nil
+	}
+	if e.enc != nil && e.enc.Version == enc.Version {
+		return false, nil
+	}
+	if e.zone != n.Zone {
+		e.zone, e.zoneRev = n.Zone, rev
+	}
+	e.enc = enc
+	return true, nil
+}
+
+// collectTombstones forgets deleted services every subscriber has
+// synchronised past. A stream that connects later compares versions in full
+// and needs no tombstone.
+func (s *Store) collectTombstones() {
+	if s.tombstones < 1024 {
+		return
+	}
+	low := s.rev
+	for sub := range s.subs {
+		low = min(low, sub.synced.Load())
+	}
+	for el := s.log.Front(); el != nil; {
+		e := el.Value.(*serviceEntry)
+		if e.rev > low {
+			break
+		}
+		next := el.Next()
+		if e.tombstone() {
+			s.log.Remove(el)
+			delete(s.services, e.name)
+			s.tombstones--
+		}
+		el = next
+	}
+}
+
+// Subscription wakes a stream when the store changes.
+type Subscription struct {
+	c      chan struct{}
+	synced atomic.Uint64
+}
+
+// C receives a value after each change; changes that arrive while one is
+// pending are coalesced.
+func (sub *Subscription) C() <-chan struct{} { return sub.c }
+
+// SetSynced records the revision up to which the stream's agent holds its
+// view, which keeps younger tombstones alive.
+func (sub *Subscription) SetSynced(rev uint64) { sub.synced.Store(rev) }
+
+func (sub *Subscription) notify() {
+	select {
+	case sub.c <- struct{}{}:
+	default:
+	}
+}
+
+// Subscribe registers a stream synchronised up to rev.
+func (s *Store) Subscribe(rev uint64) *Subscription {
+	sub := &Subscription{c: make(chan struct{}, 1)}
+	sub.synced.Store(rev)
+	s.mu.Lock()
+	s.subs[sub] = struct{}{}
+	s.mu.Unlock()
+	return sub
+}
+
+// Unsubscribe removes a subscription.
+func (s *Store) Unsubscribe(sub *Subscription) {
+	s.mu.Lock()
+	delete(s.subs, sub)
+	s.mu.Unlock()
+}
+
+// Delta is what a node's agent lacks.
+type Delta struct {
+	// Rev is the revision the delta brings the agent to.
+	Rev       uint64
+	Resources []*Encoded
+	Removed   []string
+}
+
+// Empty reports whether the delta carries nothing.
+func (d *Delta) Empty() bool { return len(d.Resources) == 0 && len(d.Removed) == 0 }
+
+// Initial compares the versions an agent holds with its node's view and
+// returns what differs.
+func (s *Store) Initial(node string, have map[string]string) Delta {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	d := Delta{Rev: s.rev}
+	zone := ""
+	if n := s.nodes[node]; n != nil {
+		zone = n.zone
+		if n.enc != nil && have[spokev1.NodeResourceName] != n.enc.Version {
+			d.Resources = append(d.Resources, n.enc)
+		}
+	}
+	visible := 0
+	for name, e := range s.services {
+		v := e.viewFor(node, zone)
+		if v == nil {
+			continue
+		}
+		visible++
+		if have[name] != v.Version {
+			d.Resources = append(d.Resources, v)
+		}
+	}
+	if len(have) > visible {
+		for name := range have {
+			if name == spokev1.NodeResourceName {
+				continue
+			}
+			if e := s.services[name]; e == nil || e.viewFor(node, zone) == nil {
+				d.Removed = append(d.Removed, name)
+			}
+		}
+	}
+	sortDelta(&d)
+	return d
+}
+
+// Since returns what changed for a node after revision synced. skip holds
+// versions the agent rejected: those are not sent again. If the node's
+// zone changed after synced, every service it sees is sent.
+func (s *Store) Since(node string, synced uint64, skip map[string]string) Delta {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	d := Delta{Rev: s.rev}
+	zone := ""
+	if n := s.nodes[node]; n != nil {
+		zone = n.zone
+		if n.enc != nil && n.enc.Rev > synced {
+			d.Resources = append(d.Resources, n.enc)
+		}
+		if n.zoneRev > synced {
+			synced = 0
+		}
+	}
+	for el := s.log.Back(); el != nil; el = el.Prev() {
+		e := el.Value.(*serviceEntry)
+		if e.rev <= synced {
+			break
+		}
+		v := e.viewFor(node, zone)
+		moved := e.selectionRev(node, zone) > synced
+		switch {
+		case v == nil && moved:
+			d.Removed = append(d.Removed, e.name)
+		case v == nil:
+		case skip[e.name] == v.Version:
+		case v.Rev > synced || moved:
+			d.Resources = append(d.Resources, v)
+		}
+	}
+	sortDelta(&d)
+	return d
+}
+
+// View returns a node's whole view, for inspection.
+func (s *Store) View(node string) []*Encoded {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []*Encoded
+	zone := ""
+	if n := s.nodes[node]; n != nil {
+		zone = n.zone
+		if n.enc != nil {
+			out = append(out, n.enc)
+		}
+	}
+	for _, e := range s.services {
+		if v := e.viewFor(node, zone); v != nil {
+			out = append(out, v)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func sortDelta(d *Delta) {
+	sort.Slice(d.Resources, func(i, j int) bool { return d.Resources[i].Name < d.Resources[j].Name })
+	sort.Strings(d.Removed)
+}

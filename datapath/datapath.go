@@ -1,0 +1,145 @@
+package datapath
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"reflect"
+	"time"
+)
+
+// Datapath programs a node's services into a forwarding plane. A Datapath is
+// driven by the node agent's reconciler and must be safe for use by one
+// caller at a time; Trace, where implemented, may run concurrently.
+type Datapath interface {
+	// Name identifies the implementation ("memory", "ebpf", "ipvs").
+	Name() string
+	// SetNode sets the node's own addresses, on which NodePorts are served.
+	SetNode(ctx context.Context, node Node) error
+	// Apply programs the upserted services (replacing any service of the same
+	// key) and removes the named ones. Apply checks what it can (capacity,
+	// address families) before it changes anything: an error that wraps
+	// ErrInvalid or ErrFull leaves the datapath as it was.
+	Apply(ctx context.Context, upsert []*Service, remove []string) error
+	// Programmed reads back what is actually programmed, by service key.
+	Programmed(ctx context.Context) (map[string]*Service, error)
+}
+
+// Sentinel errors callers branch on.
+var (
+	// ErrInvalid marks a service the datapath cannot express.
+	ErrInvalid = errors.New("invalid service")
+	// ErrFull marks a datapath table with no room left.
+	ErrFull = errors.New("table full")
+)
+
+// Protocol is an L4 protocol.
+type Protocol uint8
+
+// Protocols a service port may use.
+const (
+	TCP Protocol = iota + 1
+	UDP
+	SCTP
+)
+
+func (p Protocol) String() string {
+	switch p {
+	case TCP:
+		return "TCP"
+	case UDP:
+		return "UDP"
+	case SCTP:
+		return "SCTP"
+	}
+	return fmt.Sprintf("Protocol(%d)", uint8(p))
+}
+
+// NoEndpoints is what happens to a new connection no endpoint can take.
+type NoEndpoints uint8
+
+// Outcomes for a connection without a usable endpoint.
+const (
+	// Reject refuses the connection: the service has no endpoint anywhere.
+	Reject NoEndpoints = iota + 1
+	// Drop discards it silently: a Local traffic policy and no endpoint on
+	// this node.
+	Drop
+)
+
+// Node is the node the datapath runs on.
+type Node struct {
+	Name      string
+	Zone      string
+	Addresses []netip.Addr
+}
+
+// Service is one service as this node programs it: every policy is already
+// resolved by the control plane.
+type Service struct {
+	// Key is "namespace/name".
+	Key             string
+	ClusterIPs      []netip.Addr
+	ExternalIPs     []netip.Addr
+	LoadBalancerIPs []netip.Addr
+	// SourceRanges restrict who may reach LoadBalancerIPs; empty allows all.
+	SourceRanges []netip.Prefix
+	// AffinityTimeout is the ClientIP session affinity timeout; 0 disables it.
+	AffinityTimeout     time.Duration
+	HealthCheckNodePort uint16
+	Ports               []Port
+}
+
+// Port is one service port with the endpoints serving it.
+type Port struct {
+	Name     string
+	Protocol Protocol
+	Port     uint16
+	NodePort uint16
+	// Internal serves traffic to cluster IPs.
+	Internal Backends
+	// External serves NodePort, external IP and load-balancer traffic; nil
+	// means the same as Internal.
+	External *Backends
+}
+
+// ExternalBackends returns the backends for traffic from outside the cluster
+// IPs.
+func (p *Port) ExternalBackends() *Backends {
+	if p.External != nil {
+		return p.External
+	}
+	return &p.Internal
+}
+
+// Backends are the endpoints a kind of traffic may reach.
+type Backends struct {
+	Endpoints   []Endpoint
+	NoEndpoints NoEndpoints
+}
+
+// Active returns the endpoints that take new connections.
+func (b *Backends) Active() []Endpoint {
+	active := make([]Endpoint, 0, len(b.Endpoints))
+	for _, ep := range b.Endpoints {
+		if !ep.Draining {
+			active = append(active, ep)
+		}
+	}
+	return active
+}
+
+// Endpoint is one backend.
+type Endpoint struct {
+	Addr netip.AddrPort
+	// Draining endpoints keep their connections but take no new ones.
+	Draining bool
+}
+
+// Equal reports whether two services program the same thing. Datapaths that
+// read services back from the kernel return them in a canonical order, so
+// the comparison is exact.
+func Equal(a, b *Service) bool {
+	return reflect.DeepEqual(a, b)
+}

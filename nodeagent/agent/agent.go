@@ -1,0 +1,412 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/spoke-proxy/spoke/datapath"
+	"github.com/spoke-proxy/spoke/nodeagent/reconcile"
+	"github.com/spoke-proxy/spoke/nodeagent/state"
+	"github.com/spoke-proxy/spoke/nodeagent/view"
+	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
+)
+
+// Options configure an Agent.
+type Options struct {
+	// NodeName is the node the agent runs on.
+	NodeName string
+	// Conn is the connection to the control plane. The agent does not close
+	// it.
+	Conn grpc.ClientConnInterface
+	// Datapath is what the agent programs.
+	Datapath datapath.Datapath
+	// StatePath is the bbolt file of applied resources; "" keeps nothing.
+	StatePath string
+	// RepairInterval is how often the datapath is read back and repaired;
+	// 0 disables the drift check.
+	RepairInterval time.Duration
+	// MinBackoff and MaxBackoff bound the wait between reconnects; the wait
+	// is jittered. Defaults: 250ms and 30s.
+	MinBackoff, MaxBackoff time.Duration
+	// Metrics records the agent's figures; nil records nothing.
+	Metrics *Metrics
+	Logger  *slog.Logger
+}
+
+// Agent keeps a node's datapath equal to the view the control plane
+// computes for it.
+type Agent struct {
+	spokev1.UnimplementedAgentInspectionServiceServer
+
+	opts Options
+	log  *slog.Logger
+	rec  *reconcile.Reconciler
+
+	mu             sync.Mutex
+	store          *state.Store
+	cached         map[string]*spokev1.Resource // applied: the last good state
+	restored       bool
+	restoredCount  int
+	cacheAppliedAt time.Time
+	connected      bool
+	connectedAt    time.Time
+	received       uint64
+	acks, nacks    uint64
+	lastNack       string
+	lastNonce      string
+}
+
+var _ spokev1.AgentInspectionServiceServer = (*Agent)(nil)
+
+// New returns an agent; Run starts it.
+func New(opts Options) (*Agent, error) {
+	if opts.NodeName == "" {
+		return nil, errors.New("agent: no node name")
+	}
+	if opts.Datapath == nil || opts.Conn == nil {
+		return nil, errors.New("agent: datapath and control-plane connection are required")
+	}
+	if opts.MinBackoff == 0 {
+		opts.MinBackoff = 250 * time.Millisecond
+	}
+	if opts.MaxBackoff == 0 {
+		opts.MaxBackoff = 30 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Agent{
+		opts:   opts,
+		log:    opts.Logger.With("node", opts.NodeName),
+		rec:    reconcile.New(opts.Datapath),
+		cached: map[string]*spokev1.Resource{},
+	}, nil
+}
+
+// Restore opens the state file and programs the datapath from it. A corrupt
+// file is moved aside and the agent starts empty. After Restore the agent is
+// ready: it serves with what it had, before it has reconnected.
+func (a *Agent) Restore(ctx context.Context) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.restored {
+		return nil
+	}
+	if a.opts.StatePath != "" {
+		st, moved, err := state.OpenOrReset(a.opts.StatePath)
+		if err != nil {
+			return fmt.Errorf("opening state: %w", err)
+		}
+		if moved != "" {
+			a.log.Warn("state file was corrupt; moved aside, resyncing from the control plane", "path", a.opts.StatePath, "moved_to", moved)
+			a.opts.Metrics.corruptState()
+		}
+		a.store = st
+		loaded, err := st.Load()
+		if err != nil {
+			return fmt.Errorf("loading state: %w", err)
+		}
+		node, upsert, good, bad := decodeAll(slices.Collect(maps.Values(loaded)))
+		for name, err := range bad {
+			a.log.Warn("dropping a cached resource that does not decode", "resource", name, "err", err)
+		}
+		failed, err := a.rec.Apply(ctx, node, upsert, nil)
+		if err != nil {
+			return fmt.Errorf("programming cached state: %w", err)
+		}
+		for _, r := range good {
+			if _, ok := failed[r.GetName()]; !ok {
+				a.cached[r.GetName()] = r
+			}
+		}
+		for name, err := range failed {
+			a.log.Warn("cached service could not be programmed", "service", name, "err", err)
+		}
+		a.restoredCount = len(a.cached)
+	}
+	a.restored = true
+	a.cacheAppliedAt = time.Now()
+	a.log.Info("datapath programmed from state file", "resources", a.restoredCount)
+	return nil
+}
+
+// Ready reports whether the datapath holds the agent's last known state.
+func (a *Agent) Ready() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.restored
+}
+
+// Run restores the cached state, then streams the node's view until ctx
+// is done, reconnecting with jittered backoff. It closes the state file
+// when it returns.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := a.Restore(ctx); err != nil {
+		return err
+	}
+	defer a.closeState()
+	if a.opts.RepairInterval > 0 {
+		go a.rec.Run(ctx, a.opts.RepairInterval, func(drift []string, err error) {
+			if err != nil {
+				a.log.Warn("drift repair failed", "err", err)
+			}
+			if len(drift) > 0 {
+				a.log.Warn("datapath drifted; repaired", "differences", drift)
+				a.opts.Metrics.drift(len(drift))
+			}
+		})
+	}
+	backoff := a.opts.MinBackoff
+	for {
+		progressed, err := a.stream(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if progressed {
+			backoff = a.opts.MinBackoff
+		}
+		a.log.Info("control-plane stream ended; reconnecting", "err", err, "in", backoff)
+		wait := backoff/2 + rand.N(backoff/2+1)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(2*backoff, a.opts.MaxBackoff)
+	}
+}
+
+func (a *Agent) closeState() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.store != nil {
+		a.store.Close()
+		a.store = nil
+	}
+}
+
+// stream runs one stream to the control plane. progressed reports whether
+// at least one response was handled.
+func (a *Agent) stream(ctx context.Context) (progressed bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s, err := spokev1.NewViewServiceClient(a.opts.Conn).StreamViews(ctx)
+	if err != nil {
+		return false, err
+	}
+	a.mu.Lock()
+	held := make(map[string]string, len(a.cached))
+	for name, r := range a.cached {
+		held[name] = r.GetVersion()
+	}
+	a.mu.Unlock()
+	if err := s.Send(&spokev1.StreamViewsRequest{NodeName: a.opts.NodeName, InitialResourceVersions: held}); err != nil {
+		return false, err
+	}
+	defer a.setConnected(false)
+	for {
+		resp, err := s.Recv()
+		if err != nil {
+			return progressed, err
+		}
+		if !progressed {
+			a.setConnected(true)
+			a.opts.Metrics.connected(true)
+			defer a.opts.Metrics.connected(false)
+		}
+		progressed = true
+		ack, err := a.handle(ctx, resp)
+		if err != nil {
+			return progressed, err
+		}
+		if err := s.Send(ack); err != nil {
+			return progressed, err
+		}
+	}
+}
+
+func (a *Agent) setConnected(c bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.connected = c
+	if c {
+		a.connectedAt = time.Now()
+	}
+}
+
+// errProtocol marks a response that breaks the protocol; the stream is
+// dropped and opened again.
+var errProtocol = errors.New("protocol violation")
+
+// handle applies one response and returns the ACK or NACK for it.
+func (a *Agent) handle(ctx context.Context, resp *spokev1.StreamViewsResponse) (*spokev1.StreamViewsRequest, error) {
+	start := time.Now()
+	nonce := resp.GetNonce()
+	if nonce == "" || len(nonce) > 64 {
+		return nil, fmt.Errorf("%w: response nonce %.64q", errProtocol, nonce)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if nonce == a.lastNonce {
+		return nil, fmt.Errorf("%w: nonce %q repeated", errProtocol, nonce)
+	}
+	a.lastNonce = nonce
+	a.received += uint64(len(resp.GetResources()))
+	a.opts.Metrics.received(len(resp.GetResources()))
+
+	rejected := map[string]error{}
+	seen := map[string]bool{}
+	var fresh []*spokev1.Resource
+	for _, r := range resp.GetResources() {
+		name := r.GetName()
+		switch {
+		case seen[name]:
+			rejected[name] = errors.New("resource twice in one response")
+			continue
+		case name == "" || len(name) > 512:
+			rejected[fmt.Sprintf("%.64s", name)] = errors.New("bad resource name")
+			continue
+		}
+		seen[name] = true
+		if v, err := spokev1.ContentVersion(r); err != nil || v != r.GetVersion() {
+			rejected[name] = fmt.Errorf("version %q does not match content", r.GetVersion())
+			continue
+		}
+		fresh = append(fresh, r)
+	}
+	node, upsert, good, bad := decodeAll(fresh)
+	maps.Copy(rejected, bad)
+	var remove []string
+	for _, name := range resp.GetRemovedResources() {
+		if seen[name] || name == spokev1.NodeResourceName {
+			rejected[name] = errors.New("removed and sent in one response, or the node removed")
+			continue
+		}
+		if _, ok := a.cached[name]; ok {
+			remove = append(remove, name)
+		}
+	}
+	failed, err := a.rec.Apply(ctx, node, upsert, remove)
+	if err != nil {
+		// The node itself could not be set: nothing in the response is
+		// applied.
+		for _, r := range good {
+			rejected[r.GetName()] = err
+		}
+		good, remove = nil, nil
+	}
+	maps.Copy(rejected, failed)
+	var applied []*spokev1.Resource
+	for _, r := range good {
+		if _, ok := failed[r.GetName()]; !ok {
+			applied = append(applied, r)
+			a.cached[r.GetName()] = r
+		}
+	}
+	var removed []string
+	for _, name := range remove {
+		if _, ok := failed[name]; !ok {
+			removed = append(removed, name)
+			delete(a.cached, name)
+		}
+	}
+	if a.store != nil && (len(applied) > 0 || len(removed) > 0) {
+		if err := a.store.Update(applied, removed); err != nil {
+			a.log.Error("writing state file; the datapath is programmed, a restart will resync", "err", err)
+			a.opts.Metrics.stateWriteError()
+		}
+	}
+	a.opts.Metrics.applied(time.Since(start))
+	ack := &spokev1.StreamViewsRequest{ResponseNonce: nonce}
+	if len(rejected) == 0 {
+		a.acks++
+		return ack, nil
+	}
+	a.nacks++
+	a.opts.Metrics.nacked()
+	names := slices.Sorted(maps.Keys(rejected))
+	var msgs []string
+	for _, n := range names[:min(len(names), 5)] {
+		msgs = append(msgs, fmt.Sprintf("%s: %v", n, rejected[n]))
+	}
+	msg := strings.Join(msgs, "; ")
+	if len(names) > 5 {
+		msg += fmt.Sprintf("; and %d more", len(names)-5)
+	}
+	a.lastNack = msg
+	a.log.Warn("rejecting part of a response; keeping the last good state", "nonce", nonce, "rejected", len(names), "error", msg)
+	ack.Error = &spokev1.Rejection{Message: msg, ResourceNames: names}
+	return ack, nil
+}
+
+// decodeAll decodes resources into the datapath's types. good are the
+// resources that decoded; bad maps the others to their error.
+func decodeAll(rs []*spokev1.Resource) (node *datapath.Node, upsert []*datapath.Service, good []*spokev1.Resource, bad map[string]error) {
+	bad = map[string]error{}
+	for _, r := range rs {
+		if r.GetName() == spokev1.NodeResourceName {
+			n, err := view.Node(r)
+			if err != nil {
+				bad[r.GetName()] = err
+				continue
+			}
+			node = &n
+			good = append(good, r)
+			continue
+		}
+		s, err := view.Service(r)
+		if err != nil {
+			bad[r.GetName()] = err
+			continue
+		}
+		upsert = append(upsert, s)
+		good = append(good, r)
+	}
+	return node, upsert, good, bad
+}
+
+// GetState implements spokev1.AgentInspectionServiceServer.
+func (a *Agent) GetState(ctx context.Context, _ *spokev1.GetStateRequest) (*spokev1.GetStateResponse, error) {
+	a.mu.Lock()
+	resp := &spokev1.GetStateResponse{
+		NodeName:          a.opts.NodeName,
+		Datapath:          a.opts.Datapath.Name(),
+		Connected:         a.connected,
+		ResourcesReceived: a.received,
+		RestoredFromCache: uint64(a.restoredCount),
+		Acks:              a.acks,
+		Nacks:             a.nacks,
+		LastNack:          a.lastNack,
+	}
+	if !a.cacheAppliedAt.IsZero() {
+		resp.CacheAppliedAt = timestamppb.New(a.cacheAppliedAt)
+	}
+	if !a.connectedAt.IsZero() {
+		resp.ConnectedAt = timestamppb.New(a.connectedAt)
+	}
+	for _, name := range slices.Sorted(maps.Keys(a.cached)) {
+		resp.Cached = append(resp.Cached, a.cached[name])
+	}
+	a.mu.Unlock()
+	programmed, err := a.opts.Datapath.Programmed(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading the datapath: %w", err)
+	}
+	resp.ProgrammedServices = slices.Sorted(maps.Keys(programmed))
+	resp.Drift = a.rec.LastDrift()
+	return resp, nil
+}
+
+// Reconciler returns the agent's reconciler.
+func (a *Agent) Reconciler() *reconcile.Reconciler { return a.rec }

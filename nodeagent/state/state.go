@@ -1,0 +1,200 @@
+// Package state keeps the resources an agent applied in a bbolt file, so a
+// restarted agent programs its datapath before it reconnects.
+//
+// The file is untrusted input: every value carries a format byte and a
+// CRC-32C of its payload, and the file carries a schema version. Open
+// reports a file it cannot trust with ErrCorrupt; OpenOrReset moves such a
+// file aside and starts empty, so a bad file costs a resync, never a crash
+// loop.
+//
+// Caveats: the file is a cache of what the control plane sent, not a source
+// of truth; a failed write loses nothing the next resync does not restore.
+package state
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
+
+	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
+)
+
+// SchemaVersion is the layout of the file this package writes.
+const SchemaVersion = 1
+
+const valueFormat = 1
+
+var (
+	metaBucket      = []byte("meta")
+	resourcesBucket = []byte("resources")
+	schemaKey       = []byte("schema")
+	crcTable        = crc32.MakeTable(crc32.Castagnoli)
+)
+
+// ErrCorrupt marks a state file that cannot be trusted.
+var ErrCorrupt = errors.New("corrupt state file")
+
+// Store is an open state file.
+type Store struct {
+	db   *bolt.DB
+	path string
+}
+
+// Open opens or creates the state file at path and checks its schema and
+// every value. It fails with ErrCorrupt if any of them is bad.
+func Open(path string) (s *Store, err error) {
+	// bbolt trusts its pages; a damaged file can make it panic. A panic here
+	// is a corrupt file, not a bug to crash on.
+	defer func() {
+		if r := recover(); r != nil {
+			if s != nil {
+				s.db.Close()
+			}
+			s, err = nil, fmt.Errorf("opening state file %s: %w: %v", path, ErrCorrupt, r)
+		}
+	}()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("opening state file %s: locked by another process: %w", path, err)
+		}
+		return nil, fmt.Errorf("opening state file %s: %w: %v", path, ErrCorrupt, err)
+	}
+	s = &Store{db: db, path: path}
+	if err := s.init(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if _, err := s.Load(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// OpenOrReset opens the state file; if it is corrupt, it renames it to
+// path.corrupt-TIMESTAMP and starts a new one. moved is the new name of a
+// file moved aside, or "".
+func OpenOrReset(path string) (s *Store, moved string, err error) {
+	s, err = Open(path)
+	if err == nil || !errors.Is(err, ErrCorrupt) {
+		return s, "", err
+	}
+	moved = fmt.Sprintf("%s.corrupt-%s", path, time.Now().UTC().Format("20060102T150405.000000000"))
+	if rerr := os.Rename(path, moved); rerr != nil {
+		return nil, "", fmt.Errorf("moving corrupt state file aside: %w (it was: %v)", rerr, err)
+	}
+	s, err = Open(path)
+	return s, moved, err
+}
+
+func (s *Store) init() error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(metaBucket)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.CreateBucketIfNotExists(resourcesBucket); err != nil {
+			return err
+		}
+		v := meta.Get(schemaKey)
+		if v == nil {
+			return meta.Put(schemaKey, binary.BigEndian.AppendUint32(nil, SchemaVersion))
+		}
+		if len(v) != 4 || binary.BigEndian.Uint32(v) != SchemaVersion {
+			return fmt.Errorf("%w: schema %x, want %d", ErrCorrupt, v, SchemaVersion)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, ErrCorrupt) {
+		return fmt.Errorf("%w: initialising: %v", ErrCorrupt, err)
+	}
+	return err
+}
+
+// Path returns the file's path.
+func (s *Store) Path() string { return s.path }
+
+// Close closes the file.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Load returns every stored resource by name.
+func (s *Store) Load() (map[string]*spokev1.Resource, error) {
+	out := map[string]*spokev1.Resource{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(resourcesBucket)
+		if b == nil {
+			return fmt.Errorf("%w: no resources bucket", ErrCorrupt)
+		}
+		return b.ForEach(func(k, v []byte) error {
+			r, err := decode(v)
+			if err != nil {
+				return fmt.Errorf("%w: resource %q: %v", ErrCorrupt, k, err)
+			}
+			if r.GetName() != string(k) {
+				return fmt.Errorf("%w: resource %q stored under %q", ErrCorrupt, r.GetName(), k)
+			}
+			out[string(k)] = r
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Update stores the put resources and deletes the removed names in one
+// transaction.
+func (s *Store) Update(put []*spokev1.Resource, remove []string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(resourcesBucket)
+		for _, name := range remove {
+			if err := b.Delete([]byte(name)); err != nil {
+				return fmt.Errorf("deleting %s: %w", name, err)
+			}
+		}
+		for _, r := range put {
+			v, err := encode(r)
+			if err != nil {
+				return fmt.Errorf("encoding %s: %w", r.GetName(), err)
+			}
+			if err := b.Put([]byte(r.GetName()), v); err != nil {
+				return fmt.Errorf("storing %s: %w", r.GetName(), err)
+			}
+		}
+		return nil
+	})
+}
+
+func encode(r *spokev1.Resource) ([]byte, error) {
+	payload, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+	if err != nil {
+		return nil, err
+	}
+	v := make([]byte, 5, 5+len(payload))
+	v[0] = valueFormat
+	binary.BigEndian.PutUint32(v[1:5], crc32.Checksum(payload, crcTable))
+	return append(v, payload...), nil
+}
+
+func decode(v []byte) (*spokev1.Resource, error) {
+	if len(v) < 5 {
+		return nil, errors.New("value too short")
+	}
+	if v[0] != valueFormat {
+		return nil, fmt.Errorf("unknown value format %d", v[0])
+	}
+	payload := v[5:]
+	if crc32.Checksum(payload, crcTable) != binary.BigEndian.Uint32(v[1:5]) {
+		return nil, errors.New("checksum mismatch")
+	}
+	r := &spokev1.Resource{}
+	if err := proto.Unmarshal(payload, r); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
