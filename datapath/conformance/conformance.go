@@ -1,0 +1,141 @@
+// Package conformance is the one table of services, endpoints and packets
+// that every datapath must pass. A case's Kubernetes objects go through the
+// real view computation (controlplane/model) and the agent's decoder
+// (nodeagent/view), exactly as in production; the datapath under test then
+// programs the result and says where each packet goes.
+//
+// Caveats: a case names one node under test; packets marked Local start on
+// that node (a pod or the host), the others arrive from outside it.
+package conformance
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/spoke-proxy/spoke/controlplane/model"
+	"github.com/spoke-proxy/spoke/datapath"
+	"github.com/spoke-proxy/spoke/nodeagent/view"
+	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
+)
+
+// Case is one cluster state seen from one node, with packets to trace.
+type Case struct {
+	Name     string
+	Services []*corev1.Service
+	Slices   []*discoveryv1.EndpointSlice
+	// Nodes are the cluster's nodes; Node names the one under test.
+	Nodes   []*corev1.Node
+	Node    string
+	Options model.Options
+	Packets []Packet
+}
+
+// Origin says where a packet starts.
+type Origin uint8
+
+// Origins of a packet.
+const (
+	// Local packets start on the node under test (a pod or the host).
+	Local Origin = iota + 1
+	// External packets arrive at the node from outside.
+	External
+)
+
+// Packet is a packet to trace and the outcome it must have.
+type Packet struct {
+	Origin Origin
+	datapath.Packet
+	// Want is the action; for Forward, Backends lists every acceptable
+	// backend.
+	Want     datapath.Action
+	Backends []netip.AddrPort
+}
+
+// Target is a datapath under test that can trace packets.
+type Target interface {
+	datapath.Datapath
+	// Trace returns what happens to the first packet of a connection.
+	Trace(ctx context.Context, origin Origin, pkt datapath.Packet) (datapath.Verdict, error)
+}
+
+// Program computes the views of a case for its node and applies them to a
+// datapath.
+func Program(ctx context.Context, c *Case, dp datapath.Datapath) error {
+	topo := model.Topology{Zones: map[string]string{}}
+	var self *corev1.Node
+	for _, n := range c.Nodes {
+		topo.Zones[n.Name] = n.Labels[corev1.LabelTopologyZone]
+		if n.Name == c.Node {
+			self = n
+		}
+	}
+	if self == nil {
+		return fmt.Errorf("case %s: node %q is not among its nodes", c.Name, c.Node)
+	}
+	nodeRes := &spokev1.Resource{Name: spokev1.NodeResourceName, Kind: &spokev1.Resource_Node{Node: model.NodeView(self)}}
+	node, err := view.Node(nodeRes)
+	if err != nil {
+		return fmt.Errorf("decoding node: %w", err)
+	}
+	if err := dp.SetNode(ctx, node); err != nil {
+		return fmt.Errorf("setting node: %w", err)
+	}
+	var upsert []*datapath.Service
+	for _, svc := range c.Services {
+		var own []*discoveryv1.EndpointSlice
+		for _, es := range c.Slices {
+			if es.Namespace == svc.Namespace && es.Labels[discoveryv1.LabelServiceName] == svc.Name {
+				own = append(own, es)
+			}
+		}
+		views, _ := model.Compute(svc, own, topo, c.Options)
+		v := views.For(c.Node, topo.Zones[c.Node])
+		if v == nil {
+			continue
+		}
+		r := &spokev1.Resource{Name: v.Namespace + "/" + v.Name, Kind: &spokev1.Resource_Service{Service: v}}
+		if r.Version, err = spokev1.ContentVersion(r); err != nil {
+			return err
+		}
+		s, err := view.Service(r)
+		if err != nil {
+			return fmt.Errorf("decoding %s: %w", r.Name, err)
+		}
+		upsert = append(upsert, s)
+	}
+	return dp.Apply(ctx, upsert, nil)
+}
+
+// Run runs every case of the table against fresh targets made by newTarget.
+func Run(t *testing.T, newTarget func(t *testing.T) Target) {
+	for _, c := range Cases() {
+		t.Run(c.Name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			target := newTarget(t)
+			if err := Program(ctx, &c, target); err != nil {
+				t.Fatalf("programming: %v", err)
+			}
+			for _, p := range c.Packets {
+				got, err := target.Trace(ctx, p.Origin, p.Packet)
+				if err != nil {
+					t.Fatalf("tracing %s: %v", p.Packet, err)
+				}
+				if got.Action != p.Want {
+					t.Errorf("%s: got %s, want %s", p.Packet, got, p.Want)
+					continue
+				}
+				if p.Want == datapath.Forward && !slices.Contains(p.Backends, got.Backend) {
+					t.Errorf("%s: reached %s, want one of %v", p.Packet, got.Backend, p.Backends)
+				}
+			}
+		})
+	}
+}
