@@ -194,7 +194,7 @@ func (s *Store) setService(name string, views *model.Views, rev uint64) (bool, e
 		e = &serviceEntry{name: name, selRev: map[scope]uint64{}}
 		s.services[name] = e
 	}
-	wasTombstone := e.tombstone()
+	wasTombstone := e.elem != nil && e.tombstone() // a new entry is not yet counted
 	if views == nil {
 		views = &model.Views{}
 	}
@@ -414,25 +414,17 @@ func (s *Store) Initial(node string, have map[string]string) Delta {
 			d.Resources = append(d.Resources, n.enc)
 		}
 	}
-	visible := 0
 	for name, e := range s.services {
-		v := e.viewFor(node, zone)
-		if v == nil {
-			continue
-		}
-		visible++
-		if have[name] != v.Version {
+		if v := e.viewFor(node, zone); v != nil && have[name] != v.Version {
 			d.Resources = append(d.Resources, v)
 		}
 	}
-	if len(have) > visible {
-		for name := range have {
-			if name == spokev1.NodeResourceName {
-				continue
-			}
-			if e := s.services[name]; e == nil || e.viewFor(node, zone) == nil {
-				d.Removed = append(d.Removed, name)
-			}
+	for name := range have {
+		if name == spokev1.NodeResourceName {
+			continue
+		}
+		if e := s.services[name]; e == nil || e.viewFor(node, zone) == nil {
+			d.Removed = append(d.Removed, name)
 		}
 	}
 	sortDelta(&d)

@@ -1,0 +1,412 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/spoke-proxy/spoke/controlplane/model"
+	"github.com/spoke-proxy/spoke/controlplane/server"
+	"github.com/spoke-proxy/spoke/controlplane/store"
+	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type fixture struct {
+	store  *store.Store
+	server *server.Server
+	conn   *grpc.ClientConn
+}
+
+func start(t *testing.T, opts server.Options) *fixture {
+	t.Helper()
+	f := &fixture{store: store.New()}
+	opts.Store = f.store
+	f.server = server.New(opts)
+	g := grpc.NewServer(server.ServerOptions()...)
+	f.server.Register(g)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go g.Serve(lis)
+	t.Cleanup(g.Stop)
+	f.conn, err = grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.conn.Close() })
+	return f
+}
+
+func svc(ns, name string, endpoints ...string) *spokev1.Service {
+	s := &spokev1.Service{Namespace: ns, Name: name, ClusterIps: []string{"10.96.0.1"}}
+	p := &spokev1.ServicePort{Name: "http", Protocol: spokev1.Protocol_PROTOCOL_TCP, Port: 80,
+		Internal: &spokev1.Backends{NoEndpoints: spokev1.NoEndpoints_NO_ENDPOINTS_REJECT}}
+	for _, ep := range endpoints {
+		p.Internal.Endpoints = append(p.Internal.Endpoints, &spokev1.Endpoint{Ip: ep, Port: 8080})
+	}
+	s.Ports = append(s.Ports, p)
+	return s
+}
+
+func (f *fixture) set(t *testing.T, services ...*spokev1.Service) {
+	t.Helper()
+	b := store.Batch{Services: map[string]*model.Views{}}
+	for _, s := range services {
+		b.Services[s.Namespace+"/"+s.Name] = &model.Views{Default: s}
+	}
+	if _, err := f.store.Apply(b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (f *fixture) remove(t *testing.T, names ...string) {
+	t.Helper()
+	b := store.Batch{Services: map[string]*model.Views{}}
+	for _, n := range names {
+		b.Services[n] = nil
+	}
+	if _, err := f.store.Apply(b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// client is a raw stream that checks the protocol's invariants on every
+// response: nonces are new and increasing, versions match content, no name
+// is both sent and removed, no resource twice.
+type client struct {
+	t      *testing.T
+	stream grpc.BidiStreamingClient[spokev1.StreamViewsRequest, spokev1.StreamViewsResponse]
+	nonces map[string]bool
+	last   int
+	held   map[string]string
+}
+
+func (f *fixture) dial(ctx context.Context, t *testing.T, node string, held map[string]string) *client {
+	t.Helper()
+	s, err := spokev1.NewViewServiceClient(f.conn).StreamViews(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&spokev1.StreamViewsRequest{NodeName: node, InitialResourceVersions: held}); err != nil {
+		t.Fatal(err)
+	}
+	c := &client{t: t, stream: s, nonces: map[string]bool{}, held: map[string]string{}}
+	for k, v := range held {
+		c.held[k] = v
+	}
+	return c
+}
+
+func (c *client) recv() *spokev1.StreamViewsResponse {
+	c.t.Helper()
+	resp, err := c.stream.Recv()
+	if err != nil {
+		c.t.Fatalf("receiving: %v", err)
+	}
+	var n int
+	if _, err := fmt.Sscan(resp.GetNonce(), &n); err != nil || c.nonces[resp.GetNonce()] || n <= c.last {
+		c.t.Fatalf("nonce %q does not advance (last %d)", resp.GetNonce(), c.last)
+	}
+	c.nonces[resp.GetNonce()], c.last = true, n
+	seen := map[string]bool{}
+	for _, r := range resp.GetResources() {
+		v, err := spokev1.ContentVersion(r)
+		if err != nil || v != r.GetVersion() {
+			c.t.Fatalf("resource %s: version %q does not match content (%q, %v)", r.GetName(), r.GetVersion(), v, err)
+		}
+		if seen[r.GetName()] {
+			c.t.Fatalf("resource %s twice in one response", r.GetName())
+		}
+		if c.held[r.GetName()] == r.GetVersion() {
+			c.t.Fatalf("resource %s resent at version %s the agent holds", r.GetName(), r.GetVersion())
+		}
+		seen[r.GetName()] = true
+	}
+	for _, name := range resp.GetRemovedResources() {
+		if seen[name] {
+			c.t.Fatalf("resource %s both sent and removed", name)
+		}
+	}
+	return resp
+}
+
+func (c *client) ack(resp *spokev1.StreamViewsResponse) {
+	c.t.Helper()
+	for _, r := range resp.GetResources() {
+		c.held[r.GetName()] = r.GetVersion()
+	}
+	for _, n := range resp.GetRemovedResources() {
+		delete(c.held, n)
+	}
+	if err := c.stream.Send(&spokev1.StreamViewsRequest{ResponseNonce: resp.GetNonce()}); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *client) nack(resp *spokev1.StreamViewsResponse, names ...string) {
+	c.t.Helper()
+	err := c.stream.Send(&spokev1.StreamViewsRequest{ResponseNonce: resp.GetNonce(),
+		Error: &spokev1.Rejection{Message: "rejected by test", ResourceNames: names}})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func names(resp *spokev1.StreamViewsResponse) []string {
+	var out []string
+	for _, r := range resp.GetResources() {
+		out = append(out, r.GetName())
+	}
+	return out
+}
+
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestInitialSyncThenDeltas(t *testing.T) {
+	f := start(t, server.Options{})
+	ctx := testContext(t)
+	f.set(t, svc("a", "one", "10.0.0.1"), svc("a", "two", "10.0.0.2"))
+	f.store.MarkReady()
+
+	c := f.dial(ctx, t, "node-1", nil)
+	resp := c.recv()
+	if got := names(resp); fmt.Sprint(got) != "[a/one a/two]" {
+		t.Fatalf("initial response carries %v, want [a/one a/two]", got)
+	}
+	c.ack(resp)
+
+	f.set(t, svc("a", "two", "10.0.0.2", "10.0.0.3"), svc("a", "three"))
+	resp = c.recv()
+	if got := names(resp); fmt.Sprint(got) != "[a/three a/two]" {
+		t.Fatalf("delta carries %v, want only the changed [a/three a/two]", got)
+	}
+	c.ack(resp)
+
+	f.remove(t, "a/one")
+	resp = c.recv()
+	if len(resp.GetResources()) != 0 || fmt.Sprint(resp.GetRemovedResources()) != "[a/one]" {
+		t.Fatalf("removal response: resources %v, removed %v", names(resp), resp.GetRemovedResources())
+	}
+	c.ack(resp)
+
+	// An identical update changes nothing and sends nothing: the next
+	// response carries only the next real change.
+	f.set(t, svc("a", "three"))
+	f.set(t, svc("a", "four"))
+	resp = c.recv()
+	if got := names(resp); fmt.Sprint(got) != "[a/four]" {
+		t.Fatalf("after a no-op update the delta carries %v, want [a/four]", got)
+	}
+}
+
+func TestReconnectWithCurrentVersionsReceivesNothing(t *testing.T) {
+	f := start(t, server.Options{})
+	ctx := testContext(t)
+	f.set(t, svc("a", "one", "10.0.0.1"), svc("a", "two", "10.0.0.2"))
+	f.store.MarkReady()
+	c := f.dial(ctx, t, "node-1", nil)
+	resp := c.recv()
+	c.ack(resp)
+
+	c2 := f.dial(ctx, t, "node-1", c.held)
+	resp = c2.recv()
+	if len(resp.GetResources()) != 0 || len(resp.GetRemovedResources()) != 0 {
+		t.Fatalf("reconnect with current versions received %v and removals %v", names(resp), resp.GetRemovedResources())
+	}
+	// A held resource the control plane no longer has is removed; a stale
+	// version is replaced.
+	held := map[string]string{"a/one": "stale", "a/gone": "x"}
+	c3 := f.dial(ctx, t, "node-1", held)
+	resp = c3.recv()
+	if fmt.Sprint(names(resp)) != "[a/one a/two]" || fmt.Sprint(resp.GetRemovedResources()) != "[a/gone]" {
+		t.Fatalf("resume: sent %v removed %v", names(resp), resp.GetRemovedResources())
+	}
+}
+
+func TestNackedVersionIsNotResent(t *testing.T) {
+	f := start(t, server.Options{})
+	ctx := testContext(t)
+	f.set(t, svc("a", "one", "10.0.0.1"))
+	f.store.MarkReady()
+	c := f.dial(ctx, t, "node-1", nil)
+	c.ack(c.recv())
+
+	f.set(t, svc("a", "one", "10.0.0.9"), svc("a", "two"))
+	resp := c.recv()
+	c.nack(resp, "a/one")
+	c.held["a/two"] = resp.GetResources()[1].GetVersion()
+
+	// The rejection is visible through inspection.
+	var st *spokev1.NodeStatus
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		nodes, err := f.server.ListNodes(ctx, &spokev1.ListNodesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(nodes.GetNodes()) == 1 && len(nodes.GetNodes()[0].GetNacked()) == 1 {
+			st = nodes.GetNodes()[0]
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st == nil {
+		t.Fatal("the NACK never showed in ListNodes")
+	}
+	if _, ok := st.GetNacked()[0].GetVersions()["a/one"]; !ok || st.GetNacked()[0].GetMessage() != "rejected by test" {
+		t.Fatalf("nack status %v", st.GetNacked()[0])
+	}
+	if _, ok := st.GetAckedVersions()["a/one"]; ok {
+		t.Fatal("a rejected version is listed as acked")
+	}
+	if _, ok := st.GetAckedVersions()["a/two"]; !ok {
+		t.Fatal("the accepted resource of the rejected response is not listed as acked")
+	}
+
+	// Another change goes out without the rejected version.
+	f.set(t, svc("a", "three"))
+	resp = c.recv()
+	if got := names(resp); fmt.Sprint(got) != "[a/three]" {
+		t.Fatalf("after a NACK the next response carries %v, want [a/three] (the rejected version must not be resent)", got)
+	}
+	c.ack(resp)
+	// A new version of the rejected service is sent.
+	f.set(t, svc("a", "one", "10.0.0.10"))
+	resp = c.recv()
+	if got := names(resp); fmt.Sprint(got) != "[a/one]" {
+		t.Fatalf("a new version of the rejected service: got %v", got)
+	}
+}
+
+func TestUnacknowledgedStreamIsDisconnected(t *testing.T) {
+	f := start(t, server.Options{AckTimeout: 200 * time.Millisecond})
+	ctx := testContext(t)
+	f.set(t, svc("a", "one"))
+	f.store.MarkReady()
+	c := f.dial(ctx, t, "node-1", nil)
+	c.recv()
+	_, err := c.stream.Recv()
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("a stuck agent got %v, want DeadlineExceeded", err)
+	}
+}
+
+func TestHostileRequests(t *testing.T) {
+	f := start(t, server.Options{})
+	ctx := testContext(t)
+	f.set(t, svc("a", "one"))
+	f.store.MarkReady()
+
+	cases := []struct {
+		name  string
+		first *spokev1.StreamViewsRequest
+		then  func(resp *spokev1.StreamViewsResponse) *spokev1.StreamViewsRequest
+	}{
+		{name: "first request acks", first: &spokev1.StreamViewsRequest{NodeName: "n", ResponseNonce: "1"}},
+		{name: "huge node name", first: &spokev1.StreamViewsRequest{NodeName: string(make([]byte, 1000))}},
+		{name: "bad held version", first: &spokev1.StreamViewsRequest{NodeName: "n", InitialResourceVersions: map[string]string{"a/one": string(make([]byte, 200))}}},
+		{name: "unknown nonce", first: &spokev1.StreamViewsRequest{NodeName: "n"},
+			then: func(*spokev1.StreamViewsResponse) *spokev1.StreamViewsRequest {
+				return &spokev1.StreamViewsRequest{ResponseNonce: "999"}
+			}},
+		{name: "empty ack", first: &spokev1.StreamViewsRequest{NodeName: "n"},
+			then: func(*spokev1.StreamViewsResponse) *spokev1.StreamViewsRequest { return &spokev1.StreamViewsRequest{} }},
+		{name: "versions after first", first: &spokev1.StreamViewsRequest{NodeName: "n"},
+			then: func(r *spokev1.StreamViewsResponse) *spokev1.StreamViewsRequest {
+				return &spokev1.StreamViewsRequest{ResponseNonce: r.GetNonce(), InitialResourceVersions: map[string]string{"x": "y"}}
+			}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := spokev1.NewViewServiceClient(f.conn).StreamViews(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Send(tc.first); err != nil {
+				t.Fatal(err)
+			}
+			if tc.then != nil {
+				resp, err := s.Recv()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := s.Send(tc.then(resp)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, err = s.Recv()
+			if status.Code(err) != codes.InvalidArgument {
+				t.Fatalf("got %v, want InvalidArgument", err)
+			}
+		})
+	}
+	// The server still serves well-behaved agents.
+	c := f.dial(ctx, t, "node-ok", nil)
+	if got := names(c.recv()); fmt.Sprint(got) != "[a/one]" {
+		t.Fatalf("after hostile streams a good agent got %v", got)
+	}
+}
+
+func TestLargeViewIsSplit(t *testing.T) {
+	const limit = 8 << 10
+	f := start(t, server.Options{MaxResponseBytes: limit})
+	ctx := testContext(t)
+	var all []*spokev1.Service
+	for i := range 200 {
+		all = append(all, svc("big", fmt.Sprintf("svc-%03d", i), "10.0.0.1", "10.0.0.2", "10.0.0.3"))
+	}
+	f.set(t, all...)
+	f.store.MarkReady()
+	c := f.dial(ctx, t, "node-1", nil)
+	got := map[string]bool{}
+	responses := 0
+	for len(got) < len(all) {
+		resp := c.recv()
+		responses++
+		if size := proto.Size(resp); size > limit {
+			t.Fatalf("response of %d bytes exceeds the %d limit", size, limit)
+		}
+		for _, n := range names(resp) {
+			got[n] = true
+		}
+		c.ack(resp)
+	}
+	if responses < 2 {
+		t.Fatalf("a view larger than the limit came in %d response", responses)
+	}
+}
+
+func TestSlowAgentDoesNotDelayOthers(t *testing.T) {
+	f := start(t, server.Options{})
+	ctx := testContext(t)
+	f.set(t, svc("a", "one"))
+	f.store.MarkReady()
+	slow := f.dial(ctx, t, "slow", nil)
+	slow.recv() // never acknowledged
+	fast := f.dial(ctx, t, "fast", nil)
+	fast.ack(fast.recv())
+	for i := range 20 {
+		f.set(t, svc("a", "one", fmt.Sprintf("10.0.1.%d", i+1)))
+		resp := fast.recv()
+		if got := names(resp); fmt.Sprint(got) != "[a/one]" {
+			t.Fatalf("update %d: fast agent got %v", i, got)
+		}
+		fast.ack(resp)
+	}
+}

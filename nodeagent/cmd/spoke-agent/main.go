@@ -1,0 +1,170 @@
+// Command spoke-agent programs its node's datapath with the view the
+// control plane streams to it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/spoke-proxy/spoke/datapath"
+	"github.com/spoke-proxy/spoke/datapath/memory"
+	"github.com/spoke-proxy/spoke/internal/grpcserver"
+	"github.com/spoke-proxy/spoke/internal/logging"
+	"github.com/spoke-proxy/spoke/nodeagent/agent"
+)
+
+type config struct {
+	nodeName       string
+	controlPlane   string
+	caFile         string
+	stateFile      string
+	datapath       string
+	healthzAddr    string
+	metricsAddr    string
+	inspectAddr    string
+	repairInterval time.Duration
+	logLevel       string
+	logFormat      string
+}
+
+func main() {
+	var c config
+	host, _ := os.Hostname()
+	if n := os.Getenv("NODE_NAME"); n != "" {
+		host = n
+	}
+	flag.StringVar(&c.nodeName, "node-name", host, "name of this node (default $NODE_NAME, else the hostname)")
+	flag.StringVar(&c.controlPlane, "controlplane", "spoke-controlplane.kube-system.svc:18000", "address of the control plane's gRPC service")
+	flag.StringVar(&c.caFile, "tls-ca-file", "", "CA bundle to verify the control plane; plaintext when empty")
+	flag.StringVar(&c.stateFile, "state-file", "/var/lib/spoke/state.db", "bbolt file of applied views; empty keeps none")
+	flag.StringVar(&c.datapath, "datapath", "memory", "datapath to program: memory")
+	flag.StringVar(&c.healthzAddr, "healthz-address", "0.0.0.0:10256", "address of /healthz and /livez (kube-proxy's port)")
+	flag.StringVar(&c.metricsAddr, "metrics-address", "127.0.0.1:10249", "address of /metrics (kube-proxy's port)")
+	flag.StringVar(&c.inspectAddr, "inspect-address", "127.0.0.1:18001", "address of the inspection gRPC service")
+	flag.DurationVar(&c.repairInterval, "repair-interval", 30*time.Second, "how often the datapath is read back and repaired")
+	flag.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	flag.StringVar(&c.logFormat, "log-format", "text", "text or json")
+	flag.Parse()
+
+	log, err := logging.New(os.Stderr, c.logLevel, c.logFormat)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, c, log); err != nil {
+		log.Error("agent failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+func newDatapath(name string) (datapath.Datapath, error) {
+	switch name {
+	case "memory":
+		return memory.New(memory.Options{}), nil
+	}
+	return nil, fmt.Errorf("unknown datapath %q", name)
+}
+
+func run(ctx context.Context, c config, log *slog.Logger) error {
+	dp, err := newDatapath(c.datapath)
+	if err != nil {
+		return err
+	}
+	creds := insecure.NewCredentials()
+	if c.caFile != "" {
+		if creds, err = credentials.NewClientTLSFromFile(c.caFile, ""); err != nil {
+			return fmt.Errorf("loading CA bundle: %w", err)
+		}
+	} else {
+		log.Warn("connecting to the control plane in plaintext: set -tls-ca-file outside tests")
+	}
+	conn, err := grpc.NewClient(c.controlPlane,
+		grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+	)
+	if err != nil {
+		return fmt.Errorf("control-plane client: %w", err)
+	}
+	defer conn.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a, err := agent.New(agent.Options{
+		NodeName: c.nodeName, Conn: conn, Datapath: dp, StatePath: c.stateFile,
+		RepairInterval: c.repairInterval, Metrics: agent.NewMetrics(reg), Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	// Program the datapath from the state file before anything else: the
+	// node forwards with its last known state even if nothing below works.
+	if err := a.Restore(ctx); err != nil {
+		return err
+	}
+
+	g := grpcserver.New(reg)
+	a.Register(g.Server)
+	g.Ready()
+	inspectLis, err := net.Listen("tcp", c.inspectAddr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", c.inspectAddr, err)
+	}
+	health := http.NewServeMux()
+	health.Handle("/healthz", a.HealthzHandler())
+	health.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	metrics := http.NewServeMux()
+	metrics.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	servers := []*http.Server{
+		{Addr: c.healthzAddr, Handler: health, ReadHeaderTimeout: 10 * time.Second},
+		{Addr: c.metricsAddr, Handler: metrics, ReadHeaderTimeout: 10 * time.Second},
+	}
+	log.Info("agent serving", "node", c.nodeName, "datapath", dp.Name(), "inspect", inspectLis.Addr().String(), "healthz", c.healthzAddr, "metrics", c.metricsAddr)
+
+	eg, ctx := errgroup.WithContext(ctx)
+	eg.Go(func() error { return a.Run(ctx) })
+	eg.Go(func() error { return g.Serve(inspectLis) })
+	for _, s := range servers {
+		lis, err := net.Listen("tcp", s.Addr)
+		if err != nil {
+			return fmt.Errorf("listening on %s: %w", s.Addr, err)
+		}
+		eg.Go(func() error {
+			if err := s.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
+	eg.Go(func() error {
+		<-ctx.Done()
+		g.Stop()
+		for _, s := range servers {
+			shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			s.Shutdown(shutdownCtx)
+			cancel()
+		}
+		return nil
+	})
+	return eg.Wait()
+}
