@@ -99,18 +99,32 @@ type Port struct {
 	NodePort uint16
 	// Internal serves traffic to cluster IPs.
 	Internal Backends
-	// External serves NodePort, external IP and load-balancer traffic; nil
-	// means the same as Internal.
+	// External serves NodePort, external IP and load-balancer traffic that
+	// arrives from outside the node; nil means the same as Internal.
 	External *Backends
+	// ExternalFromNode serves NodePort, external IP and load-balancer
+	// traffic that starts on this node (its pods or the host); nil means the
+	// same as External. It differs under externalTrafficPolicy Local, which
+	// applies to traffic from outside only (kube-proxy's short-circuit).
+	ExternalFromNode *Backends
 }
 
-// ExternalBackends returns the backends for traffic from outside the cluster
-// IPs.
+// ExternalBackends returns the backends for traffic from outside the node to
+// the node port, external IPs and load-balancer IPs.
 func (p *Port) ExternalBackends() *Backends {
 	if p.External != nil {
 		return p.External
 	}
 	return &p.Internal
+}
+
+// ExternalFromNodeBackends returns the backends for traffic from this node
+// to the node port, external IPs and load-balancer IPs.
+func (p *Port) ExternalFromNodeBackends() *Backends {
+	if p.ExternalFromNode != nil {
+		return p.ExternalFromNode
+	}
+	return p.ExternalBackends()
 }
 
 // Backends are the endpoints a kind of traffic may reach.

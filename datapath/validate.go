@@ -53,7 +53,7 @@ func (s *Service) Validate() error {
 			}
 			seen[f] = true
 		}
-		for _, b := range []*Backends{&p.Internal, p.External} {
+		for _, b := range []*Backends{&p.Internal, p.External, p.ExternalFromNode} {
 			if b == nil {
 				continue
 			}

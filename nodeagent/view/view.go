@@ -134,6 +134,13 @@ func servicePort(p *spokev1.ServicePort) (datapath.Port, error) {
 		}
 		out.External = &ext
 	}
+	if p.GetExternalFromNode() != nil {
+		ext, err := backends(p.GetExternalFromNode())
+		if err != nil {
+			return out, fmt.Errorf("external_from_node: %w", err)
+		}
+		out.ExternalFromNode = &ext
+	}
 	return out, nil
 }
 

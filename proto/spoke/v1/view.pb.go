@@ -427,11 +427,17 @@ type ServicePort struct {
 	NodePort uint32 `protobuf:"varint,4,opt,name=node_port,json=nodePort,proto3" json:"node_port,omitempty"`
 	// internal serves traffic to the cluster IPs.
 	Internal *Backends `protobuf:"bytes,5,opt,name=internal,proto3" json:"internal,omitempty"`
-	// external serves traffic to the node port, external IPs and load-balancer
-	// IPs. Unset means the same as internal.
-	External      *Backends `protobuf:"bytes,6,opt,name=external,proto3" json:"external,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// external serves traffic from outside the node to the node port, external
+	// IPs and load-balancer IPs. Unset means the same as internal.
+	External *Backends `protobuf:"bytes,6,opt,name=external,proto3" json:"external,omitempty"`
+	// external_from_node serves traffic that starts on this node (its pods or
+	// the host) to the node port, external IPs and load-balancer IPs. Under
+	// externalTrafficPolicy Local such traffic is not subject to the policy and
+	// reaches the cluster-wide endpoints, as with kube-proxy's short-circuit.
+	// Unset means the same as external.
+	ExternalFromNode *Backends `protobuf:"bytes,7,opt,name=external_from_node,json=externalFromNode,proto3" json:"external_from_node,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ServicePort) Reset() {
@@ -502,6 +508,13 @@ func (x *ServicePort) GetInternal() *Backends {
 func (x *ServicePort) GetExternal() *Backends {
 	if x != nil {
 		return x.External
+	}
+	return nil
+}
+
+func (x *ServicePort) GetExternalFromNode() *Backends {
+	if x != nil {
+		return x.ExternalFromNode
 	}
 	return nil
 }
@@ -648,14 +661,15 @@ const file_spoke_v1_view_proto_rawDesc = "" +
 	"\x1bload_balancer_source_ranges\x18\x06 \x03(\tR\x18loadBalancerSourceRanges\x12G\n" +
 	" session_affinity_timeout_seconds\x18\a \x01(\rR\x1dsessionAffinityTimeoutSeconds\x123\n" +
 	"\x16health_check_node_port\x18\b \x01(\rR\x13healthCheckNodePort\x12+\n" +
-	"\x05ports\x18\t \x03(\v2\x15.spoke.v1.ServicePortR\x05ports\"\xe2\x01\n" +
+	"\x05ports\x18\t \x03(\v2\x15.spoke.v1.ServicePortR\x05ports\"\xa4\x02\n" +
 	"\vServicePort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12.\n" +
 	"\bprotocol\x18\x02 \x01(\x0e2\x12.spoke.v1.ProtocolR\bprotocol\x12\x12\n" +
 	"\x04port\x18\x03 \x01(\rR\x04port\x12\x1b\n" +
 	"\tnode_port\x18\x04 \x01(\rR\bnodePort\x12.\n" +
 	"\binternal\x18\x05 \x01(\v2\x12.spoke.v1.BackendsR\binternal\x12.\n" +
-	"\bexternal\x18\x06 \x01(\v2\x12.spoke.v1.BackendsR\bexternal\"v\n" +
+	"\bexternal\x18\x06 \x01(\v2\x12.spoke.v1.BackendsR\bexternal\x12@\n" +
+	"\x12external_from_node\x18\a \x01(\v2\x12.spoke.v1.BackendsR\x10externalFromNode\"v\n" +
 	"\bBackends\x120\n" +
 	"\tendpoints\x18\x01 \x03(\v2\x12.spoke.v1.EndpointR\tendpoints\x128\n" +
 	"\fno_endpoints\x18\x02 \x01(\x0e2\x15.spoke.v1.NoEndpointsR\vnoEndpoints\"J\n" +
@@ -704,13 +718,14 @@ var file_spoke_v1_view_proto_depIdxs = []int32{
 	0, // 3: spoke.v1.ServicePort.protocol:type_name -> spoke.v1.Protocol
 	6, // 4: spoke.v1.ServicePort.internal:type_name -> spoke.v1.Backends
 	6, // 5: spoke.v1.ServicePort.external:type_name -> spoke.v1.Backends
-	7, // 6: spoke.v1.Backends.endpoints:type_name -> spoke.v1.Endpoint
-	1, // 7: spoke.v1.Backends.no_endpoints:type_name -> spoke.v1.NoEndpoints
-	8, // [8:8] is the sub-list for method output_type
-	8, // [8:8] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	6, // 6: spoke.v1.ServicePort.external_from_node:type_name -> spoke.v1.Backends
+	7, // 7: spoke.v1.Backends.endpoints:type_name -> spoke.v1.Endpoint
+	1, // 8: spoke.v1.Backends.no_endpoints:type_name -> spoke.v1.NoEndpoints
+	9, // [9:9] is the sub-list for method output_type
+	9, // [9:9] is the sub-list for method input_type
+	9, // [9:9] is the sub-list for extension type_name
+	9, // [9:9] is the sub-list for extension extendee
+	0, // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_spoke_v1_view_proto_init() }
