@@ -173,7 +173,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if progressed {
+		if progressed && !errors.Is(err, errProtocol) {
 			backoff = a.opts.MinBackoff
 		}
 		a.log.Info("control-plane stream ended; reconnecting", "err", err, "in", backoff)
@@ -206,6 +206,7 @@ func (a *Agent) stream(ctx context.Context) (progressed bool, err error) {
 		return false, err
 	}
 	a.mu.Lock()
+	a.lastNonce = "" // nonces are per stream
 	held := make(map[string]string, len(a.cached))
 	for name, r := range a.cached {
 		held[name] = r.GetVersion()

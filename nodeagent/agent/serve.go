@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/keepalive"
 
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
@@ -34,3 +36,21 @@ func (a *Agent) HealthzHandler() http.Handler {
 		}{last, time.Now(), ready})
 	})
 }
+
+// DialOptions are the gRPC options an agent's control-plane connection
+// needs: a receive limit above the largest response, keepalives, and a
+// reconnect backoff short enough that agents return within seconds of a
+// control-plane restart, jittered so they do not return all at once.
+func DialOptions() []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64 << 20)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		}),
+	}
+}
+
+// Close closes the state file of an agent that was restored but not run.
+func (a *Agent) Close() { a.closeState() }

@@ -22,7 +22,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/keepalive"
 
 	"github.com/spoke-proxy/spoke/datapath"
 	"github.com/spoke-proxy/spoke/datapath/memory"
@@ -98,11 +97,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	} else {
 		log.Warn("connecting to the control plane in plaintext: set -tls-ca-file outside tests")
 	}
-	conn, err := grpc.NewClient(c.controlPlane,
-		grpc.WithTransportCredentials(creds),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-	)
+	conn, err := grpc.NewClient(c.controlPlane, append(agent.DialOptions(), grpc.WithTransportCredentials(creds))...)
 	if err != nil {
 		return fmt.Errorf("control-plane client: %w", err)
 	}

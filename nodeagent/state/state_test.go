@@ -1,0 +1,162 @@
+package state
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
+
+	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
+)
+
+func resource(name, version string) *spokev1.Resource {
+	return &spokev1.Resource{Name: name, Version: version, Kind: &spokev1.Resource_Service{Service: &spokev1.Service{Namespace: "ns", Name: name}}}
+}
+
+func openTemp(t *testing.T) (*Store, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "state.db")
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, path
+}
+
+func TestRoundTrip(t *testing.T) {
+	s, path := openTemp(t)
+	if err := s.Update([]*spokev1.Resource{resource("ns/a", "1"), resource("ns/b", "2")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Update([]*spokev1.Resource{resource("ns/c", "3")}, []string{"ns/a"}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	got, err := s.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || !proto.Equal(got["ns/b"], resource("ns/b", "2")) || !proto.Equal(got["ns/c"], resource("ns/c", "3")) {
+		t.Fatalf("loaded %v", got)
+	}
+	checkIntegrity(t, s)
+}
+
+func checkIntegrity(t *testing.T, s *Store) {
+	t.Helper()
+	err := s.db.View(func(tx *bolt.Tx) error {
+		for err := range tx.Check() {
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("bbolt integrity: %v", err)
+	}
+}
+
+// corrupt damages one stored value behind the Store's back.
+func corrupt(t *testing.T, path string, mutate func(b *bolt.Bucket) error) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Update(func(tx *bolt.Tx) error {
+		return mutate(tx.Bucket(resourcesBucket))
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCorruptionIsDetected(t *testing.T) {
+	cases := map[string]func(b *bolt.Bucket) error{
+		"flipped byte": func(b *bolt.Bucket) error {
+			v := append([]byte(nil), b.Get([]byte("ns/a"))...)
+			v[len(v)-1] ^= 0xff
+			return b.Put([]byte("ns/a"), v)
+		},
+		"short value":    func(b *bolt.Bucket) error { return b.Put([]byte("ns/a"), []byte{1, 2}) },
+		"unknown format": func(b *bolt.Bucket) error { return b.Put([]byte("ns/a"), []byte{9, 0, 0, 0, 0}) },
+		"wrong key": func(b *bolt.Bucket) error {
+			return b.Put([]byte("ns/z"), b.Get([]byte("ns/a")))
+		},
+		"schema": func(b *bolt.Bucket) error {
+			return b.Tx().Bucket(metaBucket).Put(schemaKey, []byte{0, 0, 0, 99})
+		},
+	}
+	for name, mutate := range cases {
+		t.Run(name, func(t *testing.T) {
+			s, path := openTemp(t)
+			if err := s.Update([]*spokev1.Resource{resource("ns/a", "1")}, nil); err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			corrupt(t, path, mutate)
+			if _, err := Open(path); !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("Open: %v, want ErrCorrupt", err)
+			}
+			s, moved, err := OpenOrReset(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if moved == "" {
+				t.Fatal("corrupt file not moved aside")
+			}
+			if _, err := os.Stat(moved); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := s.Load(); err != nil || len(got) != 0 {
+				t.Fatalf("fresh file holds %v, %v", got, err)
+			}
+		})
+	}
+}
+
+func TestGarbageFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	garbage := make([]byte, 64<<10)
+	for i := range garbage {
+		garbage[i] = byte(i * 7)
+	}
+	if err := os.WriteFile(path, garbage, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, moved, err := OpenOrReset(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if moved == "" {
+		t.Fatal("garbage file not moved aside")
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	v, _ := encode(resource("ns/a", "1"))
+	f.Add(v)
+	f.Add([]byte{1, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := decode(b)
+		if err != nil {
+			return
+		}
+		again, err := encode(r)
+		if err != nil {
+			t.Fatalf("re-encoding a decoded value: %v", err)
+		}
+		if _, err := decode(again); err != nil {
+			t.Fatalf("decoding a re-encoded value: %v", err)
+		}
+	})
+}
