@@ -103,9 +103,9 @@ type Port struct {
 	// arrives from outside the node; nil means the same as Internal.
 	External *Backends
 	// ExternalFromNode serves NodePort, external IP and load-balancer
-	// traffic that starts on this node (its pods or the host); nil means the
-	// same as External. It differs under externalTrafficPolicy Local, which
-	// applies to traffic from outside only (kube-proxy's short-circuit).
+	// traffic that starts on this node (its pods or the host): the
+	// cluster-wide endpoints whatever the external traffic policy
+	// (kube-proxy's short-circuit). nil means the same as Internal.
 	ExternalFromNode *Backends
 }
 
@@ -124,7 +124,7 @@ func (p *Port) ExternalFromNodeBackends() *Backends {
 	if p.ExternalFromNode != nil {
 		return p.ExternalFromNode
 	}
-	return p.ExternalBackends()
+	return &p.Internal
 }
 
 // Backends are the endpoints a kind of traffic may reach.

@@ -431,10 +431,10 @@ type ServicePort struct {
 	// IPs and load-balancer IPs. Unset means the same as internal.
 	External *Backends `protobuf:"bytes,6,opt,name=external,proto3" json:"external,omitempty"`
 	// external_from_node serves traffic that starts on this node (its pods or
-	// the host) to the node port, external IPs and load-balancer IPs. Under
-	// externalTrafficPolicy Local such traffic is not subject to the policy and
-	// reaches the cluster-wide endpoints, as with kube-proxy's short-circuit.
-	// Unset means the same as external.
+	// the host) to the node port, external IPs and load-balancer IPs. Such
+	// traffic is never subject to externalTrafficPolicy Local: it reaches the
+	// cluster-wide endpoints, as with kube-proxy's short-circuit. Unset means
+	// the same as internal (set only under internalTrafficPolicy Local).
 	ExternalFromNode *Backends `protobuf:"bytes,7,opt,name=external_from_node,json=externalFromNode,proto3" json:"external_from_node,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
