@@ -1,13 +1,19 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+
+	"github.com/spoke-proxy/spoke/datapath"
 
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
@@ -54,3 +60,41 @@ func DialOptions() []grpc.DialOption {
 
 // Close closes the state file of an agent that was restored but not run.
 func (a *Agent) Close() { a.closeState() }
+
+// Tracer is implemented by datapaths that can say where a packet goes
+// without sending it.
+type Tracer interface {
+	Trace(datapath.Packet) datapath.Verdict
+}
+
+// TracePacket implements spokev1.AgentInspectionServiceServer.
+func (a *Agent) TracePacket(_ context.Context, req *spokev1.TracePacketRequest) (*spokev1.TracePacketResponse, error) {
+	tr, ok := a.opts.Datapath.(Tracer)
+	if !ok {
+		return nil, status.Errorf(codes.Unimplemented, "the %s datapath cannot trace packets", a.opts.Datapath.Name())
+	}
+	var pkt datapath.Packet
+	switch req.GetProtocol() {
+	case spokev1.Protocol_PROTOCOL_TCP:
+		pkt.Protocol = datapath.TCP
+	case spokev1.Protocol_PROTOCOL_UDP:
+		pkt.Protocol = datapath.UDP
+	case spokev1.Protocol_PROTOCOL_SCTP:
+		pkt.Protocol = datapath.SCTP
+	default:
+		return nil, status.Error(codes.InvalidArgument, "protocol must be TCP, UDP or SCTP")
+	}
+	var err error
+	if pkt.Src, err = netip.ParseAddrPort(req.GetSource()); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "source: %v", err)
+	}
+	if pkt.Dst, err = netip.ParseAddrPort(req.GetDestination()); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "destination: %v", err)
+	}
+	v := tr.Trace(pkt)
+	resp := &spokev1.TracePacketResponse{Action: v.Action.String(), Service: v.Service}
+	if v.Action == datapath.Forward {
+		resp.Backend = v.Backend.String()
+	}
+	return resp, nil
+}

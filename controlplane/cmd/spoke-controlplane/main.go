@@ -4,32 +4,23 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/spoke-proxy/spoke/controlplane/app"
 	"github.com/spoke-proxy/spoke/controlplane/model"
-	"github.com/spoke-proxy/spoke/controlplane/server"
-	"github.com/spoke-proxy/spoke/controlplane/store"
-	"github.com/spoke-proxy/spoke/controlplane/watch"
-	"github.com/spoke-proxy/spoke/internal/grpcserver"
 	"github.com/spoke-proxy/spoke/internal/logging"
 )
 
@@ -93,21 +84,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		return fmt.Errorf("creating API client: %w", err)
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	views := store.New()
-	watcher, err := watch.New(watch.Options{
-		Client: client, Store: views, Model: model.Options{ProxyName: c.proxyName},
-		Window: c.window, MaxDelay: c.maxDelay, Registerer: reg, Logger: log.With("component", "watch"),
-	})
-	if err != nil {
-		return err
-	}
-	srv := server.New(server.Options{
-		Store: views, AckTimeout: c.ackTimeout, MaxResponseBytes: c.maxResponseMiB << 20,
-		Registerer: reg, Logger: log.With("component", "server"),
-	})
-	grpcOpts := server.ServerOptions()
+	var grpcOpts []grpc.ServerOption
 	if c.tlsCert != "" {
 		creds, err := credentials.NewServerTLSFromFile(c.tlsCert, c.tlsKey)
 		if err != nil {
@@ -117,49 +94,24 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	} else {
 		log.Warn("serving gRPC in plaintext: set -tls-cert-file outside tests")
 	}
-	g := grpcserver.New(reg, grpcOpts...)
-	srv.Register(g.Server)
-	g.Ready()
-
 	lis, err := net.Listen("tcp", c.grpcAddr)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", c.grpcAddr, err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		select {
-		case <-views.Ready():
-			fmt.Fprintln(w, "ok")
-		default:
-			http.Error(w, "waiting for the API watch to sync", http.StatusServiceUnavailable)
-		}
-	})
-	httpSrv := &http.Server{Addr: c.metricsAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	httpLis, err := net.Listen("tcp", c.metricsAddr)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", c.metricsAddr, err)
 	}
+	cp, err := app.New(app.Options{
+		Client: client, GRPCListener: lis, HTTPListener: httpLis, GRPCOptions: grpcOpts,
+		Model: model.Options{ProxyName: c.proxyName}, Window: c.window, MaxDelay: c.maxDelay,
+		AckTimeout: c.ackTimeout, MaxResponseBytes: c.maxResponseMiB << 20, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
 	log.Info("control plane serving", "grpc", lis.Addr().String(), "metrics", httpLis.Addr().String())
-
-	eg, ctx := errgroup.WithContext(ctx)
-	eg.Go(func() error { return watcher.Run(ctx) })
-	eg.Go(func() error { return g.Serve(lis) })
-	eg.Go(func() error {
-		if err := httpSrv.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-		return nil
-	})
-	eg.Go(func() error {
-		<-ctx.Done()
-		g.Stop()
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		return httpSrv.Shutdown(shutdownCtx)
-	})
-	return eg.Wait()
+	return cp.Run(ctx)
 }
 
 func loadConfig(kubeconfig string) (*rest.Config, error) {

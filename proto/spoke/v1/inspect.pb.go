@@ -556,6 +556,128 @@ func (x *GetStateResponse) GetConnectedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+type TracePacketRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Protocol Protocol               `protobuf:"varint,1,opt,name=protocol,proto3,enum=spoke.v1.Protocol" json:"protocol,omitempty"`
+	// source and destination are "ip:port".
+	Source        string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	Destination   string `protobuf:"bytes,3,opt,name=destination,proto3" json:"destination,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TracePacketRequest) Reset() {
+	*x = TracePacketRequest{}
+	mi := &file_spoke_v1_inspect_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TracePacketRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TracePacketRequest) ProtoMessage() {}
+
+func (x *TracePacketRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_spoke_v1_inspect_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TracePacketRequest.ProtoReflect.Descriptor instead.
+func (*TracePacketRequest) Descriptor() ([]byte, []int) {
+	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *TracePacketRequest) GetProtocol() Protocol {
+	if x != nil {
+		return x.Protocol
+	}
+	return Protocol_PROTOCOL_UNSPECIFIED
+}
+
+func (x *TracePacketRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *TracePacketRequest) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+type TracePacketResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// action is "forward", "reject", "drop" or "pass" (not a service).
+	Action        string `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"`
+	Backend       string `protobuf:"bytes,2,opt,name=backend,proto3" json:"backend,omitempty"`
+	Service       string `protobuf:"bytes,3,opt,name=service,proto3" json:"service,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TracePacketResponse) Reset() {
+	*x = TracePacketResponse{}
+	mi := &file_spoke_v1_inspect_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TracePacketResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TracePacketResponse) ProtoMessage() {}
+
+func (x *TracePacketResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_spoke_v1_inspect_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TracePacketResponse.ProtoReflect.Descriptor instead.
+func (*TracePacketResponse) Descriptor() ([]byte, []int) {
+	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *TracePacketResponse) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *TracePacketResponse) GetBackend() string {
+	if x != nil {
+		return x.Backend
+	}
+	return ""
+}
+
+func (x *TracePacketResponse) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
 var File_spoke_v1_inspect_proto protoreflect.FileDescriptor
 
 const file_spoke_v1_inspect_proto_rawDesc = "" +
@@ -606,12 +728,21 @@ const file_spoke_v1_inspect_proto_rawDesc = "" +
 	" \x01(\x04R\x05nacks\x12\x1b\n" +
 	"\tlast_nack\x18\v \x01(\tR\blastNack\x12D\n" +
 	"\x10cache_applied_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\x0ecacheAppliedAt\x12=\n" +
-	"\fconnected_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\vconnectedAt2\xb1\x01\n" +
+	"\fconnected_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\vconnectedAt\"~\n" +
+	"\x12TracePacketRequest\x12.\n" +
+	"\bprotocol\x18\x01 \x01(\x0e2\x12.spoke.v1.ProtocolR\bprotocol\x12\x16\n" +
+	"\x06source\x18\x02 \x01(\tR\x06source\x12 \n" +
+	"\vdestination\x18\x03 \x01(\tR\vdestination\"a\n" +
+	"\x13TracePacketResponse\x12\x16\n" +
+	"\x06action\x18\x01 \x01(\tR\x06action\x12\x18\n" +
+	"\abackend\x18\x02 \x01(\tR\abackend\x12\x18\n" +
+	"\aservice\x18\x03 \x01(\tR\aservice2\xb1\x01\n" +
 	"\x1dControlPlaneInspectionService\x12D\n" +
 	"\tListNodes\x12\x1a.spoke.v1.ListNodesRequest\x1a\x1b.spoke.v1.ListNodesResponse\x12J\n" +
-	"\vGetNodeView\x12\x1c.spoke.v1.GetNodeViewRequest\x1a\x1d.spoke.v1.GetNodeViewResponse2[\n" +
+	"\vGetNodeView\x12\x1c.spoke.v1.GetNodeViewRequest\x1a\x1d.spoke.v1.GetNodeViewResponse2\xa7\x01\n" +
 	"\x16AgentInspectionService\x12A\n" +
-	"\bGetState\x12\x19.spoke.v1.GetStateRequest\x1a\x1a.spoke.v1.GetStateResponseB5Z3github.com/spoke-proxy/spoke/proto/spoke/v1;spokev1b\x06proto3"
+	"\bGetState\x12\x19.spoke.v1.GetStateRequest\x1a\x1a.spoke.v1.GetStateResponse\x12J\n" +
+	"\vTracePacket\x12\x1c.spoke.v1.TracePacketRequest\x1a\x1d.spoke.v1.TracePacketResponseB5Z3github.com/spoke-proxy/spoke/proto/spoke/v1;spokev1b\x06proto3"
 
 var (
 	file_spoke_v1_inspect_proto_rawDescOnce sync.Once
@@ -625,7 +756,7 @@ func file_spoke_v1_inspect_proto_rawDescGZIP() []byte {
 	return file_spoke_v1_inspect_proto_rawDescData
 }
 
-var file_spoke_v1_inspect_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_spoke_v1_inspect_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_spoke_v1_inspect_proto_goTypes = []any{
 	(*ListNodesRequest)(nil),      // 0: spoke.v1.ListNodesRequest
 	(*ListNodesResponse)(nil),     // 1: spoke.v1.ListNodesResponse
@@ -635,33 +766,39 @@ var file_spoke_v1_inspect_proto_goTypes = []any{
 	(*GetNodeViewResponse)(nil),   // 5: spoke.v1.GetNodeViewResponse
 	(*GetStateRequest)(nil),       // 6: spoke.v1.GetStateRequest
 	(*GetStateResponse)(nil),      // 7: spoke.v1.GetStateResponse
-	nil,                           // 8: spoke.v1.NodeStatus.AckedVersionsEntry
-	nil,                           // 9: spoke.v1.NackStatus.VersionsEntry
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
-	(*Resource)(nil),              // 11: spoke.v1.Resource
+	(*TracePacketRequest)(nil),    // 8: spoke.v1.TracePacketRequest
+	(*TracePacketResponse)(nil),   // 9: spoke.v1.TracePacketResponse
+	nil,                           // 10: spoke.v1.NodeStatus.AckedVersionsEntry
+	nil,                           // 11: spoke.v1.NackStatus.VersionsEntry
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(*Resource)(nil),              // 13: spoke.v1.Resource
+	(Protocol)(0),                 // 14: spoke.v1.Protocol
 }
 var file_spoke_v1_inspect_proto_depIdxs = []int32{
 	2,  // 0: spoke.v1.ListNodesResponse.nodes:type_name -> spoke.v1.NodeStatus
-	10, // 1: spoke.v1.NodeStatus.connected_at:type_name -> google.protobuf.Timestamp
-	8,  // 2: spoke.v1.NodeStatus.acked_versions:type_name -> spoke.v1.NodeStatus.AckedVersionsEntry
+	12, // 1: spoke.v1.NodeStatus.connected_at:type_name -> google.protobuf.Timestamp
+	10, // 2: spoke.v1.NodeStatus.acked_versions:type_name -> spoke.v1.NodeStatus.AckedVersionsEntry
 	3,  // 3: spoke.v1.NodeStatus.nacked:type_name -> spoke.v1.NackStatus
-	9,  // 4: spoke.v1.NackStatus.versions:type_name -> spoke.v1.NackStatus.VersionsEntry
-	10, // 5: spoke.v1.NackStatus.at:type_name -> google.protobuf.Timestamp
-	11, // 6: spoke.v1.GetNodeViewResponse.resources:type_name -> spoke.v1.Resource
-	11, // 7: spoke.v1.GetStateResponse.cached:type_name -> spoke.v1.Resource
-	10, // 8: spoke.v1.GetStateResponse.cache_applied_at:type_name -> google.protobuf.Timestamp
-	10, // 9: spoke.v1.GetStateResponse.connected_at:type_name -> google.protobuf.Timestamp
-	0,  // 10: spoke.v1.ControlPlaneInspectionService.ListNodes:input_type -> spoke.v1.ListNodesRequest
-	4,  // 11: spoke.v1.ControlPlaneInspectionService.GetNodeView:input_type -> spoke.v1.GetNodeViewRequest
-	6,  // 12: spoke.v1.AgentInspectionService.GetState:input_type -> spoke.v1.GetStateRequest
-	1,  // 13: spoke.v1.ControlPlaneInspectionService.ListNodes:output_type -> spoke.v1.ListNodesResponse
-	5,  // 14: spoke.v1.ControlPlaneInspectionService.GetNodeView:output_type -> spoke.v1.GetNodeViewResponse
-	7,  // 15: spoke.v1.AgentInspectionService.GetState:output_type -> spoke.v1.GetStateResponse
-	13, // [13:16] is the sub-list for method output_type
-	10, // [10:13] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	11, // 4: spoke.v1.NackStatus.versions:type_name -> spoke.v1.NackStatus.VersionsEntry
+	12, // 5: spoke.v1.NackStatus.at:type_name -> google.protobuf.Timestamp
+	13, // 6: spoke.v1.GetNodeViewResponse.resources:type_name -> spoke.v1.Resource
+	13, // 7: spoke.v1.GetStateResponse.cached:type_name -> spoke.v1.Resource
+	12, // 8: spoke.v1.GetStateResponse.cache_applied_at:type_name -> google.protobuf.Timestamp
+	12, // 9: spoke.v1.GetStateResponse.connected_at:type_name -> google.protobuf.Timestamp
+	14, // 10: spoke.v1.TracePacketRequest.protocol:type_name -> spoke.v1.Protocol
+	0,  // 11: spoke.v1.ControlPlaneInspectionService.ListNodes:input_type -> spoke.v1.ListNodesRequest
+	4,  // 12: spoke.v1.ControlPlaneInspectionService.GetNodeView:input_type -> spoke.v1.GetNodeViewRequest
+	6,  // 13: spoke.v1.AgentInspectionService.GetState:input_type -> spoke.v1.GetStateRequest
+	8,  // 14: spoke.v1.AgentInspectionService.TracePacket:input_type -> spoke.v1.TracePacketRequest
+	1,  // 15: spoke.v1.ControlPlaneInspectionService.ListNodes:output_type -> spoke.v1.ListNodesResponse
+	5,  // 16: spoke.v1.ControlPlaneInspectionService.GetNodeView:output_type -> spoke.v1.GetNodeViewResponse
+	7,  // 17: spoke.v1.AgentInspectionService.GetState:output_type -> spoke.v1.GetStateResponse
+	9,  // 18: spoke.v1.AgentInspectionService.TracePacket:output_type -> spoke.v1.TracePacketResponse
+	15, // [15:19] is the sub-list for method output_type
+	11, // [11:15] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_spoke_v1_inspect_proto_init() }
@@ -676,7 +813,7 @@ func file_spoke_v1_inspect_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_spoke_v1_inspect_proto_rawDesc), len(file_spoke_v1_inspect_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

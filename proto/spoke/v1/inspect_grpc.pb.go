@@ -168,7 +168,8 @@ var ControlPlaneInspectionService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	AgentInspectionService_GetState_FullMethodName = "/spoke.v1.AgentInspectionService/GetState"
+	AgentInspectionService_GetState_FullMethodName    = "/spoke.v1.AgentInspectionService/GetState"
+	AgentInspectionService_TracePacket_FullMethodName = "/spoke.v1.AgentInspectionService/TracePacket"
 )
 
 // AgentInspectionServiceClient is the client API for AgentInspectionService service.
@@ -179,6 +180,9 @@ const (
 type AgentInspectionServiceClient interface {
 	// GetState returns the cached and programmed state and the stream status.
 	GetState(ctx context.Context, in *GetStateRequest, opts ...grpc.CallOption) (*GetStateResponse, error)
+	// TracePacket says what the datapath does with the first packet of a
+	// connection, for datapaths that can answer without sending it.
+	TracePacket(ctx context.Context, in *TracePacketRequest, opts ...grpc.CallOption) (*TracePacketResponse, error)
 }
 
 type agentInspectionServiceClient struct {
@@ -199,6 +203,16 @@ func (c *agentInspectionServiceClient) GetState(ctx context.Context, in *GetStat
 	return out, nil
 }
 
+func (c *agentInspectionServiceClient) TracePacket(ctx context.Context, in *TracePacketRequest, opts ...grpc.CallOption) (*TracePacketResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TracePacketResponse)
+	err := c.cc.Invoke(ctx, AgentInspectionService_TracePacket_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentInspectionServiceServer is the server API for AgentInspectionService service.
 // All implementations must embed UnimplementedAgentInspectionServiceServer
 // for forward compatibility.
@@ -207,6 +221,9 @@ func (c *agentInspectionServiceClient) GetState(ctx context.Context, in *GetStat
 type AgentInspectionServiceServer interface {
 	// GetState returns the cached and programmed state and the stream status.
 	GetState(context.Context, *GetStateRequest) (*GetStateResponse, error)
+	// TracePacket says what the datapath does with the first packet of a
+	// connection, for datapaths that can answer without sending it.
+	TracePacket(context.Context, *TracePacketRequest) (*TracePacketResponse, error)
 	mustEmbedUnimplementedAgentInspectionServiceServer()
 }
 
@@ -219,6 +236,9 @@ type UnimplementedAgentInspectionServiceServer struct{}
 
 func (UnimplementedAgentInspectionServiceServer) GetState(context.Context, *GetStateRequest) (*GetStateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetState not implemented")
+}
+func (UnimplementedAgentInspectionServiceServer) TracePacket(context.Context, *TracePacketRequest) (*TracePacketResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method TracePacket not implemented")
 }
 func (UnimplementedAgentInspectionServiceServer) mustEmbedUnimplementedAgentInspectionServiceServer() {
 }
@@ -260,6 +280,24 @@ func _AgentInspectionService_GetState_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentInspectionService_TracePacket_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TracePacketRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentInspectionServiceServer).TracePacket(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentInspectionService_TracePacket_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentInspectionServiceServer).TracePacket(ctx, req.(*TracePacketRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentInspectionService_ServiceDesc is the grpc.ServiceDesc for AgentInspectionService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -270,6 +308,10 @@ var AgentInspectionService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetState",
 			Handler:    _AgentInspectionService_GetState_Handler,
+		},
+		{
+			MethodName: "TracePacket",
+			Handler:    _AgentInspectionService_TracePacket_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

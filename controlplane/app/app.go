@@ -1,0 +1,132 @@
+// Package app assembles the control plane: the API watch, the view store,
+// the stream and inspection services on one gRPC server, and the HTTP
+// endpoints for metrics and health. The binary, the tests and the scale
+// simulator all run it through here.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/spoke-proxy/spoke/controlplane/model"
+	"github.com/spoke-proxy/spoke/controlplane/server"
+	"github.com/spoke-proxy/spoke/controlplane/store"
+	"github.com/spoke-proxy/spoke/controlplane/watch"
+	"github.com/spoke-proxy/spoke/internal/grpcserver"
+)
+
+// Options configure a control plane.
+type Options struct {
+	Client kubernetes.Interface
+	// GRPCListener serves the view stream and inspection services.
+	GRPCListener net.Listener
+	// HTTPListener serves /metrics, /healthz and /livez; none when nil.
+	HTTPListener net.Listener
+	// GRPCOptions are extra server options, such as TLS credentials.
+	GRPCOptions []grpc.ServerOption
+	// Authenticator binds streams to nodes; see server.Options.
+	Authenticator server.Authenticator
+	Model         model.Options
+	// Debounce window and maximum delay; see watch.Options.
+	Window, MaxDelay time.Duration
+	AckTimeout       time.Duration
+	MaxResponseBytes int
+	Logger           *slog.Logger
+}
+
+// ControlPlane is an assembled control plane.
+type ControlPlane struct {
+	opts     Options
+	Store    *store.Store
+	Server   *server.Server
+	Registry *prometheus.Registry
+	watcher  *watch.Watcher
+	grpc     *grpcserver.Server
+}
+
+// New assembles a control plane; Run serves it.
+func New(opts Options) (*ControlPlane, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	c := &ControlPlane{opts: opts, Store: store.New(), Registry: prometheus.NewRegistry()}
+	c.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var err error
+	c.watcher, err = watch.New(watch.Options{
+		Client: opts.Client, Store: c.Store, Model: opts.Model,
+		Window: opts.Window, MaxDelay: opts.MaxDelay,
+		Registerer: c.Registry, Logger: opts.Logger.With("component", "watch"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.Server = server.New(server.Options{
+		Store: c.Store, Authenticator: opts.Authenticator, AckTimeout: opts.AckTimeout,
+		MaxResponseBytes: opts.MaxResponseBytes, Registerer: c.Registry,
+		Logger: opts.Logger.With("component", "server"),
+	})
+	c.grpc = grpcserver.New(c.Registry, append(server.ServerOptions(), opts.GRPCOptions...)...)
+	c.Server.Register(c.grpc.Server)
+	c.grpc.Ready()
+	return c, nil
+}
+
+// Run serves until ctx is done or a part fails.
+func (c *ControlPlane) Run(ctx context.Context) error {
+	eg, ctx := errgroup.WithContext(ctx)
+	eg.Go(func() error { return c.watcher.Run(ctx) })
+	eg.Go(func() error {
+		if err := c.grpc.Serve(c.opts.GRPCListener); err != nil {
+			return fmt.Errorf("serving gRPC: %w", err)
+		}
+		return nil
+	})
+	var httpSrv *http.Server
+	if c.opts.HTTPListener != nil {
+		httpSrv = &http.Server{Handler: c.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+		eg.Go(func() error {
+			if err := httpSrv.Serve(c.opts.HTTPListener); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serving HTTP: %w", err)
+			}
+			return nil
+		})
+	}
+	eg.Go(func() error {
+		<-ctx.Done()
+		c.grpc.Stop()
+		if httpSrv != nil {
+			shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return httpSrv.Shutdown(shutdownCtx)
+		}
+		return nil
+	})
+	return eg.Wait()
+}
+
+func (c *ControlPlane) httpHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(c.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		select {
+		case <-c.Store.Ready():
+			fmt.Fprintln(w, "ok")
+		default:
+			http.Error(w, "waiting for the API watch to sync", http.StatusServiceUnavailable)
+		}
+	})
+	return mux
+}
