@@ -1,10 +1,8 @@
 package model
 
 import (
-	"cmp"
 	"fmt"
-	"net/netip"
-	"slices"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -15,6 +13,27 @@ import (
 // ServiceProxyNameLabel names the proxy that must serve a service; services
 // naming another proxy are skipped.
 const ServiceProxyNameLabel = "service.kubernetes.io/service-proxy-name"
+
+// Limits that keep every view within what the agent's decoder accepts and
+// what the Kubernetes API allows.
+const (
+	// MaxAddresses bounds each address list of a view (cluster, external
+	// and load-balancer IPs, source ranges).
+	MaxAddresses = 64
+	// MaxPorts bounds the ports of a service.
+	MaxPorts = 256
+	// MaxEndpoints bounds the endpoints of one set of backends.
+	MaxEndpoints = 10000
+	// MaxSliceEndpoints and MaxSlicePorts are the API's limits for one
+	// EndpointSlice; a slice beyond them is skipped whole.
+	MaxSliceEndpoints = 1000
+	MaxSlicePorts     = 100
+	// DefaultAffinityTimeout is the ClientIP session affinity timeout when
+	// the service sets none, in seconds; MaxAffinityTimeout is the API's
+	// upper bound.
+	DefaultAffinityTimeout = 10800
+	MaxAffinityTimeout     = 86400
+)
 
 // Options are the settings of the view computation.
 type Options struct {
@@ -27,11 +46,20 @@ type Options struct {
 // Views are the views of one service across the cluster's nodes. A node
 // sees ByNode[node] if present, else ByZone[zone] if present, else Default.
 // Nodes differ only where a policy makes them differ, so most services have
-// just a Default.
+// just a Default. Views may share sub-messages: never modify them.
 type Views struct {
 	Default *spokev1.Service
-	ByZone  map[string]*spokev1.Service
-	ByNode  map[string]*spokev1.Service
+	// ByZone holds the views of zones that topology hints make differ from
+	// Default.
+	ByZone map[string]*spokev1.Service
+	// ByNode holds the views of nodes that host endpoints of a service with
+	// a Local traffic policy, or that PreferSameNode hints name. Its keys
+	// are the nodes whose zone the computation read.
+	ByNode map[string]*spokev1.Service
+	// Trigger is the earliest EndpointSlice last-change-trigger-time behind
+	// this computation, zero when unknown. Compute never sets it: the
+	// caller, which knows which change caused the computation, does.
+	Trigger time.Time
 }
 
 // For returns the view a node in a zone sees; nil means the node does not
@@ -53,18 +81,37 @@ func (v *Views) Empty() bool {
 
 // Topology is what the view computation needs to know of the nodes.
 type Topology struct {
-	// Zones maps a node name to its zone ("" when unlabelled).
+	// Zones maps a node name to its zone ("" when unlabelled or unknown).
+	// Compute reads it only for the nodes it returns in Views.ByNode.
 	Zones map[string]string
 }
+
+// InputError is one part of an API object that the computation skipped
+// because it is invalid. The rest of the object, and every other object,
+// is still used.
+type InputError struct {
+	// Kind is the object's kind: "Service" or "EndpointSlice".
+	Kind            string
+	Namespace, Name string
+	// Err says what was skipped and why.
+	Err error
+}
+
+func (e *InputError) Error() string {
+	return fmt.Sprintf("%s %s/%s: %v", e.Kind, e.Namespace, e.Name, e.Err)
+}
+
+func (e *InputError) Unwrap() error { return e.Err }
 
 // Skipped reports why a service is not proxied, or "" if it is.
 func Skipped(svc *corev1.Service, opts Options) string {
 	switch {
 	case svc.Spec.Type == corev1.ServiceTypeExternalName:
 		return "ExternalName service"
-	case svc.Spec.ClusterIP == corev1.ClusterIPNone:
+	case svc.Spec.ClusterIP == corev1.ClusterIPNone,
+		len(svc.Spec.ClusterIPs) > 0 && svc.Spec.ClusterIPs[0] == corev1.ClusterIPNone:
 		return "headless service"
-	case svc.Spec.ClusterIP == "":
+	case svc.Spec.ClusterIP == "" && len(svc.Spec.ClusterIPs) == 0:
 		return "no cluster IP"
 	}
 	if name, ok := svc.Labels[ServiceProxyNameLabel]; ok && name != opts.ProxyName {
@@ -74,177 +121,37 @@ func Skipped(svc *corev1.Service, opts Options) string {
 }
 
 // Compute returns the views of a service given every EndpointSlice that
-// belongs to it. Problems with individual fields (an invalid address, an
-// out-of-range port) skip that field and are returned as errors; they
-// never stop the rest of the service from being computed. A nil service
-// yields empty views.
+// belongs to it. Invalid parts of the input (an address that is not
+// canonical, a port out of range, a slice over the API's limits) are
+// skipped and returned as *InputError; they never stop the rest of the
+// service from being computed. A nil or skipped service yields empty views.
+//
+// The cost is proportional to the service's endpoints and to the zones and
+// nodes its hints and Local policies name, never to the cluster's size.
 func Compute(svc *corev1.Service, endpointSlices []*discoveryv1.EndpointSlice, topo Topology, opts Options) (Views, []error) {
 	if svc == nil || Skipped(svc, opts) != "" {
 		return Views{}, nil
 	}
 	var errs []error
-	report := func(format string, args ...any) {
-		errs = append(errs, fmt.Errorf("service %s/%s: %s", svc.Namespace, svc.Name, fmt.Sprintf(format, args...)))
-	}
-	out := &spokev1.Service{Namespace: svc.Namespace, Name: svc.Name}
-	families := map[bool]bool{} // is4 -> served
-	for _, ip := range clusterIPs(svc) {
-		a, err := ParseAddr(ip)
-		if err != nil {
-			report("cluster IP: %v", err)
-			continue
-		}
-		families[a.Is4()] = true
-		out.ClusterIps = append(out.ClusterIps, a.String())
-	}
-	if len(out.ClusterIps) == 0 {
-		report("no valid cluster IP")
+	spec := parseService(svc, func(err error) {
+		errs = append(errs, &InputError{Kind: "Service", Namespace: svc.Namespace, Name: svc.Name, Err: err})
+	})
+	if spec == nil {
 		return Views{}, errs
 	}
-	eps := collectEndpoints(endpointSlices, families)
-	for _, sp := range svc.Spec.Ports {
-		p, err := servicePort(sp)
-		if err != nil {
-			report("port %q: %v", sp.Name, err)
-			continue
-		}
-		p.Internal = &spokev1.Backends{NoEndpoints: spokev1.NoEndpoints_NO_ENDPOINTS_REJECT}
-		for _, ep := range eps {
-			port, ok := ep.ports[portKey{sp.Name, sp.Protocol}]
-			if !ok || !ep.ready {
-				continue
-			}
-			p.Internal.Endpoints = append(p.Internal.Endpoints, &spokev1.Endpoint{Ip: ep.addr.String(), Port: uint32(port)})
-		}
-		sortEndpoints(p.Internal.Endpoints)
-		out.Ports = append(out.Ports, p)
-	}
-	return Views{Default: out}, errs
-}
-
-func clusterIPs(svc *corev1.Service) []string {
-	if len(svc.Spec.ClusterIPs) > 0 {
-		return svc.Spec.ClusterIPs
-	}
-	return []string{svc.Spec.ClusterIP}
-}
-
-func servicePort(sp corev1.ServicePort) (*spokev1.ServicePort, error) {
-	proto, err := protocol(sp.Protocol)
-	if err != nil {
-		return nil, err
-	}
-	if sp.Port <= 0 || sp.Port > 65535 {
-		return nil, fmt.Errorf("port %d out of range", sp.Port)
-	}
-	if sp.NodePort < 0 || sp.NodePort > 65535 {
-		return nil, fmt.Errorf("node port %d out of range", sp.NodePort)
-	}
-	return &spokev1.ServicePort{Name: sp.Name, Protocol: proto, Port: uint32(sp.Port)}, nil
-}
-
-func protocol(p corev1.Protocol) (spokev1.Protocol, error) {
-	switch p {
-	case corev1.ProtocolTCP, "":
-		return spokev1.Protocol_PROTOCOL_TCP, nil
-	case corev1.ProtocolUDP:
-		return spokev1.Protocol_PROTOCOL_UDP, nil
-	case corev1.ProtocolSCTP:
-		return spokev1.Protocol_PROTOCOL_SCTP, nil
-	}
-	return 0, fmt.Errorf("unknown protocol %q", p)
-}
-
-// ParseAddr parses an IP address in canonical form only. Kubernetes has
-// accepted forms such as "010.0.0.1" in the past, which other parsers read
-// as octal: such addresses are rejected, never guessed at.
-func ParseAddr(s string) (netip.Addr, error) {
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.Addr{}, fmt.Errorf("invalid IP %q", s)
-	}
-	if a.Zone() != "" || a.Is4In6() || a.String() != s || a.IsUnspecified() {
-		return netip.Addr{}, fmt.Errorf("IP %q is not in canonical form", s)
-	}
-	return a, nil
-}
-
-type portKey struct {
-	name  string
-	proto corev1.Protocol
-}
-
-// endpoint is one endpoint address merged across slices.
-type endpoint struct {
-	addr  netip.Addr
-	ready bool
-	ports map[portKey]int32
-}
-
-// collectEndpoints merges the endpoints of a service's slices, keeping the
-// families the service serves. An address listed in several slices keeps
-// its first (by slice name) appearance.
-func collectEndpoints(endpointSlices []*discoveryv1.EndpointSlice, families map[bool]bool) []endpoint {
-	sorted := slices.Clone(endpointSlices)
-	slices.SortFunc(sorted, func(a, b *discoveryv1.EndpointSlice) int { return cmp.Compare(a.Name, b.Name) })
-	var out []endpoint
-	seen := map[netip.Addr]bool{}
-	for _, es := range sorted {
-		if es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6 {
-			continue
-		}
-		ports := map[portKey]int32{}
-		for _, p := range es.Ports {
-			if p.Port == nil || *p.Port <= 0 || *p.Port > 65535 {
-				continue
-			}
-			name, proto := "", corev1.ProtocolTCP
-			if p.Name != nil {
-				name = *p.Name
-			}
-			if p.Protocol != nil {
-				proto = *p.Protocol
-			}
-			ports[portKey{name, proto}] = *p.Port
-		}
-		for _, e := range es.Endpoints {
-			for _, s := range e.Addresses {
-				a, err := ParseAddr(s)
-				if err != nil || !families[a.Is4()] || seen[a] {
-					continue
-				}
-				seen[a] = true
-				ready := e.Conditions.Ready == nil || *e.Conditions.Ready
-				out = append(out, endpoint{addr: a, ready: ready, ports: ports})
-			}
-		}
-	}
-	return out
-}
-
-func sortEndpoints(eps []*spokev1.Endpoint) {
-	slices.SortFunc(eps, func(a, b *spokev1.Endpoint) int {
-		if c := cmp.Compare(a.Ip, b.Ip); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.Port, b.Port)
+	members := parseSlices(endpointSlices, spec.families, func(es *discoveryv1.EndpointSlice, err error) {
+		errs = append(errs, &InputError{Kind: "EndpointSlice", Namespace: es.Namespace, Name: es.Name, Err: err})
 	})
-}
-
-// NodeView returns the node resource content for a Node.
-func NodeView(n *corev1.Node) *spokev1.Node {
-	out := &spokev1.Node{Name: n.Name, Zone: n.Labels[corev1.LabelTopologyZone]}
-	seen := map[string]bool{}
-	for _, a := range n.Status.Addresses {
-		if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
-			continue
-		}
-		if _, err := ParseAddr(a.Address); err != nil || seen[a.Address] {
-			continue
-		}
-		seen[a.Address] = true
-		out.Addresses = append(out.Addresses, a.Address)
+	ports := make([]*portBackends, len(spec.ports))
+	for i := range spec.ports {
+		ports[i] = newPortBackends(&spec.ports[i], members, spec.usesLocal())
 	}
-	slices.Sort(out.Addresses)
-	return out
+	views := assemble(spec, ports, topo)
+	for _, p := range ports {
+		if p.truncated {
+			errs = append(errs, &InputError{Kind: "Service", Namespace: svc.Namespace, Name: svc.Name,
+				Err: fmt.Errorf("port %q: more than %d endpoints; the view keeps the first %d", p.spec.name, MaxEndpoints, MaxEndpoints)})
+		}
+	}
+	return views, errs
 }
