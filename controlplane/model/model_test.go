@@ -468,8 +468,12 @@ func TestComputeTrafficPolicies(t *testing.T) {
 }
 
 func TestComputeTopology(t *testing.T) {
-	preferClose := func(s *corev1.Service) { s.Spec.TrafficDistribution = ptr.To(corev1.ServiceTrafficDistributionPreferClose) }
-	preferNode := func(s *corev1.Service) { s.Spec.TrafficDistribution = ptr.To(corev1.ServiceTrafficDistributionPreferSameNode) }
+	preferClose := func(s *corev1.Service) {
+		s.Spec.TrafficDistribution = ptr.To(corev1.ServiceTrafficDistributionPreferClose)
+	}
+	preferNode := func(s *corev1.Service) {
+		s.Spec.TrafficDistribution = ptr.To(corev1.ServiceTrafficDistributionPreferSameNode)
+	}
 	runCompute(t, []computeCase{{
 		name: "zone hints: a view per hinted zone, default for the others",
 		svc:  service("web", ip4, port("http", corev1.ProtocolTCP, 80, 0), preferClose),
