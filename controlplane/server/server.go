@@ -288,8 +288,6 @@ type part struct {
 	removed   []string
 }
 
-func (p part) empty() bool { return len(p.resources) == 0 && len(p.removed) == 0 }
-
 func (p part) encode(nonce string) []byte {
 	n := len(nonce) + 8
 	for _, r := range p.resources {

@@ -40,7 +40,7 @@ func deltaNames(d Delta) string {
 	for _, r := range d.Resources {
 		out = append(out, r.Name+"@"+r.Version[:4])
 	}
-	return fmt.Sprint(len(d.Resources), len(d.Removed), d.Removed)
+	return fmt.Sprint(out, " removed ", d.Removed)
 }
 
 func TestSinceFollowsGroups(t *testing.T) {

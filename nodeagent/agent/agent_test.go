@@ -82,12 +82,6 @@ func svc(name, clusterIP string, endpoints ...string) *spokev1.Service {
 	return &spokev1.Service{Namespace: "default", Name: name, ClusterIps: []string{clusterIP}, Ports: []*spokev1.ServicePort{p}}
 }
 
-type runningAgent struct {
-	*agent.Agent
-	dp   *memory.Datapath
-	stop func()
-}
-
 func dial(t *testing.T, addr string) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient(addr, append(agent.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 	"google.golang.org/protobuf/proto"
 
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
@@ -61,7 +62,7 @@ func Open(path string) (s *Store, err error) {
 	}()
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("opening state file %s: locked by another process: %w", path, err)
 		}
 		return nil, fmt.Errorf("opening state file %s: %w: %v", path, ErrCorrupt, err)

@@ -97,7 +97,7 @@ func Node(r *spokev1.Resource) (datapath.Node, error) {
 	}
 	as, err := addrs(n.GetAddresses())
 	if err != nil {
-		return datapath.Node{}, fmt.Errorf("%w: node %s addresses: %v", ErrInvalid, n.GetName(), err)
+		return datapath.Node{}, fmt.Errorf("%w: node %s addresses: %w", ErrInvalid, n.GetName(), err)
 	}
 	return datapath.Node{Name: n.GetName(), Zone: n.GetZone(), Addresses: as}, nil
 }
