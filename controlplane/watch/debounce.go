@@ -14,6 +14,9 @@ type debouncer struct {
 	window, maxDelay time.Duration
 	clock            clock.Clock
 	trigger          chan struct{}
+	// idle, when set, is called each time Run is about to wait: tests use
+	// it to step a fake clock only once the timers are set.
+	idle func()
 }
 
 func newDebouncer(window, maxDelay time.Duration, c clock.Clock) *debouncer {
@@ -31,6 +34,7 @@ func (d *debouncer) Trigger() {
 // Run calls fn after each burst of triggers until ctx is done.
 func (d *debouncer) Run(ctx context.Context, fn func()) {
 	for {
+		d.waiting()
 		select {
 		case <-ctx.Done():
 			return
@@ -45,6 +49,7 @@ func (d *debouncer) Run(ctx context.Context, fn func()) {
 				break
 			}
 			limit := d.clock.NewTimer(deadline)
+			d.waiting()
 			select {
 			case <-ctx.Done():
 				quiet.Stop()
@@ -63,5 +68,11 @@ func (d *debouncer) Run(ctx context.Context, fn func()) {
 			}
 		}
 		fn()
+	}
+}
+
+func (d *debouncer) waiting() {
+	if d.idle != nil {
+		d.idle()
 	}
 }

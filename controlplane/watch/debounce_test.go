@@ -1,0 +1,92 @@
+package watch
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	clocktesting "k8s.io/utils/clock/testing"
+)
+
+// harness runs a debouncer on a fake clock and steps the clock only while
+// the debouncer waits.
+type harness struct {
+	t     *testing.T
+	clock *clocktesting.FakeClock
+	d     *debouncer
+	idle  chan struct{}
+	runs  chan struct{}
+}
+
+func newHarness(t *testing.T) *harness {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	h := &harness{t: t, clock: clocktesting.NewFakeClock(time.Unix(0, 0)), idle: make(chan struct{}), runs: make(chan struct{}, 100)}
+	h.d = newDebouncer(100*time.Millisecond, time.Second, h.clock)
+	h.d.idle = func() {
+		select {
+		case h.idle <- struct{}{}:
+		case <-ctx.Done():
+		}
+	}
+	go h.d.Run(ctx, func() { h.runs <- struct{}{} })
+	h.waitIdle()
+	return h
+}
+
+func (h *harness) waitIdle() {
+	h.t.Helper()
+	select {
+	case <-h.idle:
+	case <-time.After(5 * time.Second):
+		h.t.Fatal("debouncer never waited")
+	}
+}
+
+func (h *harness) trigger() {
+	h.d.Trigger()
+	h.waitIdle()
+}
+
+// step advances the clock; a timer that fires makes the debouncer wait
+// again, which the caller says by expecting it.
+func (h *harness) step(d time.Duration, wakes bool) {
+	h.clock.Step(d)
+	if wakes {
+		h.waitIdle()
+	}
+}
+
+func (h *harness) runCount() int { return len(h.runs) }
+
+func TestDebounceBatchesABurst(t *testing.T) {
+	h := newHarness(t)
+	h.trigger()
+	for range 5 { // triggers 50ms apart keep the burst open
+		h.step(50*time.Millisecond, false)
+		h.trigger()
+	}
+	if h.runCount() != 0 {
+		t.Fatal("ran during the burst")
+	}
+	h.step(100*time.Millisecond, true) // 100ms of quiet ends it
+	if h.runCount() != 1 {
+		t.Fatalf("%d runs after the burst, want 1", h.runCount())
+	}
+}
+
+func TestDebounceMaxDelayBoundsAnEndlessBurst(t *testing.T) {
+	h := newHarness(t)
+	h.trigger()
+	for range 19 { // 950ms of a burst that never pauses
+		h.step(50*time.Millisecond, false)
+		h.trigger()
+	}
+	if h.runCount() != 0 {
+		t.Fatal("ran before the maximum delay")
+	}
+	h.step(50*time.Millisecond, true) // 1s after the first trigger
+	if h.runCount() != 1 {
+		t.Fatalf("%d runs at the maximum delay, want 1", h.runCount())
+	}
+}
