@@ -56,6 +56,9 @@ type Packet struct {
 	// backend.
 	Want     datapath.Action
 	Backends []netip.AddrPort
+	// Sticky packets must reach the backend that the case's previous
+	// forwarded packet reached (ClientIP session affinity).
+	Sticky bool
 }
 
 // Target is a datapath under test that can trace packets.
@@ -123,6 +126,7 @@ func Run(t *testing.T, newTarget func(t *testing.T) Target) {
 			if err := Program(ctx, &c, target); err != nil {
 				t.Fatalf("programming: %v", err)
 			}
+			var last netip.AddrPort
 			for _, p := range c.Packets {
 				got, err := target.Trace(ctx, p.Origin, p.Packet)
 				if err != nil {
@@ -132,9 +136,16 @@ func Run(t *testing.T, newTarget func(t *testing.T) Target) {
 					t.Errorf("%s: got %s, want %s", p.Packet, got, p.Want)
 					continue
 				}
-				if p.Want == datapath.Forward && !slices.Contains(p.Backends, got.Backend) {
+				if p.Want != datapath.Forward {
+					continue
+				}
+				if !slices.Contains(p.Backends, got.Backend) {
 					t.Errorf("%s: reached %s, want one of %v", p.Packet, got.Backend, p.Backends)
 				}
+				if p.Sticky && got.Backend != last {
+					t.Errorf("%s: reached %s, want %s as the previous packet (session affinity)", p.Packet, got.Backend, last)
+				}
+				last = got.Backend
 			}
 		})
 	}

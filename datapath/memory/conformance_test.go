@@ -11,8 +11,12 @@ import (
 
 type target struct{ *memory.Datapath }
 
-func (t target) Trace(_ context.Context, _ conformance.Origin, pkt datapath.Packet) (datapath.Verdict, error) {
-	return t.Datapath.Trace(pkt), nil
+func (t target) Trace(_ context.Context, origin conformance.Origin, pkt datapath.Packet) (datapath.Verdict, error) {
+	o := memory.FromOutside
+	if origin == conformance.Local {
+		o = memory.FromNode
+	}
+	return t.Datapath.Trace(o, pkt), nil
 }
 
 func TestConformance(t *testing.T) {

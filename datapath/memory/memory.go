@@ -1,12 +1,3 @@
-// Package memory is a datapath held in memory: it programs services into Go
-// maps and answers, for a packet, which backend it reaches. The scale
-// simulator runs thousands of them, and agent tests use it where the kernel
-// is not what is under test.
-//
-// Caveats: services passed to Apply are kept as they are, not copied; the
-// caller must not change them afterwards (the agent never does: each decoded
-// service is new). The lookup index is built on the first Trace after a
-// change, so a node that is never traced pays nothing for it.
 package memory
 
 import (
@@ -132,12 +123,25 @@ type frontend struct {
 }
 
 type target struct {
-	svc      *datapath.Service
-	port     *datapath.Port
-	backends *datapath.Backends
+	svc  *datapath.Service
+	port *datapath.Port
+	// backends serve traffic from outside the node, fromNode traffic that
+	// starts on it; they differ for external frontends only.
+	backends, fromNode *datapath.Backends
 	// lb marks load-balancer addresses, subject to source ranges.
 	lb bool
 }
+
+// Origin says where a traced packet starts.
+type Origin uint8
+
+// Origins of a packet.
+const (
+	// FromNode packets start on the node: in one of its pods or the host.
+	FromNode Origin = iota + 1
+	// FromOutside packets arrive at the node from elsewhere.
+	FromOutside
+)
 
 type affinityKey struct {
 	service string
@@ -157,17 +161,19 @@ func (d *Datapath) buildIndex() {
 		for i := range s.Ports {
 			p := &s.Ports[i]
 			for _, a := range s.ClusterIPs {
-				index[frontend{a, p.Port, p.Protocol}] = target{svc: s, port: p, backends: &p.Internal}
+				index[frontend{a, p.Port, p.Protocol}] = target{svc: s, port: p, backends: &p.Internal, fromNode: &p.Internal}
 			}
-			ext := p.ExternalBackends()
+			ext := target{svc: s, port: p, backends: p.ExternalBackends(), fromNode: p.ExternalFromNodeBackends()}
 			for _, a := range s.ExternalIPs {
-				index[frontend{a, p.Port, p.Protocol}] = target{svc: s, port: p, backends: ext}
+				index[frontend{a, p.Port, p.Protocol}] = ext
 			}
+			lb := ext
+			lb.lb = true
 			for _, a := range s.LoadBalancerIPs {
-				index[frontend{a, p.Port, p.Protocol}] = target{svc: s, port: p, backends: ext, lb: true}
+				index[frontend{a, p.Port, p.Protocol}] = lb
 			}
 			if p.NodePort != 0 {
-				index[frontend{netip.Addr{}, p.NodePort, p.Protocol}] = target{svc: s, port: p, backends: ext}
+				index[frontend{netip.Addr{}, p.NodePort, p.Protocol}] = ext
 			}
 		}
 	}
@@ -175,8 +181,9 @@ func (d *Datapath) buildIndex() {
 }
 
 // Trace returns what the datapath does with the first packet of a
-// connection. It records session affinity as a real connection would.
-func (d *Datapath) Trace(pkt datapath.Packet) datapath.Verdict {
+// connection that starts where origin says. It records session affinity
+// as a real connection would.
+func (d *Datapath) Trace(origin Origin, pkt datapath.Packet) datapath.Verdict {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.index == nil {
@@ -195,15 +202,19 @@ func (d *Datapath) Trace(pkt datapath.Packet) datapath.Verdict {
 		v.Action = datapath.Discard
 		return v
 	}
+	backends := t.backends
+	if origin == FromNode {
+		backends = t.fromNode
+	}
 	var candidates []netip.AddrPort
-	for _, ep := range t.backends.Endpoints {
+	for _, ep := range backends.Endpoints {
 		if !ep.Draining && ep.Addr.Addr().Is4() == dst.Is4() {
 			candidates = append(candidates, ep.Addr)
 		}
 	}
 	if len(candidates) == 0 {
 		v.Action = datapath.Refuse
-		if t.backends.NoEndpoints == datapath.Drop {
+		if backends.NoEndpoints == datapath.Drop {
 			v.Action = datapath.Discard
 		}
 		return v
