@@ -1,0 +1,14 @@
+// Command kube-apiserver is an unmodified kube-apiserver built from the
+// k8s.io/kubernetes module, for integration tests and the local demo.
+package main
+
+import (
+	"os"
+
+	"k8s.io/component-base/cli"
+	"k8s.io/kubernetes/cmd/kube-apiserver/app"
+)
+
+func main() {
+	os.Exit(cli.Run(app.NewAPIServerCommand()))
+}
