@@ -5,6 +5,17 @@ import (
 	"net/netip"
 )
 
+// Origin says where a traced packet starts.
+type Origin uint8
+
+// Origins of a packet.
+const (
+	// FromNode packets start on the node: in one of its pods or the host.
+	FromNode Origin = iota + 1
+	// FromOutside packets arrive at the node from elsewhere.
+	FromOutside
+)
+
 // Packet is the first packet of a connection, as a tracer sees it.
 type Packet struct {
 	Protocol Protocol

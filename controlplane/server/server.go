@@ -29,6 +29,10 @@ const (
 	maxRejectionLen     = 4096
 )
 
+// ErrUnauthenticated is wrapped by Authenticator errors that reject the
+// peer's identity, as opposed to failures to check it.
+var ErrUnauthenticated = errors.New("unauthenticated")
+
 // Authenticator binds a stream to the node whose view it may receive.
 type Authenticator interface {
 	// NodeName returns the node of the stream's peer. claimed is the name
@@ -123,9 +127,16 @@ func (s *Server) StreamViews(stream grpc.BidiStreamingServer[spokev1.StreamViews
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	node, err := s.opts.Authenticator.NodeName(ctx, first.GetNodeName())
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrUnauthenticated):
 		s.metrics.rejectedStreams.WithLabelValues("unauthenticated").Inc()
+		s.log.Warn("refusing an agent stream", "claimed_node", first.GetNodeName(), "err", err)
 		return status.Errorf(codes.Unauthenticated, "binding stream to a node: %v", err)
+	case err != nil:
+		s.metrics.rejectedStreams.WithLabelValues("auth_unavailable").Inc()
+		return status.Errorf(codes.Unavailable, "binding stream to a node: %v", err)
+	case node == "":
+		return status.Error(codes.InvalidArgument, "no node name")
 	}
 	select {
 	case <-s.opts.Store.Ready():

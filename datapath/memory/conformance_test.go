@@ -12,9 +12,9 @@ import (
 type target struct{ *memory.Datapath }
 
 func (t target) Trace(_ context.Context, origin conformance.Origin, pkt datapath.Packet) (datapath.Verdict, error) {
-	o := memory.FromOutside
+	o := datapath.FromOutside
 	if origin == conformance.Local {
-		o = memory.FromNode
+		o = datapath.FromNode
 	}
 	return t.Datapath.Trace(o, pkt), nil
 }

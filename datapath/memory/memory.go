@@ -132,16 +132,6 @@ type target struct {
 	lb bool
 }
 
-// Origin says where a traced packet starts.
-type Origin uint8
-
-// Origins of a packet.
-const (
-	// FromNode packets start on the node: in one of its pods or the host.
-	FromNode Origin = iota + 1
-	// FromOutside packets arrive at the node from elsewhere.
-	FromOutside
-)
 
 type affinityKey struct {
 	service string
@@ -183,7 +173,7 @@ func (d *Datapath) buildIndex() {
 // Trace returns what the datapath does with the first packet of a
 // connection that starts where origin says. It records session affinity
 // as a real connection would.
-func (d *Datapath) Trace(origin Origin, pkt datapath.Packet) datapath.Verdict {
+func (d *Datapath) Trace(origin datapath.Origin, pkt datapath.Packet) datapath.Verdict {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.index == nil {
@@ -203,7 +193,7 @@ func (d *Datapath) Trace(origin Origin, pkt datapath.Packet) datapath.Verdict {
 		return v
 	}
 	backends := t.backends
-	if origin == FromNode {
+	if origin == datapath.FromNode {
 		backends = t.fromNode
 	}
 	var candidates []netip.AddrPort

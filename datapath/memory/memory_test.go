@@ -51,10 +51,10 @@ func TestAffinityExpiresAfterIdleTimeout(t *testing.T) {
 	if err := plain.Apply(ctx, []*datapath.Service{affinityService(0, backends...)}, nil); err != nil {
 		t.Fatal(err)
 	}
-	first := plain.Trace(memory.FromNode, connection(40000)).Backend
+	first := plain.Trace(datapath.FromNode, connection(40000)).Backend
 	other := uint16(0)
 	for p := uint16(40001); p < 41000; p++ {
-		if plain.Trace(memory.FromNode, connection(p)).Backend != first {
+		if plain.Trace(datapath.FromNode, connection(p)).Backend != first {
 			other = p
 			break
 		}
@@ -62,27 +62,27 @@ func TestAffinityExpiresAfterIdleTimeout(t *testing.T) {
 	if other == 0 {
 		t.Fatal("every source port hashes to one backend")
 	}
-	alone := plain.Trace(memory.FromNode, connection(other)).Backend
+	alone := plain.Trace(datapath.FromNode, connection(other)).Backend
 
 	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
 	d := memory.New(memory.Options{Now: clock.Now})
 	if err := d.Apply(ctx, []*datapath.Service{affinityService(10*time.Second, backends...)}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if got := d.Trace(memory.FromNode, connection(40000)).Backend; got != first {
+	if got := d.Trace(datapath.FromNode, connection(40000)).Backend; got != first {
 		t.Fatalf("first connection reached %s, want %s", got, first)
 	}
 	// Within the timeout, and refreshed by each connection, the client
 	// stays on its backend.
 	for range 3 {
 		clock.Advance(9 * time.Second)
-		if got := d.Trace(memory.FromNode, connection(other)).Backend; got != first {
+		if got := d.Trace(datapath.FromNode, connection(other)).Backend; got != first {
 			t.Fatalf("connection within the affinity timeout reached %s, want %s", got, first)
 		}
 	}
 	// Once idle for longer than the timeout, a connection is balanced anew.
 	clock.Advance(11 * time.Second)
-	if got := d.Trace(memory.FromNode, connection(other)).Backend; got != alone {
+	if got := d.Trace(datapath.FromNode, connection(other)).Backend; got != alone {
 		t.Fatalf("connection after the affinity timeout reached %s, want %s", got, alone)
 	}
 }
@@ -95,7 +95,7 @@ func TestAffinityForgetsRemovedBackend(t *testing.T) {
 	if err := d.Apply(ctx, []*datapath.Service{affinityService(time.Hour, "10.244.1.5:8080", "10.244.2.5:8080")}, nil); err != nil {
 		t.Fatal(err)
 	}
-	first := d.Trace(memory.FromNode, connection(40000)).Backend
+	first := d.Trace(datapath.FromNode, connection(40000)).Backend
 	remaining := "10.244.1.5:8080"
 	if first.String() == remaining {
 		remaining = "10.244.2.5:8080"
@@ -103,7 +103,7 @@ func TestAffinityForgetsRemovedBackend(t *testing.T) {
 	if err := d.Apply(ctx, []*datapath.Service{affinityService(time.Hour, remaining)}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if got := d.Trace(memory.FromNode, connection(40000)).Backend; got.String() != remaining {
+	if got := d.Trace(datapath.FromNode, connection(40000)).Backend; got.String() != remaining {
 		t.Fatalf("after its backend went away the client reached %s, want %s", got, remaining)
 	}
 }
@@ -122,11 +122,11 @@ func TestOriginSelectsBackends(t *testing.T) {
 		t.Fatal(err)
 	}
 	pkt := datapath.Packet{Protocol: datapath.TCP, Src: netip.MustParseAddrPort("203.0.113.50:40000"), Dst: netip.MustParseAddrPort("192.168.0.1:30080")}
-	if v := d.Trace(memory.FromOutside, pkt); v.Action != datapath.Discard {
+	if v := d.Trace(datapath.FromOutside, pkt); v.Action != datapath.Discard {
 		t.Errorf("from outside: %s, want drop", v)
 	}
 	// Unset ExternalFromNode means the same as Internal.
-	if v := d.Trace(memory.FromNode, pkt); v.Action != datapath.Forward || v.Backend.String() != "10.244.2.5:8080" {
+	if v := d.Trace(datapath.FromNode, pkt); v.Action != datapath.Forward || v.Backend.String() != "10.244.2.5:8080" {
 		t.Errorf("from the node: %s, want forward to 10.244.2.5:8080", v)
 	}
 }

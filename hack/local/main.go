@@ -79,7 +79,7 @@ func run(ctx context.Context, bin string, log *slog.Logger) error {
 	defer procs.stopAll()
 	if err := procs.start("controlplane", filepath.Join(bin, "spoke-controlplane"),
 		"-kubeconfig", kubeconfig, "-grpc-address", cpAddr, "-metrics-address", fmt.Sprintf("127.0.0.1:%d", ports[1]),
-		"-debounce-window", "50ms"); err != nil {
+		"-debounce-window", "50ms", "-agent-auth", "none"); err != nil {
 		return err
 	}
 	var agentAddrs []string
@@ -95,7 +95,7 @@ func run(ctx context.Context, bin string, log *slog.Logger) error {
 		inspect := fmt.Sprintf("127.0.0.1:%d", p[0])
 		agentAddrs = append(agentAddrs, inspect)
 		if err := procs.start(name, filepath.Join(bin, "spoke-agent"),
-			"-node-name", name, "-controlplane", cpAddr, "-datapath", "memory",
+			"-node-name", name, "-controlplane", cpAddr, "-datapath", "memory", "-token-file", "",
 			"-state-file", filepath.Join(dir, name+".db"), "-inspect-address", inspect,
 			"-healthz-address", fmt.Sprintf("127.0.0.1:%d", p[1]), "-metrics-address", fmt.Sprintf("127.0.0.1:%d", p[2])); err != nil {
 			return err

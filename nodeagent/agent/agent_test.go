@@ -145,7 +145,7 @@ func state(t *testing.T, a *agent.Agent) *spokev1.GetStateResponse {
 }
 
 func trace(dp *memory.Datapath, dst string) datapath.Verdict {
-	return dp.Trace(datapath.Packet{Protocol: datapath.TCP,
+	return dp.Trace(datapath.FromNode, datapath.Packet{Protocol: datapath.TCP,
 		Src: netip.MustParseAddrPort("10.0.0.99:40000"), Dst: netip.MustParseAddrPort(dst)})
 }
 

@@ -64,7 +64,7 @@ func (a *Agent) Close() { a.closeState() }
 // Tracer is implemented by datapaths that can say where a packet goes
 // without sending it.
 type Tracer interface {
-	Trace(datapath.Packet) datapath.Verdict
+	Trace(datapath.Origin, datapath.Packet) datapath.Verdict
 }
 
 // TracePacket implements spokev1.AgentInspectionServiceServer.
@@ -91,7 +91,11 @@ func (a *Agent) TracePacket(_ context.Context, req *spokev1.TracePacketRequest) 
 	if pkt.Dst, err = netip.ParseAddrPort(req.GetDestination()); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "destination: %v", err)
 	}
-	v := tr.Trace(pkt)
+	origin := datapath.FromNode
+	if req.GetFromOutside() {
+		origin = datapath.FromOutside
+	}
+	v := tr.Trace(origin, pkt)
 	resp := &spokev1.TracePacketResponse{Action: v.Action.String(), Service: v.Service}
 	if v.Action == datapath.Forward {
 		resp.Backend = v.Backend.String()

@@ -128,7 +128,7 @@ func eventually(t *testing.T, what string, cond func() error) {
 }
 
 func trace(dp *memory.Datapath, dst netip.AddrPort) datapath.Verdict {
-	return dp.Trace(datapath.Packet{Protocol: datapath.TCP, Src: netip.MustParseAddrPort("10.0.0.99:40000"), Dst: dst})
+	return dp.Trace(datapath.FromNode, datapath.Packet{Protocol: datapath.TCP, Src: netip.MustParseAddrPort("10.0.0.99:40000"), Dst: dst})
 }
 
 // everywhere waits until check passes on every agent's datapath.

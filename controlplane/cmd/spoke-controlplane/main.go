@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -20,7 +21,9 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/spoke-proxy/spoke/controlplane/app"
+	"github.com/spoke-proxy/spoke/controlplane/auth"
 	"github.com/spoke-proxy/spoke/controlplane/model"
+	"github.com/spoke-proxy/spoke/controlplane/server"
 	"github.com/spoke-proxy/spoke/internal/logging"
 )
 
@@ -39,6 +42,9 @@ type config struct {
 	apiQPS         float64
 	apiBurst       int
 	maxResponseMiB int
+	authMode       string
+	audience       string
+	agentAccounts  string
 }
 
 func main() {
@@ -57,6 +63,9 @@ func main() {
 	flag.Float64Var(&c.apiQPS, "kube-api-qps", 50, "queries per second to the API server")
 	flag.IntVar(&c.apiBurst, "kube-api-burst", 100, "burst of queries to the API server")
 	flag.IntVar(&c.maxResponseMiB, "max-response-mib", 4, "split view responses larger than this")
+	flag.StringVar(&c.authMode, "agent-auth", "tokenreview", "how agents are bound to nodes: tokenreview (their pod-bound ServiceAccount token), or none (trust the node name they send; tests only)")
+	flag.StringVar(&c.audience, "agent-token-audience", "spoke-controlplane", "audience agents' tokens must be issued for")
+	flag.StringVar(&c.agentAccounts, "agent-service-accounts", "kube-system/spoke-agent", "comma-separated namespace/name of the agents' ServiceAccounts")
 	flag.Parse()
 
 	log, err := logging.New(os.Stderr, c.logLevel, c.logFormat)
@@ -102,8 +111,20 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", c.metricsAddr, err)
 	}
+	var authn server.Authenticator
+	switch c.authMode {
+	case "tokenreview":
+		if authn, err = auth.New(auth.Options{Client: client, Audience: c.audience, ServiceAccounts: strings.Split(c.agentAccounts, ",")}); err != nil {
+			return err
+		}
+	case "none":
+		log.Warn("agents are not authenticated: any client may read any node's view")
+		authn = server.ClaimedNode{}
+	default:
+		return fmt.Errorf("-agent-auth %q: want tokenreview or none", c.authMode)
+	}
 	cp, err := app.New(app.Options{
-		Client: client, GRPCListener: lis, HTTPListener: httpLis, GRPCOptions: grpcOpts,
+		Client: client, Authenticator: authn, GRPCListener: lis, HTTPListener: httpLis, GRPCOptions: grpcOpts,
 		Model: model.Options{ProxyName: c.proxyName}, Window: c.window, MaxDelay: c.maxDelay,
 		AckTimeout: c.ackTimeout, MaxResponseBytes: c.maxResponseMiB << 20, Logger: log,
 	})

@@ -34,6 +34,7 @@ type config struct {
 	nodeName       string
 	controlPlane   string
 	caFile         string
+	tokenFile      string
 	stateFile      string
 	datapath       string
 	healthzAddr    string
@@ -53,6 +54,7 @@ func main() {
 	flag.StringVar(&c.nodeName, "node-name", host, "name of this node (default $NODE_NAME, else the hostname)")
 	flag.StringVar(&c.controlPlane, "controlplane", "spoke-controlplane.kube-system.svc:18000", "address of the control plane's gRPC service")
 	flag.StringVar(&c.caFile, "tls-ca-file", "", "CA bundle to verify the control plane; plaintext when empty")
+	flag.StringVar(&c.tokenFile, "token-file", "/var/run/secrets/spoke/token", "projected ServiceAccount token presented to the control plane; empty sends none")
 	flag.StringVar(&c.stateFile, "state-file", "/var/lib/spoke/state.db", "bbolt file of applied views; empty keeps none")
 	flag.StringVar(&c.datapath, "datapath", "memory", "datapath to program: memory")
 	flag.StringVar(&c.healthzAddr, "healthz-address", "0.0.0.0:10256", "address of /healthz and /livez (kube-proxy's port)")
@@ -97,7 +99,11 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	} else {
 		log.Warn("connecting to the control plane in plaintext: set -tls-ca-file outside tests")
 	}
-	conn, err := grpc.NewClient(c.controlPlane, append(agent.DialOptions(), grpc.WithTransportCredentials(creds))...)
+	dialOpts := append(agent.DialOptions(), grpc.WithTransportCredentials(creds))
+	if c.tokenFile != "" {
+		dialOpts = append(dialOpts, grpc.WithPerRPCCredentials(&agent.TokenFile{Path: c.tokenFile, AllowInsecure: c.caFile == ""}))
+	}
+	conn, err := grpc.NewClient(c.controlPlane, dialOpts...)
 	if err != nil {
 		return fmt.Errorf("control-plane client: %w", err)
 	}

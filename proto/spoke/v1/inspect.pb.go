@@ -560,8 +560,11 @@ type TracePacketRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Protocol Protocol               `protobuf:"varint,1,opt,name=protocol,proto3,enum=spoke.v1.Protocol" json:"protocol,omitempty"`
 	// source and destination are "ip:port".
-	Source        string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
-	Destination   string `protobuf:"bytes,3,opt,name=destination,proto3" json:"destination,omitempty"`
+	Source      string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	Destination string `protobuf:"bytes,3,opt,name=destination,proto3" json:"destination,omitempty"`
+	// from_outside traces a packet arriving from outside the node; by
+	// default the packet starts on the node (a pod or the host).
+	FromOutside   bool `protobuf:"varint,4,opt,name=from_outside,json=fromOutside,proto3" json:"from_outside,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -615,6 +618,13 @@ func (x *TracePacketRequest) GetDestination() string {
 		return x.Destination
 	}
 	return ""
+}
+
+func (x *TracePacketRequest) GetFromOutside() bool {
+	if x != nil {
+		return x.FromOutside
+	}
+	return false
 }
 
 type TracePacketResponse struct {
@@ -728,11 +738,12 @@ const file_spoke_v1_inspect_proto_rawDesc = "" +
 	" \x01(\x04R\x05nacks\x12\x1b\n" +
 	"\tlast_nack\x18\v \x01(\tR\blastNack\x12D\n" +
 	"\x10cache_applied_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\x0ecacheAppliedAt\x12=\n" +
-	"\fconnected_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\vconnectedAt\"~\n" +
+	"\fconnected_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\vconnectedAt\"\xa1\x01\n" +
 	"\x12TracePacketRequest\x12.\n" +
 	"\bprotocol\x18\x01 \x01(\x0e2\x12.spoke.v1.ProtocolR\bprotocol\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12 \n" +
-	"\vdestination\x18\x03 \x01(\tR\vdestination\"a\n" +
+	"\vdestination\x18\x03 \x01(\tR\vdestination\x12!\n" +
+	"\ffrom_outside\x18\x04 \x01(\bR\vfromOutside\"a\n" +
 	"\x13TracePacketResponse\x12\x16\n" +
 	"\x06action\x18\x01 \x01(\tR\x06action\x12\x18\n" +
 	"\abackend\x18\x02 \x01(\tR\abackend\x12\x18\n" +
