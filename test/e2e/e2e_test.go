@@ -5,6 +5,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -210,7 +211,7 @@ func newNode(name, zone, addr string) *corev1.Node {
 func newService(ns, name string) *corev1.Service {
 	return &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
 	}
 }
 
@@ -413,6 +414,8 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 }
+
+var errNotYet = errors.New("not yet")
 
 func backends(dp *memory.Datapath, key string, want int) error {
 	got, _ := dp.Programmed(context.Background())
