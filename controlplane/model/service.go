@@ -79,6 +79,10 @@ type portSpec struct {
 // parseService validates a service's own fields. It returns nil when no
 // view can be made (no valid cluster IP).
 func parseService(svc *corev1.Service, report func(error)) *serviceSpec {
+	if !validName(svc.Namespace) || !validName(svc.Name) {
+		report(errors.New("namespace and name must be non-empty, at most 253 bytes, without '/': service skipped"))
+		return nil
+	}
 	s := &serviceSpec{base: &spokev1.Service{Namespace: svc.Namespace, Name: svc.Name}}
 	for _, ip := range clusterIPs(svc) {
 		a, err := ParseAddr(ip)
@@ -131,6 +135,11 @@ func parseService(svc *corev1.Service, report func(error)) *serviceSpec {
 	}
 	s.parsePorts(svc.Spec.Ports, nodePorts, report)
 	return s
+}
+
+// validName accepts what can name a view: the API's names are stricter.
+func validName(s string) bool {
+	return s != "" && len(s) <= 253 && !strings.Contains(s, "/")
 }
 
 func clusterIPs(svc *corev1.Service) []string {
