@@ -192,6 +192,9 @@ func (s *Server) defaultAPIServerArgs(port int) []string {
 		// after in-flight requests drain instead of after --request-timeout
 		// (60s): Restart and Stop take a second or two, not a minute.
 		"--shutdown-send-retry-after=true",
+		// Node-level DaemonSets (a service proxy among them) run privileged,
+		// as in real clusters.
+		"--allow-privileged=true",
 	}
 }
 
@@ -399,7 +402,7 @@ func waitReady(ctx context.Context, p *process, ready func(context.Context) erro
 	defer tick.Stop()
 	for {
 		if exited, err := p.exited(); exited {
-			return p.failure(fmt.Errorf("%w: %v", errExited, err))
+			return p.failure(fmt.Errorf("%w: %w", errExited, err))
 		}
 		err := ready(ctx)
 		if err == nil {
@@ -407,7 +410,7 @@ func waitReady(ctx context.Context, p *process, ready func(context.Context) erro
 		}
 		select {
 		case <-ctx.Done():
-			return p.failure(fmt.Errorf("not ready: %w (last check: %v)", ctx.Err(), err))
+			return p.failure(fmt.Errorf("not ready: %w (last check: %w)", ctx.Err(), err))
 		case <-tick.C:
 		}
 	}
