@@ -310,6 +310,31 @@ func TestEndToEnd(t *testing.T) {
 		c.inSync(n)
 	}
 
+	t.Run("gRPC and view metrics are exported", func(t *testing.T) {
+		families, err := c.cp.Registry.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := map[string]bool{}
+		for _, f := range families {
+			for _, m := range f.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "grpc_method" && l.GetValue() == "StreamViews" {
+						found[f.GetName()] = true
+					}
+				}
+			}
+			if f.GetName() == "spoke_controlplane_connected_agents" && f.GetMetric()[0].GetGauge().GetValue() == 3 {
+				found[f.GetName()] = true
+			}
+		}
+		for _, name := range []string{"grpc_server_started_total", "grpc_server_msg_sent_total", "grpc_server_msg_received_total", "spoke_controlplane_connected_agents"} {
+			if !found[name] {
+				t.Errorf("metric %s missing (or not counting the 3 agents' streams)", name)
+			}
+		}
+	})
+
 	t.Run("restarted agent serves from its state file and receives nothing", func(t *testing.T) {
 		n := c.agents["node-2"]
 		n.stop()
