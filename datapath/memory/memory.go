@@ -132,7 +132,6 @@ type target struct {
 	lb bool
 }
 
-
 type affinityKey struct {
 	service string
 	port    uint16
