@@ -155,9 +155,12 @@ func (s *Server) StreamViews(stream grpc.BidiStreamingServer[spokev1.StreamViews
 	log := s.log.With("node", node, "peer", c.peer)
 	log.Info("agent connected", "held", len(first.GetInitialResourceVersions()))
 
-	delta := s.opts.Store.Initial(node, first.GetInitialResourceVersions())
-	sub := s.opts.Store.Subscribe(delta.Rev)
+	// Subscribe before computing the first delta, so that a change published
+	// in between wakes the stream instead of waiting for the next one.
+	sub := s.opts.Store.Subscribe(0)
 	defer s.opts.Store.Unsubscribe(sub)
+	delta := s.opts.Store.Initial(node, first.GetInitialResourceVersions())
+	sub.SetSynced(delta.Rev)
 
 	requests := make(chan *spokev1.StreamViewsRequest)
 	recvErr := make(chan error, 1)
