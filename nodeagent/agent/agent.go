@@ -42,6 +42,14 @@ type Options struct {
 	// Metrics records the agent's figures; nil records nothing.
 	Metrics *Metrics
 	Logger  *slog.Logger
+	// Shared, when set, checks and decodes received services once for all
+	// the agents of a process; see SharedDecoder.
+	Shared *SharedDecoder
+	// OnApplied, when set, is called after each response has been applied
+	// to the datapath and before it is acknowledged, with the resources and
+	// removals that the datapath now holds. It must not keep the agent
+	// waiting; the scale simulator times propagation with it.
+	OnApplied func(applied []*spokev1.Resource, removed []string)
 }
 
 // Agent keeps a node's datapath equal to the view the control plane
@@ -117,7 +125,7 @@ func (a *Agent) Restore(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("loading state: %w", err)
 		}
-		node, upsert, good, bad := decodeAll(slices.Collect(maps.Values(loaded)))
+		node, upsert, good, bad := decodeAll(slices.Collect(maps.Values(loaded)), view.Service)
 		for name, err := range bad {
 			a.log.Warn("dropping a cached resource that does not decode", "resource", name, "err", err)
 		}
@@ -280,13 +288,17 @@ func (a *Agent) handle(ctx context.Context, resp *spokev1.StreamViewsResponse) (
 			continue
 		}
 		seen[name] = true
-		if v, err := spokev1.ContentVersion(r); err != nil || v != r.GetVersion() {
-			rejected[name] = fmt.Errorf("version %q does not match content", r.GetVersion())
+		if err := a.checkVersion(r); err != nil {
+			rejected[name] = err
 			continue
 		}
 		fresh = append(fresh, r)
 	}
-	node, upsert, good, bad := decodeAll(fresh)
+	decode := view.Service
+	if a.opts.Shared != nil {
+		decode = a.opts.Shared.Service
+	}
+	node, upsert, good, bad := decodeAll(fresh, decode)
 	maps.Copy(rejected, bad)
 	var remove []string
 	for _, name := range resp.GetRemovedResources() {
@@ -322,6 +334,9 @@ func (a *Agent) handle(ctx context.Context, resp *spokev1.StreamViewsResponse) (
 			delete(a.cached, name)
 		}
 	}
+	if a.opts.OnApplied != nil {
+		a.opts.OnApplied(applied, removed)
+	}
 	if a.store != nil && (len(applied) > 0 || len(removed) > 0) {
 		if err := a.store.Update(applied, removed); err != nil {
 			a.log.Error("writing state file; the datapath is programmed, a restart will resync", "err", err)
@@ -353,7 +368,7 @@ func (a *Agent) handle(ctx context.Context, resp *spokev1.StreamViewsResponse) (
 
 // decodeAll decodes resources into the datapath's types. good are the
 // resources that decoded; bad maps the others to their error.
-func decodeAll(rs []*spokev1.Resource) (node *datapath.Node, upsert []*datapath.Service, good []*spokev1.Resource, bad map[string]error) {
+func decodeAll(rs []*spokev1.Resource, service func(*spokev1.Resource) (*datapath.Service, error)) (node *datapath.Node, upsert []*datapath.Service, good []*spokev1.Resource, bad map[string]error) {
 	bad = map[string]error{}
 	for _, r := range rs {
 		if r.GetName() == spokev1.NodeResourceName {
@@ -366,7 +381,7 @@ func decodeAll(rs []*spokev1.Resource) (node *datapath.Node, upsert []*datapath.
 			good = append(good, r)
 			continue
 		}
-		s, err := view.Service(r)
+		s, err := service(r)
 		if err != nil {
 			bad[r.GetName()] = err
 			continue
@@ -411,3 +426,13 @@ func (a *Agent) GetState(ctx context.Context, _ *spokev1.GetStateRequest) (*spok
 
 // Reconciler returns the agent's reconciler.
 func (a *Agent) Reconciler() *reconcile.Reconciler { return a.rec }
+
+// checkVersion checks that a received resource's version is the hash of
+// its content; a shared decoder checks each resource once.
+func (a *Agent) checkVersion(r *spokev1.Resource) error {
+	if a.opts.Shared != nil && r.GetName() != spokev1.NodeResourceName {
+		_, err := a.opts.Shared.Service(r)
+		return err
+	}
+	return checkVersion(r)
+}
