@@ -1,0 +1,348 @@
+package ebpf
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/spoke-proxy/spoke/internal/netns"
+)
+
+// Names of pins and tc filters. Links are pinned under <PinPath>/links.
+const (
+	linksDir       = "links"
+	cgroupPrefix   = "cgroup_"
+	tcxPrefix      = "tcx_"
+	filterPrefix   = "spoke_"
+	filterHandle   = 0x5b0c
+	filterPriority = 1
+)
+
+type hook struct {
+	name   string
+	attach ebpf.AttachType
+	prog   func(*lbObjects) *ebpf.Program
+}
+
+var cgroupHooks = []hook{
+	{"connect4", ebpf.AttachCGroupInet4Connect, func(o *lbObjects) *ebpf.Program { return o.Sock4Connect }},
+	{"connect6", ebpf.AttachCGroupInet6Connect, func(o *lbObjects) *ebpf.Program { return o.Sock6Connect }},
+	{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, func(o *lbObjects) *ebpf.Program { return o.Sock4Sendmsg }},
+	{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, func(o *lbObjects) *ebpf.Program { return o.Sock6Sendmsg }},
+	{"recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, func(o *lbObjects) *ebpf.Program { return o.Sock4Recvmsg }},
+	{"recvmsg6", ebpf.AttachCGroupUDP6Recvmsg, func(o *lbObjects) *ebpf.Program { return o.Sock6Recvmsg }},
+	{"getpeername4", ebpf.AttachCgroupInet4GetPeername, func(o *lbObjects) *ebpf.Program { return o.Sock4Getpeername }},
+	{"getpeername6", ebpf.AttachCgroupInet6GetPeername, func(o *lbObjects) *ebpf.Program { return o.Sock6Getpeername }},
+}
+
+type direction struct {
+	name   string
+	tcx    ebpf.AttachType
+	parent uint32
+	prog   func(*lbObjects) *ebpf.Program
+}
+
+var directions = []direction{
+	{"ingress", ebpf.AttachTCXIngress, netlink.HANDLE_MIN_INGRESS, func(o *lbObjects) *ebpf.Program { return o.TcIngress }},
+	{"egress", ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS, func(o *lbObjects) *ebpf.Program { return o.TcEgress }},
+}
+
+// attachments are the datapath's links and filters.
+type attachments struct {
+	opts  Options
+	objs  *lbObjects
+	dir   string
+	links []link.Link
+	// attached devices: name -> ifindex
+	devs map[string]int
+}
+
+func newAttachments(opts Options, objs *lbObjects) *attachments {
+	return &attachments{opts: opts, objs: objs, dir: filepath.Join(opts.PinPath, linksDir), devs: map[string]int{}}
+}
+
+func (a *attachments) close() error {
+	var errs []error
+	for _, l := range a.links {
+		errs = append(errs, l.Close())
+	}
+	a.links = nil
+	return errors.Join(errs...)
+}
+
+// cgroup attaches the socket programs to the cgroup, adopting pinned links
+// that are attached there and replacing their programs.
+func (a *attachments) cgroup() error {
+	var st syscall.Stat_t
+	if err := syscall.Stat(a.opts.CgroupPath, &st); err != nil {
+		return fmt.Errorf("cgroup %s: %w", a.opts.CgroupPath, err)
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(a.opts.CgroupPath, &fs); err != nil || fs.Type != unix.CGROUP2_SUPER_MAGIC {
+		return fmt.Errorf("%s is not a cgroup v2 folder", a.opts.CgroupPath)
+	}
+	if err := os.MkdirAll(a.dir, 0o700); err != nil {
+		return err
+	}
+	for _, h := range cgroupHooks {
+		pin := filepath.Join(a.dir, cgroupPrefix+h.name)
+		prog := h.prog(a.objs)
+		old, err := link.LoadPinnedLink(pin, nil)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("loading pinned link %s: %w", pin, err)
+		}
+		if old != nil {
+			info, ierr := old.Info()
+			if ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId == st.Ino {
+				if err := old.Update(prog); err != nil {
+					old.Close()
+					return fmt.Errorf("replacing the %s program: %w", h.name, err)
+				}
+				a.links = append(a.links, old)
+				continue
+			}
+		}
+		// Attach the new link before the old one goes, so that no
+		// connection is ever made without a program.
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: a.opts.CgroupPath, Attach: h.attach, Program: prog})
+		if err != nil {
+			if old != nil {
+				old.Close()
+			}
+			return fmt.Errorf("attaching %s to %s: %w", h.name, a.opts.CgroupPath, err)
+		}
+		if old != nil {
+			old.Unpin()
+			old.Close()
+		}
+		if err := l.Pin(pin); err != nil {
+			l.Close()
+			return fmt.Errorf("pinning the %s link (the kernel needs bpf_link for cgroups, 5.7 or later): %w", h.name, err)
+		}
+		a.links = append(a.links, l)
+	}
+	return nil
+}
+
+// devicesHolding names the interfaces that hold any of addrs.
+func (a *attachments) devicesHolding(addrs []netip.Addr) ([]string, error) {
+	var names []string
+	err := netns.Do(a.opts.NetNS, func() error {
+		ifaces, err := net.Interfaces()
+		if err != nil {
+			return err
+		}
+		for _, ifc := range ifaces {
+			as, err := ifc.Addrs()
+			if err != nil {
+				return err
+			}
+			for _, ia := range as {
+				ipn, ok := ia.(*net.IPNet)
+				if !ok {
+					continue
+				}
+				ip, ok := netip.AddrFromSlice(ipn.IP)
+				if ok && slices.Contains(addrs, ip.Unmap()) && !slices.Contains(names, ifc.Name) {
+					names = append(names, ifc.Name)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("finding the node's devices: %w", err)
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// devices attaches the tc programs to exactly these devices: it adopts and
+// updates what is attached to them and detaches from devices not named.
+func (a *attachments) devices(names []string) error {
+	return netns.Do(a.opts.NetNS, func() error {
+		want := map[string]int{}
+		for _, n := range names {
+			ifc, err := net.InterfaceByName(n)
+			if err != nil {
+				return fmt.Errorf("device %s: %w", n, err)
+			}
+			want[n] = ifc.Index
+		}
+		useTCX := a.opts.TC != TCClsact
+		for name, idx := range want {
+			if useTCX {
+				err := a.attachTCX(name, idx)
+				if errors.Is(err, ebpf.ErrNotSupported) && a.opts.TC == TCAuto {
+					useTCX = false
+				} else if err != nil {
+					return err
+				} else {
+					removeFilters(idx)
+					continue
+				}
+			}
+			if err := a.attachClsact(name, idx); err != nil {
+				return err
+			}
+		}
+		// Detach from devices no longer named.
+		pins, _ := filepath.Glob(filepath.Join(a.dir, tcxPrefix+"*"))
+		for _, pin := range pins {
+			dev := strings.TrimPrefix(filepath.Base(pin), tcxPrefix)
+			dev = dev[strings.IndexByte(dev, '_')+1:]
+			if _, keep := want[dev]; !keep {
+				unpinLink(pin)
+			}
+		}
+		links, err := netlink.LinkList()
+		if err != nil {
+			return fmt.Errorf("listing devices: %w", err)
+		}
+		for _, l := range links {
+			if _, keep := want[l.Attrs().Name]; !keep {
+				removeFilters(l.Attrs().Index)
+			}
+		}
+		if err := a.writeDevices(want); err != nil {
+			return err
+		}
+		a.devs = want
+		return nil
+	})
+}
+
+func (a *attachments) attachTCX(name string, idx int) error {
+	for _, d := range directions {
+		pin := filepath.Join(a.dir, tcxPrefix+d.name+"_"+name)
+		prog := d.prog(a.objs)
+		old, err := link.LoadPinnedLink(pin, nil)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("loading pinned link %s: %w", pin, err)
+		}
+		if old != nil {
+			info, ierr := old.Info()
+			if ierr == nil && info.TCX() != nil && int(info.TCX().Ifindex) == idx {
+				err := old.Update(prog)
+				old.Close()
+				if err != nil {
+					return fmt.Errorf("replacing the tc %s program on %s: %w", d.name, name, err)
+				}
+				continue
+			}
+		}
+		l, err := link.AttachTCX(link.TCXOptions{Interface: idx, Program: prog, Attach: d.tcx, Anchor: link.Head()})
+		if err != nil {
+			if old != nil {
+				old.Close()
+			}
+			if errors.Is(err, ebpf.ErrNotSupported) {
+				return err
+			}
+			return fmt.Errorf("attaching tc %s to %s: %w", d.name, name, err)
+		}
+		if old != nil {
+			old.Unpin()
+			old.Close()
+		}
+		err = l.Pin(pin)
+		l.Close()
+		if err != nil {
+			return fmt.Errorf("pinning the tc %s link of %s: %w", d.name, name, err)
+		}
+	}
+	return nil
+}
+
+func (a *attachments) attachClsact(name string, idx int) error {
+	qdisc := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+		QdiscType:  "clsact",
+	}
+	if err := netlink.QdiscAdd(qdisc); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("adding the clsact qdisc to %s: %w", name, err)
+	}
+	for _, d := range directions {
+		f := &netlink.BpfFilter{
+			FilterAttrs: netlink.FilterAttrs{
+				LinkIndex: idx,
+				Parent:    d.parent,
+				Handle:    filterHandle,
+				Protocol:  unix.ETH_P_ALL,
+				Priority:  filterPriority,
+			},
+			Fd:           d.prog(a.objs).FD(),
+			Name:         filterPrefix + d.name,
+			DirectAction: true,
+		}
+		// Replacing a filter of the same handle and priority is atomic.
+		if err := netlink.FilterReplace(f); err != nil {
+			return fmt.Errorf("attaching the tc %s filter to %s: %w", d.name, name, err)
+		}
+	}
+	return nil
+}
+
+// writeDevices records which interfaces are the node's external devices,
+// for the tc program's remote-backend test.
+func (a *attachments) writeDevices(want map[string]int) error {
+	have, err := readAll[uint32, uint32](a.objs.Devices)
+	if err != nil {
+		return err
+	}
+	next := map[uint32]uint32{}
+	for _, idx := range want {
+		next[uint32(idx)] = 1
+	}
+	c := newChange[uint32, uint32]()
+	c.add(have, next)
+	if err := putAll(a.objs.Devices, c.put); err != nil {
+		return err
+	}
+	return deleteAll(a.objs.Devices, c.deleted())
+}
+
+// removeFilters removes this datapath's clsact filters from a device.
+func removeFilters(idx int) {
+	l, err := netlink.LinkByIndex(idx)
+	if err != nil {
+		return
+	}
+	for _, d := range directions {
+		filters, err := netlink.FilterList(l, d.parent)
+		if err != nil {
+			continue
+		}
+		for _, f := range filters {
+			if bf, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(bf.Name, filterPrefix) {
+				netlink.FilterDel(f)
+			}
+		}
+	}
+}
+
+// unpinLink removes a link's pin, which detaches it once nothing else
+// holds it.
+func unpinLink(pin string) error {
+	l, err := link.LoadPinnedLink(pin, nil)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		// Not a link we can load: drop the pin itself.
+		return os.Remove(pin)
+	}
+	defer l.Close()
+	return l.Unpin()
+}

@@ -1,0 +1,46 @@
+package ebpf
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
+
+	"github.com/spoke-proxy/spoke/internal/testnet"
+)
+
+// labOptions returns datapath options for a lab: its cgroup, its node's
+// namespace and external device, and pins of the test's own.
+func labOptions(t testing.TB, lab *testnet.Lab) Options {
+	var b [4]byte
+	rand.Read(b[:])
+	return Options{
+		PinPath:    "/sys/fs/bpf/spoke-test-" + hex.EncodeToString(b[:]),
+		CgroupPath: lab.CgroupPath(),
+		NetNS:      lab.NodeNS().Path(),
+		Devices:    []string{testnet.ExternalDevice},
+	}
+}
+
+// newDatapath opens a datapath and removes it, pins and all, when the test
+// ends.
+func newDatapath(t testing.TB, opts Options) *Datapath {
+	t.Helper()
+	testnet.RequireRoot(t)
+	testnet.Require(t, features.HaveProgramType(ebpf.CGroupSockAddr) == nil, "BPF_PROG_TYPE_CGROUP_SOCK_ADDR")
+	d, err := New(opts)
+	if err != nil {
+		t.Fatalf("opening the datapath: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := d.Close(); err != nil {
+			t.Errorf("closing: %v", err)
+		}
+		if err := Cleanup(opts); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return d
+}

@@ -1,0 +1,57 @@
+package ebpf
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/spoke-proxy/spoke/datapath"
+	"github.com/spoke-proxy/spoke/internal/testnet"
+)
+
+func TestSmoke(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	lab := testnet.NewForTest(t, testnet.Options{})
+	d := newDatapath(t, labOptions(t, lab))
+	node := []netip.Addr{netip.MustParseAddr("192.168.0.1"), netip.MustParseAddr("fd00::1")}
+	if err := lab.SetNodeAddrs(node); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetNode(ctx, datapath.Node{Name: "n", Addresses: node}); err != nil {
+		t.Fatal(err)
+	}
+	be := netip.MustParseAddrPort("10.244.1.5:8080")
+	if err := lab.AddBackend(be, datapath.TCP, false); err != nil {
+		t.Fatal(err)
+	}
+	svc := &datapath.Service{
+		Key:        "default/web",
+		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
+		Ports: []datapath.Port{{Name: "http", Protocol: datapath.TCP, Port: 80, NodePort: 30080,
+			Internal: datapath.Backends{NoEndpoints: datapath.Reject, Endpoints: []datapath.Endpoint{{Addr: be}}}}},
+	}
+	if err := d.Apply(ctx, []*datapath.Service{svc}, nil); err != nil {
+		t.Fatal(err)
+	}
+	got, err := d.Programmed(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !datapath.Equal(got[svc.Key], svc) {
+		t.Errorf("programmed %+v, want %+v", got[svc.Key], svc)
+	}
+	for _, c := range []struct {
+		origin testnet.Origin
+		dst    string
+	}{
+		{testnet.FromNode, "10.96.0.10:80"},
+		{testnet.FromOutside, "192.168.0.1:30080"},
+		{testnet.FromOutside, "10.96.0.10:80"},
+		{testnet.FromNode, "192.168.0.1:30080"},
+	} {
+		res, err := lab.Send(ctx, c.origin, datapath.Packet{Protocol: datapath.TCP, Src: netip.MustParseAddrPort("10.0.0.99:40000"), Dst: netip.MustParseAddrPort(c.dst)})
+		t.Logf("%s -> %s: %v %v", c.origin, c.dst, res, err)
+	}
+}
