@@ -9,6 +9,7 @@ type metrics struct {
 	nacks            prometheus.Counter
 	stuckDisconnects prometheus.Counter
 	rejectedStreams  *prometheus.CounterVec
+	programming      prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -37,9 +38,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "spoke", Subsystem: "controlplane", Name: "rejected_streams_total",
 			Help: "Streams refused before serving, by reason.",
 		}, []string{"reason"}),
+		programming: newProgrammingLatency(),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.responses, m.resources, m.nacks, m.stuckDisconnects, m.rejectedStreams)
+		reg.MustRegister(m.connected, m.responses, m.resources, m.nacks, m.stuckDisconnects, m.rejectedStreams, m.programming)
 	}
 	return m
 }

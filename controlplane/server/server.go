@@ -255,6 +255,10 @@ func (s *Server) StreamViews(stream grpc.BidiStreamingServer[spokev1.StreamViews
 				s.metrics.nacks.Inc()
 				log.Warn("agent rejected a response", "nonce", req.GetResponseNonce(), "error", rej.GetMessage(), "resources", rej.GetResourceNames())
 			}
+			if req.GetError() == nil {
+				// delta is still the first one: its revision is the connection's.
+				observeProgrammed(s.metrics.programming, c.inFlightResources(), delta.Rev, time.Now())
+			}
 			if rev, done := c.acked(req.GetError()); done {
 				sub.SetSynced(rev)
 			}

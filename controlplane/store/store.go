@@ -5,6 +5,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -24,6 +25,10 @@ type Encoded struct {
 	Bytes []byte
 	// Resource is the decoded form, for inspection. Never modify it.
 	Resource *spokev1.Resource
+	// Trigger is the EndpointSlice last-change-trigger-time of the change
+	// that produced this content (model.Views.Trigger), zero when unknown.
+	// A node that acknowledges this content has programmed that change.
+	Trigger time.Time
 }
 
 func encode(r *spokev1.Resource, rev uint64) (*Encoded, error) {
@@ -209,6 +214,7 @@ func (s *Store) setService(name string, views *model.Views, rev uint64) (bool, e
 		if old != nil && old.Version == n.Version {
 			return old, nil
 		}
+		n.Trigger = views.Trigger
 		return n, nil
 	}
 	def, err := enc(e.def, views.Default)
