@@ -174,7 +174,7 @@ func waitProgrammed(ctx context.Context, addr, service string) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%s not programmed: %w (last error: %v)", service, ctx.Err(), err)
+			return fmt.Errorf("%s not programmed: %w (last error: %w)", service, ctx.Err(), err)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -209,7 +209,7 @@ func (p *processes) start(name, path string, args ...string) error {
 	go func() {
 		err := cmd.Wait()
 		f.Close()
-		p.exited <- fmt.Errorf("%s exited: %v (log %s)", name, err, logPath)
+		p.exited <- fmt.Errorf("%s exited: %w (log %s)", name, err, logPath)
 	}()
 	return nil
 }

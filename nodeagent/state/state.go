@@ -65,7 +65,7 @@ func Open(path string) (s *Store, err error) {
 		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("opening state file %s: locked by another process: %w", path, err)
 		}
-		return nil, fmt.Errorf("opening state file %s: %w: %v", path, ErrCorrupt, err)
+		return nil, fmt.Errorf("opening state file %s: %w: %w", path, ErrCorrupt, err)
 	}
 	s = &Store{db: db, path: path}
 	if err := s.init(); err != nil {
