@@ -209,6 +209,9 @@ func (p *processes) start(name, path string, args ...string) error {
 	go func() {
 		err := cmd.Wait()
 		f.Close()
+		if err == nil {
+			err = errors.New("exit status 0")
+		}
 		p.exited <- fmt.Errorf("%s exited: %w (log %s)", name, err, logPath)
 	}()
 	return nil
