@@ -2,8 +2,11 @@ package watch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -47,10 +50,19 @@ type Watcher struct {
 	slices   cache.Indexer
 	synced   []cache.InformerSynced
 	debounce *debouncer
+	// started bounds the trigger times that count: earlier ones belong to
+	// changes made before the watcher existed.
+	started time.Time
+	// topo is only used by sync.
+	topo *topology
 
 	mu         sync.Mutex
 	dirtySvcs  map[string]bool
+	dirtyEps   map[string]bool // services with EndpointSlice changes
 	dirtyNodes map[string]bool
+	// triggers holds, per dirty service, the earliest EndpointSlice
+	// last-change-trigger-time among its pending changes.
+	triggers map[string]time.Time
 }
 
 const byServiceIndex = "service"
@@ -74,47 +86,43 @@ func New(opts Options) (*Watcher, error) {
 		log:        opts.Logger,
 		metrics:    newMetrics(opts.Registerer),
 		debounce:   newDebouncer(opts.Window, opts.MaxDelay, opts.Clock),
+		started:    opts.Clock.Now(),
+		topo:       newTopology(),
 		dirtySvcs:  map[string]bool{},
+		dirtyEps:   map[string]bool{},
 		dirtyNodes: map[string]bool{},
+		triggers:   map[string]time.Time{},
 	}
 	w.factory = informers.NewSharedInformerFactoryWithOptions(opts.Client, 0, informers.WithTransform(trim))
 	svcInf := w.factory.Core().V1().Services()
 	sliceInf := w.factory.Discovery().V1().EndpointSlices()
 	nodeInf := w.factory.Core().V1().Nodes()
-	if err := sliceInf.Informer().AddIndexers(cache.Indexers{byServiceIndex: sliceService}); err != nil {
+	if err := sliceInf.Informer().AddIndexers(cache.Indexers{byServiceIndex: sliceServiceIndex}); err != nil {
 		return nil, fmt.Errorf("adding slice index: %w", err)
 	}
 	w.services, w.nodes, w.slices = svcInf.Lister(), nodeInf.Lister(), sliceInf.Informer().GetIndexer()
 	handlers := []struct {
 		inf cache.SharedIndexInformer
-		key func(any) (string, bool)
-		set func(string)
+		cache.ResourceEventHandlerFuncs
 	}{
-		{svcInf.Informer(), objectKey, w.markService},
-		{sliceInf.Informer(), func(o any) (string, bool) {
-			keys, err := sliceService(tombstoneObject(o))
-			return firstOf(keys), err == nil && len(keys) == 1
-		}, w.markService},
-		{nodeInf.Informer(), func(o any) (string, bool) {
-			n, ok := tombstoneObject(o).(*corev1.Node)
-			if !ok {
-				return "", false
-			}
-			return n.Name, true
-		}, w.markNode},
+		{svcInf.Informer(), cache.ResourceEventHandlerFuncs{
+			AddFunc:    w.serviceChanged,
+			UpdateFunc: func(_, o any) { w.serviceChanged(o) },
+			DeleteFunc: w.serviceChanged,
+		}},
+		{sliceInf.Informer(), cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(o any) { w.sliceChanged(nil, o) },
+			UpdateFunc: w.sliceChanged,
+			DeleteFunc: func(o any) { w.sliceChanged(o, nil) },
+		}},
+		{nodeInf.Informer(), cache.ResourceEventHandlerFuncs{
+			AddFunc:    w.nodeChanged,
+			UpdateFunc: func(_, o any) { w.nodeChanged(o) },
+			DeleteFunc: w.nodeChanged,
+		}},
 	}
 	for _, h := range handlers {
-		mark := func(o any) {
-			if k, ok := h.key(o); ok {
-				h.set(k)
-			}
-		}
-		_, err := h.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    mark,
-			UpdateFunc: func(old, o any) { mark(old); mark(o) },
-			DeleteFunc: mark,
-		})
-		if err != nil {
+		if _, err := h.inf.AddEventHandler(h.ResourceEventHandlerFuncs); err != nil {
 			return nil, fmt.Errorf("adding event handler: %w", err)
 		}
 		w.synced = append(w.synced, h.inf.HasSynced)
@@ -138,61 +146,148 @@ func (w *Watcher) Run(ctx context.Context) error {
 	return nil
 }
 
-func (w *Watcher) markService(key string) {
+func (w *Watcher) serviceChanged(o any) {
+	key, ok := objectKey(o)
+	if !ok {
+		return
+	}
+	w.metrics.serviceChanges.Inc()
+	w.mark(func() {
+		w.dirtySvcs[key] = true
+	})
+}
+
+// sliceChanged marks the services of a slice before and after a change,
+// and records the change's trigger time for network programming latency.
+func (w *Watcher) sliceChanged(old, cur any) {
+	w.metrics.endpointChanges.Inc()
+	oldKey, _ := sliceService(tombstoneObject(old))
+	curKey, _ := sliceService(tombstoneObject(cur))
+	trigger := w.triggerTime(old, cur)
+	w.mark(func() {
+		for _, key := range []string{oldKey, curKey} {
+			if key != "" {
+				w.dirtySvcs[key], w.dirtyEps[key] = true, true
+			}
+		}
+		if t, ok := w.triggers[curKey]; curKey != "" && !trigger.IsZero() && (!ok || trigger.Before(t)) {
+			w.triggers[curKey] = trigger
+		}
+	})
+}
+
+// triggerTime returns the EndpointSlice last-change-trigger-time that an
+// added or updated slice brings, or zero: when the annotation is absent,
+// unchanged by the update, unparsable, or older than the watcher.
+func (w *Watcher) triggerTime(old, cur any) time.Time {
+	es, ok := cur.(*discoveryv1.EndpointSlice)
+	if !ok {
+		return time.Time{}
+	}
+	v := es.Annotations[corev1.EndpointsLastChangeTriggerTime]
+	if prev, ok := old.(*discoveryv1.EndpointSlice); v == "" || (ok && prev.Annotations[corev1.EndpointsLastChangeTriggerTime] == v) {
+		return time.Time{}
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil || t.Before(w.started) {
+		return time.Time{}
+	}
+	return t
+}
+
+func (w *Watcher) nodeChanged(o any) {
+	n, ok := tombstoneObject(o).(*corev1.Node)
+	if !ok {
+		return
+	}
+	w.mark(func() { w.dirtyNodes[n.Name] = true })
+}
+
+// mark records a change under the lock and asks for a sync.
+func (w *Watcher) mark(record func()) {
 	w.mu.Lock()
-	w.dirtySvcs[key] = true
+	record()
+	w.metrics.servicesPending.Set(float64(len(w.dirtySvcs)))
+	w.metrics.endpointsPending.Set(float64(len(w.dirtyEps)))
 	w.mu.Unlock()
+	w.metrics.lastQueued.Set(float64(w.opts.Clock.Now().UnixNano()) / 1e9)
 	w.debounce.Trigger()
 }
 
-func (w *Watcher) markNode(name string) {
-	w.mu.Lock()
-	w.dirtyNodes[name] = true
-	w.mu.Unlock()
-	w.debounce.Trigger()
-}
-
-// sync recomputes the dirty services and nodes and publishes them as one
-// batch.
+// sync recomputes the dirty nodes and services and publishes them as one
+// batch. Nodes come first: a node whose zone changed, appeared or went
+// away makes the services with a view of their own for it dirty too.
 func (w *Watcher) sync() {
 	start := w.opts.Clock.Now()
 	w.mu.Lock()
-	svcs, nodes := w.dirtySvcs, w.dirtyNodes
-	w.dirtySvcs, w.dirtyNodes = map[string]bool{}, map[string]bool{}
+	svcs, nodes, triggers := w.dirtySvcs, w.dirtyNodes, w.triggers
+	w.dirtySvcs, w.dirtyEps, w.dirtyNodes, w.triggers = map[string]bool{}, map[string]bool{}, map[string]bool{}, map[string]time.Time{}
+	w.metrics.servicesPending.Set(0)
+	w.metrics.endpointsPending.Set(0)
 	w.mu.Unlock()
 	if len(svcs) == 0 && len(nodes) == 0 {
 		return
 	}
-	topo := w.topology()
 	batch := store.Batch{Services: map[string]*model.Views{}, Nodes: map[string]*spokev1.Node{}}
-	for key := range svcs {
-		views := w.compute(key, topo)
-		batch.Services[key] = &views
-	}
 	for name := range nodes {
 		n, err := w.nodes.Get(name)
-		if err != nil {
+		zone := ""
+		if err == nil {
+			batch.Nodes[name] = model.NodeView(n)
+			zone = n.Labels[corev1.LabelTopologyZone]
+		} else {
 			batch.Nodes[name] = nil
-			continue
 		}
-		batch.Nodes[name] = model.NodeView(n)
+		for _, key := range w.topo.setNode(name, zone, err == nil) {
+			if !svcs[key] {
+				svcs[key] = true
+				w.metrics.topologyRecomputes.Inc()
+			}
+		}
+	}
+	for key := range svcs {
+		views := w.compute(key)
+		views.Trigger = triggers[key]
+		w.topo.setReads(key, slices.Sorted(maps.Keys(views.ByNode)))
+		w.countViews(&views)
+		batch.Services[key] = &views
 	}
 	rev, err := w.opts.Store.Apply(batch)
 	if err != nil {
 		// Encoding a computed view cannot fail for valid messages; if it
 		// does, retry the whole batch on the next burst.
 		w.log.Error("publishing views", "err", err)
-		for key := range svcs {
-			w.markService(key)
-		}
+		w.mark(func() {
+			for key := range svcs {
+				w.dirtySvcs[key] = true
+			}
+			for name := range nodes {
+				w.dirtyNodes[name] = true
+			}
+			for key, t := range triggers {
+				if cur, ok := w.triggers[key]; !ok || t.Before(cur) {
+					w.triggers[key] = t
+				}
+			}
+		})
 		return
 	}
-	elapsed := w.opts.Clock.Since(start)
+	end := w.opts.Clock.Now()
+	elapsed := end.Sub(start)
 	w.metrics.syncDuration.Observe(elapsed.Seconds())
+	w.metrics.lastSync.Set(float64(end.UnixNano()) / 1e9)
 	w.log.Debug("published views", "revision", rev, "services", len(svcs), "nodes", len(nodes), "took", elapsed)
 }
 
-func (w *Watcher) compute(key string, topo model.Topology) model.Views {
+func (w *Watcher) countViews(v *model.Views) {
+	if v.Default != nil {
+		w.metrics.views.WithLabelValues("default").Inc()
+	}
+	w.metrics.views.WithLabelValues("zone").Add(float64(len(v.ByZone)))
+	w.metrics.views.WithLabelValues("node").Add(float64(len(v.ByNode)))
+}
+
+func (w *Watcher) compute(key string) model.Views {
 	ns, name, err := cache.SplitMetaNamespaceKey(key)
 	if err != nil {
 		return model.Views{}
@@ -205,27 +300,22 @@ func (w *Watcher) compute(key string, topo model.Topology) model.Views {
 	if err != nil {
 		w.log.Error("listing endpoint slices", "service", key, "err", err)
 	}
-	slices := make([]*discoveryv1.EndpointSlice, 0, len(objs))
+	endpointSlices := make([]*discoveryv1.EndpointSlice, 0, len(objs))
 	for _, o := range objs {
 		if es, ok := o.(*discoveryv1.EndpointSlice); ok {
-			slices = append(slices, es)
+			endpointSlices = append(endpointSlices, es)
 		}
 	}
-	views, errs := model.Compute(svc, slices, topo, w.opts.Model)
+	views, errs := model.Compute(svc, endpointSlices, w.topo.model(), w.opts.Model)
 	for _, err := range errs {
-		w.metrics.invalid.Inc()
+		kind := "unknown"
+		if ie, ok := errors.AsType[*model.InputError](err); ok {
+			kind = ie.Kind
+		}
+		w.metrics.invalid.WithLabelValues(kind).Inc()
 		w.log.Warn("skipping invalid input", "service", key, "err", err)
 	}
 	return views
-}
-
-func (w *Watcher) topology() model.Topology {
-	nodes, _ := w.nodes.List(everything)
-	t := model.Topology{Zones: make(map[string]string, len(nodes))}
-	for _, n := range nodes {
-		t.Zones[n.Name] = n.Labels[corev1.LabelTopologyZone]
-	}
-	return t
 }
 
 func objectKey(o any) (string, bool) {
@@ -240,23 +330,27 @@ func tombstoneObject(o any) any {
 	return o
 }
 
-func sliceService(o any) ([]string, error) {
+// sliceService returns the key of a slice's service, "" for an object that
+// is no slice of a service.
+func sliceService(o any) (string, error) {
 	es, ok := o.(*discoveryv1.EndpointSlice)
 	if !ok {
-		return nil, nil
+		return "", nil
 	}
 	svc := es.Labels[discoveryv1.LabelServiceName]
 	if svc == "" {
-		return nil, nil
+		return "", nil
 	}
-	return []string{es.Namespace + "/" + svc}, nil
+	return es.Namespace + "/" + svc, nil
 }
 
-func firstOf(s []string) string {
-	if len(s) == 0 {
-		return ""
+// sliceServiceIndex indexes slices by their service's key.
+func sliceServiceIndex(o any) ([]string, error) {
+	key, err := sliceService(o)
+	if key == "" {
+		return nil, err
 	}
-	return s[0]
+	return []string{key}, err
 }
 
 // trim drops what the model never reads before an object enters the
