@@ -1,0 +1,394 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/spoke-proxy/spoke/controlplane/app"
+	"github.com/spoke-proxy/spoke/controlplane/model"
+	"github.com/spoke-proxy/spoke/scale-sim/cluster"
+)
+
+// controlPlane is the control plane under test, wherever it runs.
+type controlPlane interface {
+	// Address is the gRPC address agents connect to.
+	Address() string
+	// Ready returns once the control plane serves views.
+	Ready(ctx context.Context) error
+	// Restart stops the control plane and starts it again on the same
+	// address.
+	Restart(ctx context.Context) error
+	// Usage returns the control plane's memory and CPU figures.
+	Usage() usage
+	// Metric returns the sum of a metric's samples, if known.
+	Metric(name string) (float64, bool)
+	Stop()
+}
+
+type usage struct {
+	// Own is false when the figures are those of a process that also runs
+	// the simulator.
+	Own              bool
+	RSS, PeakRSS     uint64
+	CPU              time.Duration
+	Known            bool
+	ProcessStartedAt time.Time
+}
+
+type cpSettings struct {
+	window, maxDelay, ackTimeout time.Duration
+	kubeconfig                   string
+	restConfig                   *rest.Config
+	dir                          string
+	bin                          string
+	log                          *slog.Logger
+}
+
+// processCP runs the spoke-controlplane binary as a child process.
+type processCP struct {
+	s           cpSettings
+	grpcAddr    string
+	metricsAddr string
+	cmd         *exec.Cmd
+	exited      chan struct{}
+	startedAt   time.Time
+}
+
+func startProcessCP(ctx context.Context, s cpSettings) (*processCP, error) {
+	if s.bin == "" {
+		s.bin = filepath.Join(s.dir, "spoke-controlplane")
+		s.log.Info("building the control plane", "to", s.bin)
+		build := exec.CommandContext(ctx, "go", "build", "-o", s.bin, "./controlplane/cmd/spoke-controlplane")
+		if out, err := build.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("building the control plane (run from the repository root, or pass --controlplane-bin): %w\n%s", err, out)
+		}
+	}
+	ports, err := freePorts(2)
+	if err != nil {
+		return nil, err
+	}
+	p := &processCP{s: s, grpcAddr: fmt.Sprintf("127.0.0.1:%d", ports[0]), metricsAddr: fmt.Sprintf("127.0.0.1:%d", ports[1])}
+	return p, p.start()
+}
+
+func (p *processCP) start() error {
+	logFile, err := os.OpenFile(filepath.Join(p.s.dir, "controlplane.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(p.s.bin,
+		"-kubeconfig", p.s.kubeconfig, "-grpc-address", p.grpcAddr, "-metrics-address", p.metricsAddr,
+		"-debounce-window", p.s.window.String(), "-debounce-max-delay", p.s.maxDelay.String(),
+		"-ack-timeout", p.s.ackTimeout.String(), "-proxy-name", cluster.ProxyName,
+		"-kube-api-qps", "1000", "-kube-api-burst", "2000", "-log-level", "warn",
+		// The fake nodes have no pods and no ServiceAccount tokens.
+		"-agent-auth", "none")
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return fmt.Errorf("starting the control plane: %w", err)
+	}
+	p.cmd, p.exited, p.startedAt = cmd, make(chan struct{}), time.Now()
+	go func() {
+		cmd.Wait()
+		logFile.Close()
+		close(p.exited)
+	}()
+	return nil
+}
+
+func (p *processCP) Address() string { return p.grpcAddr }
+
+func (p *processCP) Ready(ctx context.Context) error {
+	return waitHealthy(ctx, "http://"+p.metricsAddr+"/healthz", p.exited, filepath.Join(p.s.dir, "controlplane.log"))
+}
+
+func (p *processCP) Restart(ctx context.Context) error {
+	p.Stop()
+	if err := p.start(); err != nil {
+		return err
+	}
+	return p.Ready(ctx)
+}
+
+func (p *processCP) Stop() {
+	if p.cmd == nil {
+		return
+	}
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(15 * time.Second):
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.exited
+	}
+	p.cmd = nil
+}
+
+func (p *processCP) Usage() usage {
+	if p.cmd == nil {
+		return usage{}
+	}
+	u := procUsage(p.cmd.Process.Pid)
+	u.Own, u.ProcessStartedAt = true, p.startedAt
+	return u
+}
+
+func (p *processCP) Metric(name string) (float64, bool) {
+	return scrape("http://"+p.metricsAddr+"/metrics", name)
+}
+
+// inprocCP runs the control plane in the simulator's process, for
+// profiling.
+type inprocCP struct {
+	s      cpSettings
+	addr   string
+	cp     *app.ControlPlane
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startInprocCP(s cpSettings) (*inprocCP, error) {
+	p := &inprocCP{s: s, addr: "127.0.0.1:0"}
+	return p, p.start()
+}
+
+func (p *inprocCP) start() error {
+	lis, err := net.Listen("tcp", p.addr)
+	if err != nil {
+		return fmt.Errorf("listening: %w", err)
+	}
+	p.addr = lis.Addr().String()
+	cfg := rest.CopyConfig(p.s.restConfig)
+	cfg.QPS, cfg.Burst, cfg.UserAgent = 1000, 2000, "spoke-controlplane"
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		lis.Close()
+		return fmt.Errorf("creating API client: %w", err)
+	}
+	cp, err := app.New(app.Options{
+		Client: client, GRPCListener: lis, Model: model.Options{ProxyName: cluster.ProxyName},
+		Window: p.s.window, MaxDelay: p.s.maxDelay, AckTimeout: p.s.ackTimeout,
+		Logger: p.s.log.With("component", "controlplane"),
+	})
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cp, p.cancel, p.done = cp, cancel, make(chan error, 1)
+	go func() { p.done <- cp.Run(ctx) }()
+	return nil
+}
+
+func (p *inprocCP) Address() string { return p.addr }
+
+func (p *inprocCP) Ready(ctx context.Context) error {
+	select {
+	case <-p.cp.Store.Ready():
+		return nil
+	case err := <-p.done:
+		return fmt.Errorf("control plane stopped: %w", err)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (p *inprocCP) Restart(ctx context.Context) error {
+	p.Stop()
+	if err := p.start(); err != nil {
+		return err
+	}
+	return p.Ready(ctx)
+}
+
+func (p *inprocCP) Stop() {
+	if p.cancel == nil {
+		return
+	}
+	p.cancel()
+	<-p.done
+	p.cancel = nil
+}
+
+func (p *inprocCP) Usage() usage { return procUsage(os.Getpid()) }
+
+func (p *inprocCP) Metric(name string) (float64, bool) {
+	mfs, err := p.cp.Registry.Gather()
+	if err != nil {
+		return 0, false
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		sum := 0.0
+		for _, m := range mf.GetMetric() {
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+		return sum, true
+	}
+	return 0, false
+}
+
+// remoteCP is a control plane someone else runs.
+type remoteCP struct {
+	addr, metricsURL string
+}
+
+func (p *remoteCP) Address() string { return p.addr }
+
+func (p *remoteCP) Ready(ctx context.Context) error {
+	if p.metricsURL == "" {
+		return nil
+	}
+	return waitHealthy(ctx, strings.TrimSuffix(p.metricsURL, "/metrics")+"/healthz", nil, "")
+}
+
+func (p *remoteCP) Restart(context.Context) error {
+	return errors.New("cannot restart a control plane the simulator did not start")
+}
+
+func (p *remoteCP) Stop() {}
+
+func (p *remoteCP) Usage() usage {
+	if p.metricsURL == "" {
+		return usage{}
+	}
+	rss, ok1 := scrape(p.metricsURL, "process_resident_memory_bytes")
+	cpu, ok2 := scrape(p.metricsURL, "process_cpu_seconds_total")
+	return usage{Own: true, Known: ok1 && ok2, RSS: uint64(rss), CPU: time.Duration(cpu * float64(time.Second))}
+}
+
+func (p *remoteCP) Metric(name string) (float64, bool) {
+	if p.metricsURL == "" {
+		return 0, false
+	}
+	return scrape(p.metricsURL, name)
+}
+
+func waitHealthy(ctx context.Context, url string, exited <-chan struct{}, logPath string) error {
+	client := &http.Client{Timeout: 2 * time.Second}
+	for {
+		resp, err := client.Get(url)
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("control plane exited; see %s", logPath)
+		case <-ctx.Done():
+			return fmt.Errorf("control plane not ready (%s): %w", url, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// procUsage reads a process's memory and CPU from /proc.
+func procUsage(pid int) usage {
+	u := usage{}
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return u
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseUint(fields[1], 10, 64)
+		switch fields[0] {
+		case "VmRSS:":
+			u.RSS = kb << 10
+		case "VmHWM:":
+			u.PeakRSS = kb << 10
+		}
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return u
+	}
+	// Fields after the command name, which is in parentheses.
+	rest := string(stat[strings.LastIndexByte(string(stat), ')')+2:])
+	fields := strings.Fields(rest)
+	if len(fields) > 12 {
+		utime, _ := strconv.ParseUint(fields[11], 10, 64)
+		stime, _ := strconv.ParseUint(fields[12], 10, 64)
+		const ticks = 100 // USER_HZ
+		u.CPU = time.Duration(utime+stime) * time.Second / ticks
+		u.Known = true
+	}
+	return u
+}
+
+// scrape returns the sum of a metric's samples from a Prometheus text
+// endpoint.
+func scrape(url, name string) (float64, bool) {
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	sum, found := 0.0, false
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name) {
+			continue
+		}
+		rest := line[len(name):]
+		if rest == "" || (rest[0] != ' ' && rest[0] != '{') {
+			continue
+		}
+		fields := strings.Fields(line)
+		v, err := strconv.ParseFloat(fields[len(fields)-1], 64)
+		if err == nil {
+			sum, found = sum+v, true
+		}
+	}
+	return sum, found
+}
+
+func freePorts(n int) ([]int, error) {
+	var out []int
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("finding free ports: %w", err)
+		}
+		ls = append(ls, l)
+		out = append(out, l.Addr().(*net.TCPAddr).Port)
+	}
+	return out, nil
+}

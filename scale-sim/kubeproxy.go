@@ -1,0 +1,180 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+)
+
+// countingProxy forwards TCP connections to the API server and counts what
+// the API server sends through it: TLS records on the wire, HTTP/2 framing
+// and all.
+type countingProxy struct {
+	lis      net.Listener
+	upstream string
+	down     atomic.Uint64 // API server to client
+	up       atomic.Uint64
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{}
+	closed   bool
+}
+
+func startCountingProxy(upstreamURL string) (*countingProxy, error) {
+	u, err := url.Parse(upstreamURL)
+	if err != nil {
+		return nil, fmt.Errorf("parsing %s: %w", upstreamURL, err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	p := &countingProxy{lis: lis, upstream: u.Host, conns: map[net.Conn]struct{}{}}
+	p.wg.Go(p.serve)
+	return p, nil
+}
+
+// Host returns the proxy's address as a URL with the upstream's scheme.
+func (p *countingProxy) Host() string { return "https://" + p.lis.Addr().String() }
+
+func (p *countingProxy) serve() {
+	for {
+		c, err := p.lis.Accept()
+		if err != nil {
+			return
+		}
+		p.wg.Go(func() { p.forward(c) })
+	}
+}
+
+func (p *countingProxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	p.conns[c] = struct{}{}
+	return true
+}
+
+func (p *countingProxy) forward(client net.Conn) {
+	server, err := net.DialTimeout("tcp", p.upstream, 10*time.Second)
+	if err != nil {
+		client.Close()
+		return
+	}
+	if !p.track(client) || !p.track(server) {
+		client.Close()
+		server.Close()
+		return
+	}
+	var wg sync.WaitGroup
+	pipe := func(dst, src net.Conn, n *atomic.Uint64) {
+		io.Copy(&countingWriter{w: dst, n: n}, src)
+		dst.Close()
+		src.Close()
+	}
+	wg.Go(func() { pipe(client, server, &p.down) })
+	wg.Go(func() { pipe(server, client, &p.up) })
+	wg.Wait()
+	p.mu.Lock()
+	delete(p.conns, client)
+	delete(p.conns, server)
+	p.mu.Unlock()
+}
+
+func (p *countingProxy) Close() {
+	p.lis.Close()
+	p.mu.Lock()
+	p.closed = true
+	for c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}
+
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Uint64
+}
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n.Add(uint64(n))
+	return n, err
+}
+
+// kubeProxies is the kube-proxy pattern: every node runs its own informers
+// on Services, EndpointSlices and its own Node, with its own connection,
+// protobuf-encoded and with kube-proxy's selectors.
+type kubeProxies struct {
+	cancel context.CancelFunc
+	synced []cache.InformerSynced
+	wg     sync.WaitGroup
+}
+
+func startKubeProxies(cfg *rest.Config, nodes []string) (*kubeProxies, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	k := &kubeProxies{cancel: cancel}
+	for _, node := range nodes {
+		c := rest.CopyConfig(cfg)
+		c.ContentType = "application/vnd.kubernetes.protobuf"
+		c.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+		c.UserAgent = "kube-proxy/" + node
+		c.QPS, c.Burst = -1, 0
+		// A dialer of its own gives each node its own transport and
+		// connection, as separate kube-proxy processes have.
+		d := &net.Dialer{Timeout: 30 * time.Second}
+		c.Dial = d.DialContext
+		client, err := kubernetes.NewForConfig(c)
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("client of %s: %w", node, err)
+		}
+		selector := "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
+		svcFactory := informers.NewSharedInformerFactoryWithOptions(client, 0,
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector }))
+		nodeFactory := informers.NewSharedInformerFactoryWithOptions(client, 0,
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+				o.FieldSelector = fields.OneTermEqualSelector("metadata.name", node).String()
+			}))
+		infs := []cache.SharedIndexInformer{
+			svcFactory.Core().V1().Services().Informer(),
+			svcFactory.Discovery().V1().EndpointSlices().Informer(),
+			nodeFactory.Core().V1().Nodes().Informer(),
+		}
+		for _, inf := range infs {
+			k.synced = append(k.synced, inf.HasSynced)
+		}
+		svcFactory.Start(ctx.Done())
+		nodeFactory.Start(ctx.Done())
+		k.wg.Go(func() {
+			<-ctx.Done()
+			svcFactory.Shutdown()
+			nodeFactory.Shutdown()
+		})
+	}
+	return k, nil
+}
+
+func (k *kubeProxies) WaitSynced(ctx context.Context) bool {
+	return cache.WaitForCacheSync(ctx.Done(), k.synced...)
+}
+
+func (k *kubeProxies) Stop() {
+	k.cancel()
+	k.wg.Wait()
+}

@@ -1,0 +1,183 @@
+// Command scale-sim runs thousands of fake nodes, each the real node agent
+// with an in-memory datapath, against a control plane fed by a synthetic or
+// a real Kubernetes API, drives a scenario and prints the figures: a
+// progress line while it runs, a table at the end, and with --json a last
+// line that is one JSON object. See scale-sim/RESULTS.md for measured runs.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"syscall"
+	"time"
+)
+
+type config struct {
+	nodes, zones, services, endpoints int
+	localFraction, hintedFraction     float64
+	churn                             float64
+	duration                          time.Duration
+	controlplane                      string
+	controlplaneBin                   string
+	controlplaneMetrics               string
+	api                               string
+	kubeconfig                        string
+	scenario                          string
+	json                              bool
+	plot                              string
+	window, maxDelay, ackTimeout      time.Duration
+	bbolt                             bool
+	fraction                          float64
+	slowRate                          int64
+	startRate                         float64
+	syncTimeout                       time.Duration
+	seed                              uint64
+	cpuProfile, memProfile            string
+	workDir                           string
+	verbose                           bool
+	out                               io.Writer
+	progress                          io.Writer
+	progressEvery                     time.Duration
+}
+
+var scenarios = []string{"churn", "controlplane-restart", "agent-restart", "slow-agents", "apiserver-load"}
+
+func main() {
+	c := config{out: os.Stdout, progress: os.Stderr, progressEvery: 5 * time.Second}
+	flag.IntVar(&c.nodes, "nodes", 1000, "fake nodes, each running the real agent")
+	flag.IntVar(&c.zones, "zones", 3, "zones the nodes are spread over")
+	flag.IntVar(&c.services, "services", 1000, "services")
+	flag.IntVar(&c.endpoints, "endpoints-per-service", 10, "endpoints of each service")
+	flag.Float64Var(&c.localFraction, "local-policy-fraction", 0.1, "fraction of services that are NodePort with externalTrafficPolicy Local")
+	flag.Float64Var(&c.hintedFraction, "hinted-fraction", 0.5, "fraction of services with trafficDistribution PreferClose and zone hints")
+	flag.Float64Var(&c.churn, "churn", 100, "endpoint changes per second")
+	flag.DurationVar(&c.duration, "duration", 60*time.Second, "how long to churn (per phase)")
+	flag.StringVar(&c.controlplane, "controlplane", "process", `"process": the spoke-controlplane binary as a child process; "inproc": in this process, for profiling; or the gRPC address of a running control plane`)
+	flag.StringVar(&c.controlplaneBin, "controlplane-bin", "", "spoke-controlplane binary; built from this checkout when empty")
+	flag.StringVar(&c.controlplaneMetrics, "controlplane-metrics", "", "metrics URL of a running control plane (with --controlplane ADDRESS)")
+	flag.StringVar(&c.api, "api", "synthetic", `"synthetic": an in-process API that feeds the control plane's informers; "kube-apiserver": a real one, started here unless --kubeconfig names one`)
+	flag.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig of a running API server (with --api kube-apiserver)")
+	flag.StringVar(&c.scenario, "scenario", "churn", fmt.Sprintf("one of %v", scenarios))
+	flag.BoolVar(&c.json, "json", false, "print one JSON object as the last line")
+	flag.StringVar(&c.plot, "plot", "", "write a PNG of propagation latency over time and its distribution")
+	flag.DurationVar(&c.window, "debounce-window", 50*time.Millisecond, "the control plane's debounce window")
+	flag.DurationVar(&c.maxDelay, "debounce-max-delay", 250*time.Millisecond, "the control plane's debounce maximum delay")
+	flag.DurationVar(&c.ackTimeout, "ack-timeout", time.Minute, "the control plane's acknowledgement timeout")
+	flag.BoolVar(&c.bbolt, "bbolt", false, "give every agent a bbolt state file (always on for agent-restart)")
+	flag.Float64Var(&c.fraction, "fraction", 0.1, "fraction of agents restarted (agent-restart) or slow (slow-agents)")
+	flag.Int64Var(&c.slowRate, "slow-rate", 2048, "bytes per second a slow agent reads")
+	flag.Float64Var(&c.startRate, "agent-start-rate", 1000, "agents started per second")
+	flag.DurationVar(&c.syncTimeout, "sync-timeout", 15*time.Minute, "how long every agent may take to hold its whole view")
+	flag.Uint64Var(&c.seed, "seed", 1, "seed of the generated cluster and churn")
+	flag.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (the control plane too with --controlplane inproc)")
+	flag.StringVar(&c.memProfile, "memprofile", "", "write a heap profile of this process at the end")
+	flag.StringVar(&c.workDir, "workdir", "", "folder for logs and state files; a temporary one, removed at the end, when empty")
+	flag.BoolVar(&c.verbose, "v", false, "log the control plane (inproc) and agents")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if _, err := run(ctx, c); err != nil {
+		fmt.Fprintln(os.Stderr, "scale-sim:", err)
+		os.Exit(1)
+	}
+}
+
+func (c *config) validate() error {
+	known := false
+	for _, s := range scenarios {
+		known = known || s == c.scenario
+	}
+	switch {
+	case !known:
+		return fmt.Errorf("unknown scenario %q; one of %v", c.scenario, scenarios)
+	case c.nodes < 1 || c.services < 1 || c.endpoints < 1 || c.zones < 1:
+		return errors.New("--nodes, --services, --endpoints-per-service and --zones must be positive")
+	case c.api != "synthetic" && c.api != "kube-apiserver":
+		return fmt.Errorf("--api %q: synthetic or kube-apiserver", c.api)
+	case c.scenario == "apiserver-load" && c.api != "kube-apiserver":
+		return errors.New("apiserver-load compares what a real API server sends: use --api kube-apiserver")
+	case c.fraction < 0 || c.fraction > 1:
+		return errors.New("--fraction must be within [0, 1]")
+	case c.churn < 0:
+		return errors.New("--churn must not be negative")
+	}
+	return nil
+}
+
+// run runs one scenario and returns its report.
+func run(ctx context.Context, c config) (*report, error) {
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	log := slog.New(slog.NewTextHandler(c.progress, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if c.verbose {
+		log = slog.New(slog.NewTextHandler(c.progress, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	raiseFileLimit()
+	if c.workDir == "" {
+		dir, err := os.MkdirTemp("", "scale-sim-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+		c.workDir = dir
+	} else if err := os.MkdirAll(c.workDir, 0o755); err != nil {
+		return nil, err
+	}
+	if c.cpuProfile != "" {
+		f, err := os.Create(c.cpuProfile)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return nil, err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	s, err := setup(ctx, c, log)
+	if s != nil {
+		defer s.close()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := s.runScenario(ctx); err != nil {
+		return nil, err
+	}
+	rep, err := s.finish(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if c.memProfile != "" {
+		f, err := os.Create(c.memProfile)
+		if err != nil {
+			return nil, err
+		}
+		pprof.WriteHeapProfile(f)
+		f.Close()
+	}
+	rep.print(c.out, c.json)
+	if c.plot != "" {
+		if err := writePlot(c.plot, s.tracker, rep); err != nil {
+			return rep, err
+		}
+	}
+	return rep, nil
+}
+
+func raiseFileLimit() {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err == nil && l.Cur < l.Max {
+		l.Cur = l.Max
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
+	}
+}
