@@ -49,7 +49,7 @@ func include(e *endpoint, fallback bool) (listed, draining bool) {
 	if !e.terminating {
 		return false, false
 	}
-	return true, !(fallback && e.serving)
+	return true, !fallback || !e.serving
 }
 
 func newGroup(eps []endpoint, usesLocal bool) *group {

@@ -46,13 +46,13 @@ func newBenchCluster() *benchCluster {
 		name := fmt.Sprintf("svc-%d", i)
 		opts := []func(*corev1.Service){port("http", corev1.ProtocolTCP, 80, 0)}
 		kind := i % 60
-		switch {
-		case kind == 0:
+		switch kind {
+		case 0:
 			opts = append(opts, internalLocal)
-		case kind == 1:
+		case 1:
 			opts = []func(*corev1.Service){svcType(corev1.ServiceTypeLoadBalancer), port("http", corev1.ProtocolTCP, 80, int32(30000+i%2000)),
 				ingress(fmt.Sprintf("198.51.%d.%d", i/250%250, i%250+1), ""), externalLocal(int32(32000 + i%700))}
-		case kind == 2:
+		case 2:
 			opts = append(opts, func(s *corev1.Service) {
 				s.Spec.TrafficDistribution = ptr.To(corev1.ServiceTrafficDistributionPreferSameNode)
 			})

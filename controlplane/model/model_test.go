@@ -83,6 +83,17 @@ func TestComputeClusterIP(t *testing.T) {
 			    internal reject:
 			`,
 	}, {
+		name: "IPv6 single-stack",
+		svc:  service("web", ip6, port("http", corev1.ProtocolTCP, 80, 0)),
+		slices: []*discoveryv1.EndpointSlice{endpointSlice("web-6", "web", v6, httpTCP,
+			endpoint("fd00:244::6", "node-b", ready), endpoint("fd00:244::5", "node-a", ready))},
+		want: `
+			default
+			  ips fd00::10
+			  port "http" TCP 80
+			    internal reject: [fd00:244::5]:8080 [fd00:244::6]:8080
+			`,
+	}, {
 		name: "dual-stack uses both families",
 		svc:  service("web", dual, port("http", corev1.ProtocolTCP, 80, 0)),
 		slices: []*discoveryv1.EndpointSlice{
