@@ -231,7 +231,7 @@ func (s *sim) churn(ctx context.Context, phase int, label string) {
 	if s.c.api == "kube-apiserver" {
 		workers = 16
 	}
-	jobs := make(chan struct{}, 4*workers)
+	jobs := make(chan struct{}, max(64, int(s.c.churn)))
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() {

@@ -145,8 +145,8 @@ func plan(id uint32, s *datapath.Service, ids ids) (owned, error) {
 			for _, is6 := range []bool{false, true} {
 				gi := set*2 + famIndex(!is6)
 				if b == nil {
-					// Absent sets share the set they fall back to.
-					groups[gi] = groups[(set-1)*2+famIndex(!is6)]
+					// An absent set means the same as Internal.
+					groups[gi] = groups[setInternal*2+famIndex(!is6)]
 					continue
 				}
 				g := ids.group(groupIdent{s.Key, proto, p.Port, uint8(set), is6})

@@ -10,6 +10,8 @@ import (
 	"github.com/spoke-proxy/spoke/internal/testnet"
 )
 
+// TestSmoke programs one service, reads it back unchanged, and reaches its
+// backend through every frontend from the node and from outside.
 func TestSmoke(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -51,7 +53,13 @@ func TestSmoke(t *testing.T) {
 		{testnet.FromOutside, "10.96.0.10:80"},
 		{testnet.FromNode, "192.168.0.1:30080"},
 	} {
-		res, err := lab.Send(ctx, c.origin, datapath.Packet{Protocol: datapath.TCP, Src: netip.MustParseAddrPort("10.0.0.99:40000"), Dst: netip.MustParseAddrPort(c.dst)})
-		t.Logf("%s -> %s: %v %v", c.origin, c.dst, res, err)
+		dst := netip.MustParseAddrPort(c.dst)
+		res, err := lab.Send(ctx, c.origin, datapath.Packet{Protocol: datapath.TCP, Src: netip.MustParseAddrPort("10.0.0.99:40000"), Dst: dst})
+		if err != nil {
+			t.Fatalf("%s -> %s: %v", c.origin, dst, err)
+		}
+		if res.Outcome != testnet.Reached || res.Local != be || res.Remote != dst {
+			t.Errorf("%s -> %s: %s, want the backend %s, seen by the client as %s", c.origin, dst, res, be, dst)
+		}
 	}
 }

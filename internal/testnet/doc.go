@@ -3,10 +3,10 @@
 // through it, reporting where each one went. Datapath tests use it to trace
 // packets through the real kernel:
 //
-//	  pod ──pod0─┐                  ┌─eth0── outside (external clients,
-//	             │                  │        remote backends behind it)
-//	 backend ─be*┤ node (datapath)  │
-//	             │                  └─sink0─ world (every other address)
+//	 pod ──pod0─┐                  ┌─eth0── outside (external clients,
+//	            │                  │        remote backends behind it)
+//	backend ─be*┤ node (datapath)  │
+//	            │                  └─sink0─ world (every other address)
 //
 // Every address the lab knows answers on demand: a backend or any other
 // destination runs a responder that reports the address it was reached on

@@ -92,6 +92,7 @@ type Lab struct {
 
 type backend struct {
 	ns     *netns.NS
+	dev    string // its veth on the node (or the outside, when remote)
 	remote bool
 }
 
@@ -170,8 +171,19 @@ func (l *Lab) newNS(role string, sysctls map[string]string) (*netns.NS, error) {
 	for k, v := range sysctls {
 		base[k] = v
 	}
-	err = ns.Do(func() error {
-		for k, v := range base {
+	if err := setSysctls(ns, base); err != nil {
+		return ns, err
+	}
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return ns, err
+	}
+	return ns, h.LinkSetUp(lo)
+}
+
+func setSysctls(ns *netns.NS, kv map[string]string) error {
+	err := ns.Do(func() error {
+		for k, v := range kv {
 			if err := os.WriteFile(filepath.Join("/proc/sys", k), []byte(v), 0o644); err != nil {
 				return err
 			}
@@ -179,13 +191,19 @@ func (l *Lab) newNS(role string, sysctls map[string]string) (*netns.NS, error) {
 		return nil
 	})
 	if err != nil {
-		return ns, fmt.Errorf("sysctls of %s: %w", ns.Name(), err)
+		return fmt.Errorf("sysctls of %s: %w", ns.Name(), err)
 	}
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		return ns, err
-	}
-	return ns, h.LinkSetUp(lo)
+	return nil
+}
+
+// fastNeighbors makes a device retry neighbor resolution after 100ms
+// instead of a second: a solicitation sent while a new veth comes up can
+// be lost.
+func fastNeighbors(ns *netns.NS, dev string) error {
+	return setSysctls(ns, map[string]string{
+		"net/ipv4/neigh/" + dev + "/retrans_time_ms": "100",
+		"net/ipv6/neigh/" + dev + "/retrans_time_ms": "100",
+	})
 }
 
 func handleAt(ns *netns.NS) (*netlink.Handle, error) {
@@ -198,8 +216,8 @@ func handleAt(ns *netns.NS) (*netlink.Handle, error) {
 }
 
 var forwarding = map[string]string{
-	"net/ipv4/ip_forward":             "1",
-	"net/ipv6/conf/all/forwarding":    "1",
+	"net/ipv4/ip_forward":              "1",
+	"net/ipv6/conf/all/forwarding":     "1",
 	"net/ipv6/conf/default/forwarding": "1",
 }
 
@@ -254,6 +272,12 @@ func (l *Lab) build() error {
 // wire connects a's device dev to b's eth0. a's end has the gateway
 // addresses; b's end has peer4/6 if they are valid.
 func (l *Lab) wire(a *netns.NS, dev string, b *netns.NS, peer4, peer6 netip.Addr) error {
+	return l.wireWith(a, dev, b, []netip.Addr{gw4, gw6}, peer4, peer6)
+}
+
+// wireWith is wire with a's end holding local instead of the gateway
+// addresses.
+func (l *Lab) wireWith(a *netns.NS, dev string, b *netns.NS, local []netip.Addr, peer4, peer6 netip.Addr) error {
 	ha, hb := l.handles[a], l.handles[b]
 	fd, err := vnetns.GetFromPath(b.Path())
 	if err != nil {
@@ -264,7 +288,10 @@ func (l *Lab) wire(a *netns.NS, dev string, b *netns.NS, peer4, peer6 netip.Addr
 	if err := ha.LinkAdd(veth); err != nil {
 		return fmt.Errorf("adding veth %s: %w", dev, err)
 	}
-	if err := addAddrs(ha, dev, gw4, gw6); err != nil {
+	if err := errors.Join(fastNeighbors(a, dev), fastNeighbors(b, "eth0")); err != nil {
+		return err
+	}
+	if err := addAddrs(ha, dev, local...); err != nil {
 		return err
 	}
 	if err := addAddrs(hb, "eth0", peer4, peer6); err != nil {
@@ -283,6 +310,15 @@ func (l *Lab) wire(a *netns.NS, dev string, b *netns.NS, peer4, peer6 netip.Addr
 			return err
 		}
 	}
+	for _, h := range []*netlink.Handle{ha, hb} {
+		name := dev
+		if h == hb {
+			name = "eth0"
+		}
+		if err := waitUp(h, name); err != nil {
+			return err
+		}
+	}
 	for _, peer := range []netip.Addr{peer4} {
 		if peer.IsValid() {
 			link, _ := ha.LinkByName(dev)
@@ -292,6 +328,25 @@ func (l *Lab) wire(a *netns.NS, dev string, b *netns.NS, peer4, peer6 netip.Addr
 		}
 	}
 	return nil
+}
+
+// waitUp waits for the kernel to finish bringing a device up: until then
+// (the link watch runs asynchronously) its queue drops what is sent.
+func waitUp(h *netlink.Handle, dev string) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		link, err := h.LinkByName(dev)
+		if err != nil {
+			return err
+		}
+		if link.Attrs().OperState == netlink.OperUp {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("device %s did not come up (state %s)", dev, link.Attrs().OperState)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // defaultRoutes makes gw4/gw6 on dev the way out of ns.
@@ -426,30 +481,15 @@ func (l *Lab) backendNS(a netip.Addr, remote bool) (*backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &backend{ns: ns, remote: remote}
+	b := &backend{ns: ns, dev: dev, remote: remote}
 	l.backends[a] = b
+	// The outside's end of a remote backend's veth answers as the outside.
 	host, via4, via6 := l.node, gw4, gw6
 	if remote {
 		host, via4, via6 = l.outside, outside4, outside6
 	}
-	if err := l.wire(host, dev, ns, netip.Addr{}, netip.Addr{}); err != nil {
+	if err := l.wireWith(host, dev, ns, []netip.Addr{via4, via6}, netip.Addr{}, netip.Addr{}); err != nil {
 		return nil, err
-	}
-	// The outside's end of a remote backend's veth answers as the outside.
-	if remote {
-		h := l.handles[l.outside]
-		link, err := h.LinkByName(dev)
-		if err != nil {
-			return nil, err
-		}
-		for _, gw := range []netip.Addr{gw4, gw6} {
-			if err := h.AddrDel(link, nlAddr(gw)); err != nil {
-				return nil, err
-			}
-		}
-		if err := addAddrs(h, dev, outside4, outside6); err != nil {
-			return nil, err
-		}
 	}
 	if err := addAddrs(l.handles[ns], "eth0", a); err != nil {
 		return nil, err
@@ -556,6 +596,17 @@ func (l *Lab) reset() error {
 		if h, ok := l.handles[b.ns]; ok {
 			h.Close()
 			delete(l.handles, b.ns)
+		}
+		// Delete the veth now: the namespace, and with it the veth and
+		// the routes through it, goes away only later.
+		host := l.node
+		if b.remote {
+			host = l.outside
+		}
+		if h, ok := l.handles[host]; ok {
+			if link, err := h.LinkByName(b.dev); err == nil {
+				errs = append(errs, h.LinkDel(link))
+			}
 		}
 		errs = append(errs, b.ns.Close())
 		delete(l.backends, a)

@@ -177,6 +177,9 @@ func probeTCP(req request) (Result, error) {
 	return res, nil
 }
 
+// udpRetransmit is how long a UDP probe waits before it sends again.
+const udpRetransmit = 250 * time.Millisecond
+
 func probeUDP(req request) (Result, error) {
 	lc := net.ListenConfig{Control: control(req.network(), true)}
 	src := ":0"
@@ -194,14 +197,29 @@ func probeUDP(req request) (Result, error) {
 	}
 	uc := pc.(*net.UDPConn)
 	defer uc.Close()
-	if _, err := uc.WriteToUDPAddrPort([]byte("probe\n"), req.Dst); err != nil {
-		return classify(err)
-	}
-	uc.SetReadDeadline(time.Now().Add(req.Timeout))
+	// UDP is unreliable, and so are the first packets through a lab whose
+	// neighbors are still being resolved: like a DNS client, the probe
+	// sends again until an answer comes or its time is up.
+	deadline := time.Now().Add(req.Timeout)
 	buf := make([]byte, 512)
-	n, from, err := uc.ReadFromUDPAddrPort(buf)
-	if err != nil {
-		return classify(err)
+	var n int
+	var from netip.AddrPort
+	for {
+		if _, err := uc.WriteToUDPAddrPort([]byte("probe\n"), req.Dst); err != nil {
+			return classify(err)
+		}
+		next := time.Now().Add(udpRetransmit)
+		if next.After(deadline) {
+			next = deadline
+		}
+		uc.SetReadDeadline(next)
+		n, from, err = uc.ReadFromUDPAddrPort(buf)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) || !time.Now().Before(deadline) {
+			return classify(err)
+		}
 	}
 	res, err := parseAnswer(string(buf[:n]))
 	if err != nil {

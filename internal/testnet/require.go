@@ -3,6 +3,8 @@ package testnet
 import (
 	"os"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // Strict reports whether missing privileges or kernel features must fail
@@ -28,4 +30,14 @@ func Require(t testing.TB, ok bool, missing string) {
 func RequireRoot(t testing.TB) {
 	t.Helper()
 	Require(t, os.Geteuid() == 0, "root (run as root, or set neither CI nor SPOKE_PRIVILEGED to skip)")
+}
+
+// HaveSCTP reports whether the kernel has SCTP sockets.
+func HaveSCTP() bool {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP)
+	if err != nil {
+		return false
+	}
+	unix.Close(fd)
+	return true
 }

@@ -846,18 +846,25 @@ static __always_inline int forward(struct __sk_buff *skb, struct pkt *p, const s
 }
 
 /* record_reply lets the egress program translate replies of a flow to a
- * backend on this node. */
-static __noinline void record_reply(const struct pkt *p, const struct pick *pick)
+ * backend on this node. The reply tuple of a flow may have belonged to an
+ * earlier flow from the same client port to another frontend: it is
+ * rewritten when it differs. */
+static __noinline void record_reply(const struct pkt *p, const struct addr *backend,
+				    __be16 backend_port)
 {
 	struct tuple rev;
-	struct rev_val rv;
+	struct rev_val rv, *cur;
 
 	__builtin_memset(&rev, 0, sizeof(rev));
-	rev.saddr = pick->be.addr;
+	rev.saddr = *backend;
 	rev.daddr = p->t.saddr;
-	rev.sport = pick->be.port;
+	rev.sport = backend_port;
 	rev.dport = p->t.sport;
 	rev.proto = p->t.proto;
+	cur = bpf_map_lookup_elem(&revnat, &rev);
+	if (cur && !(cur->flags & CT_F_SNAT) && addr_eq(&cur->frontend, &p->t.daddr) &&
+	    cur->frontend_port == p->t.dport)
+		return;
 	__builtin_memset(&rv, 0, sizeof(rv));
 	rv.frontend = p->t.daddr;
 	rv.frontend_port = p->t.dport;
@@ -900,7 +907,7 @@ static __noinline int new_flow(struct __sk_buff *skb, struct pkt *p)
 			return TC_ACT_SHOT;
 		ct.flags = CT_F_SNAT;
 	} else {
-		record_reply(p, &pick);
+		record_reply(p, &pick.be.addr, pick.be.port);
 	}
 	bpf_map_update_elem(&conntrack, &p->t, &ct, BPF_ANY);
 	return forward(skb, p, &ct);
@@ -937,9 +944,14 @@ int tc_ingress(struct __sk_buff *skb)
 	if (ctp) {
 		ct = *ctp;
 		be = bpf_map_lookup_elem(&backends, &ct.backend);
-		if (be && addr_eq(&be->addr, &ct.backend_addr) && be->port == ct.backend_port)
+		/* A SYN opens a new connection: it is balanced afresh. So is a
+		 * flow whose backend is gone. */
+		if (be && addr_eq(&be->addr, &ct.backend_addr) && be->port == ct.backend_port &&
+		    !(p.t.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)) {
+			if (!(ct.flags & CT_F_SNAT))
+				record_reply(&p, &ct.backend_addr, ct.backend_port);
 			return forward(skb, &p, &ct);
-		/* The backend is gone: choose again. */
+		}
 		bpf_map_delete_elem(&conntrack, &p.t);
 	}
 	return new_flow(skb, &p);
