@@ -36,6 +36,8 @@ func Main(m *testing.M) {
 
 func serve(in io.Reader, out io.Writer) error {
 	dec, enc := json.NewDecoder(in), json.NewEncoder(out)
+	p := newProber()
+	defer p.close()
 	for {
 		var req request
 		if err := dec.Decode(&req); err != nil {
@@ -46,7 +48,7 @@ func serve(in io.Reader, out io.Writer) error {
 		}
 		var resp response
 		var err error
-		resp.Result, err = probe(req)
+		resp.Result, err = p.do(req)
 		if err != nil {
 			resp.Err = err.Error()
 		}
@@ -123,13 +125,21 @@ func (l *Lab) Send(ctx context.Context, origin Origin, pkt datapath.Packet) (Res
 	if err != nil {
 		return Result{}, err
 	}
+	return l.run(ctx, origin, req)
+}
+
+// run runs a request where origin says: packets from outside start in this
+// process, packets from the node in the client helper, whose sockets
+// belong to the pod cgroup.
+func (l *Lab) run(ctx context.Context, origin Origin, req request) (Result, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		req.Timeout = min(req.Timeout, max(0, dl.Sub(timeNow())))
 	}
 	if origin == FromOutside {
-		return probe(req)
+		return l.local.do(req)
 	}
 	if l.client == nil {
+		var err error
 		if l.client, err = startHelper(l.podCgroup); err != nil {
 			return Result{}, err
 		}

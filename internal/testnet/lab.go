@@ -87,7 +87,8 @@ type Lab struct {
 	nextVeth   int
 	extra      []extraAddr
 	responders map[responderKey]*responder
-	client     *helper
+	client     *helper // runs what starts on the node
+	local      *prober // runs what starts outside
 }
 
 type backend struct {
@@ -120,6 +121,7 @@ func New(opts Options) (*Lab, error) {
 		handles:    map[*netns.NS]*netlink.Handle{},
 		backends:   map[netip.Addr]*backend{},
 		responders: map[responderKey]*responder{},
+		local:      newProber(),
 	}
 	if err := l.build(); err != nil {
 		l.Close()
@@ -639,6 +641,7 @@ func (l *Lab) Close() error {
 		errs = append(errs, l.client.close())
 		l.client = nil
 	}
+	l.local.close()
 	if l.node != nil {
 		errs = append(errs, l.reset())
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -64,6 +65,8 @@ type Result struct {
 	Detail string
 	// Elapsed is the time a repeated probe took (see Lab.Repeat).
 	Elapsed time.Duration
+	// Conn names a connection Lab.Open holds.
+	Conn int
 }
 
 func (r Result) String() string {
@@ -82,6 +85,11 @@ type request struct {
 	Timeout time.Duration
 	// Repeat > 0 connects that many times (TCP) and reports the time.
 	Repeat int
+	// Op is what to do: probe (""), or open, echo or close a held
+	// connection.
+	Op string
+	// Conn names the held connection of echo and close.
+	Conn int
 }
 
 type response struct {
@@ -98,6 +106,71 @@ func (r request) network() string {
 		return n + "4"
 	}
 	return n + "6"
+}
+
+// prober runs requests and holds the connections they open.
+type prober struct {
+	conns map[int]*net.TCPConn
+	next  int
+}
+
+func newProber() *prober { return &prober{conns: map[int]*net.TCPConn{}} }
+
+func (p *prober) do(req request) (Result, error) {
+	switch req.Op {
+	case "":
+		return probe(req)
+	case "open":
+		if req.Proto != datapath.TCP {
+			return Result{}, fmt.Errorf("the lab holds TCP connections only, not %s", req.Proto)
+		}
+		tc, res, err := dialTCP(req)
+		if tc != nil {
+			p.next++
+			p.conns[p.next] = tc
+			res.Conn = p.next
+		}
+		return res, err
+	case "echo":
+		tc, ok := p.conns[req.Conn]
+		if !ok {
+			return Result{}, fmt.Errorf("no held connection %d", req.Conn)
+		}
+		return Result{Outcome: Reached, Conn: req.Conn}, echo(tc, req.Timeout)
+	case "close":
+		tc, ok := p.conns[req.Conn]
+		if !ok {
+			return Result{}, fmt.Errorf("no held connection %d", req.Conn)
+		}
+		delete(p.conns, req.Conn)
+		return Result{}, tc.Close()
+	}
+	return Result{}, fmt.Errorf("unknown operation %q", req.Op)
+}
+
+func (p *prober) close() {
+	for id, tc := range p.conns {
+		tc.Close()
+		delete(p.conns, id)
+	}
+}
+
+// echo sends a line on a held connection and reads it back.
+func echo(tc *net.TCPConn, timeout time.Duration) error {
+	tc.SetDeadline(time.Now().Add(timeout))
+	defer tc.SetDeadline(time.Time{})
+	const line = "ping\n"
+	if _, err := io.WriteString(tc, line); err != nil {
+		return fmt.Errorf("echo on %s: %w", tc.RemoteAddr(), err)
+	}
+	buf := make([]byte, len(line))
+	if _, err := io.ReadFull(tc, buf); err != nil {
+		return fmt.Errorf("echo on %s: %w", tc.RemoteAddr(), err)
+	}
+	if string(buf) != line {
+		return fmt.Errorf("echo on %s: got %q back", tc.RemoteAddr(), buf)
+	}
+	return nil
 }
 
 // probe sends one packet and waits for the answer.
@@ -146,6 +219,19 @@ func classify(err error) (Result, error) {
 }
 
 func probeTCP(req request) (Result, error) {
+	tc, res, err := dialTCP(req)
+	if tc != nil {
+		// Reset instead of lingering in TIME_WAIT, so the same source port
+		// can be used again at once.
+		tc.SetLinger(0)
+		tc.Close()
+	}
+	return res, err
+}
+
+// dialTCP connects and reads the responder's greeting. The connection is
+// nil unless the greeting came.
+func dialTCP(req request) (*net.TCPConn, Result, error) {
 	d := net.Dialer{Timeout: req.Timeout, Control: control(req.network(), false)}
 	if req.Src.IsValid() {
 		d.LocalAddr = net.TCPAddrFromAddrPort(req.Src)
@@ -157,24 +243,26 @@ func probeTCP(req request) (Result, error) {
 		return err
 	})
 	if err != nil {
-		return classify(err)
+		res, err := classify(err)
+		return nil, res, err
 	}
 	tc := conn.(*net.TCPConn)
-	defer tc.Close()
-	// Reset instead of lingering in TIME_WAIT, so the same source port can
-	// be used again at once.
-	tc.SetLinger(0)
 	tc.SetDeadline(time.Now().Add(req.Timeout))
 	line, err := bufio.NewReader(tc).ReadString('\n')
 	if err != nil {
-		return classify(fmt.Errorf("reading the answer: %w", err))
+		tc.SetLinger(0)
+		tc.Close()
+		res, err := classify(fmt.Errorf("reading the answer: %w", err))
+		return nil, res, err
 	}
 	res, err := parseAnswer(line)
 	if err != nil {
-		return res, err
+		tc.Close()
+		return nil, res, err
 	}
 	res.Remote = addrPortOf(tc.RemoteAddr())
-	return res, nil
+	tc.SetDeadline(time.Time{})
+	return tc, res, nil
 }
 
 // udpRetransmit is how long a UDP probe waits before it sends again.
@@ -343,8 +431,13 @@ func (l *Lab) respond(ns *netns.NS, kind string, addr netip.AddrPort, proto data
 				if err != nil {
 					return
 				}
-				fmt.Fprintf(c, "%s %s %s\n", kind, addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr()))
-				c.Close()
+				// Greet, then echo: a probe reads the greeting and
+				// resets; a held connection (Lab.Open) goes on.
+				go func() {
+					defer c.Close()
+					fmt.Fprintf(c, "%s %s %s\n", kind, addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr()))
+					io.Copy(c, c)
+				}()
 			}
 		}()
 	}

@@ -89,7 +89,7 @@ func OpenOrReset(path string) (s *Store, moved string, err error) {
 	}
 	moved = fmt.Sprintf("%s.corrupt-%s", path, time.Now().UTC().Format("20060102T150405.000000000"))
 	if rerr := os.Rename(path, moved); rerr != nil {
-		return nil, "", fmt.Errorf("moving corrupt state file aside: %w (it was: %v)", rerr, err)
+		return nil, "", fmt.Errorf("moving corrupt state file aside: %w (it was: %w)", rerr, err)
 	}
 	s, err = Open(path)
 	return s, moved, err
@@ -114,7 +114,7 @@ func (s *Store) init() error {
 		return nil
 	})
 	if err != nil && !errors.Is(err, ErrCorrupt) {
-		return fmt.Errorf("%w: initialising: %v", ErrCorrupt, err)
+		return fmt.Errorf("%w: initialising: %w", ErrCorrupt, err)
 	}
 	return err
 }
@@ -136,7 +136,7 @@ func (s *Store) Load() (map[string]*spokev1.Resource, error) {
 		return b.ForEach(func(k, v []byte) error {
 			r, err := decode(v)
 			if err != nil {
-				return fmt.Errorf("%w: resource %q: %v", ErrCorrupt, k, err)
+				return fmt.Errorf("%w: resource %q: %w", ErrCorrupt, k, err)
 			}
 			if r.GetName() != string(k) {
 				return fmt.Errorf("%w: resource %q stored under %q", ErrCorrupt, r.GetName(), k)

@@ -23,8 +23,6 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/spoke-proxy/spoke/datapath"
-	"github.com/spoke-proxy/spoke/datapath/memory"
 	"github.com/spoke-proxy/spoke/internal/grpcserver"
 	"github.com/spoke-proxy/spoke/internal/logging"
 	"github.com/spoke-proxy/spoke/nodeagent/agent"
@@ -36,7 +34,8 @@ type config struct {
 	caFile         string
 	tokenFile      string
 	stateFile      string
-	datapath       string
+	datapath       datapathFlags
+	cleanup        bool
 	healthzAddr    string
 	metricsAddr    string
 	inspectAddr    string
@@ -56,7 +55,8 @@ func main() {
 	flag.StringVar(&c.caFile, "tls-ca-file", "", "CA bundle to verify the control plane; plaintext when empty")
 	flag.StringVar(&c.tokenFile, "token-file", "/var/run/secrets/spoke/token", "projected ServiceAccount token presented to the control plane; empty sends none")
 	flag.StringVar(&c.stateFile, "state-file", "/var/lib/spoke/state.db", "bbolt file of applied views; empty keeps none")
-	flag.StringVar(&c.datapath, "datapath", "memory", "datapath to program: memory")
+	c.datapath.register(flag.CommandLine)
+	flag.BoolVar(&c.cleanup, "cleanup", false, "remove everything the datapath left in the kernel (stopping every flow through it), then exit")
 	flag.StringVar(&c.healthzAddr, "healthz-address", "0.0.0.0:10256", "address of /healthz and /livez (kube-proxy's port)")
 	flag.StringVar(&c.metricsAddr, "metrics-address", "127.0.0.1:10249", "address of /metrics (kube-proxy's port)")
 	flag.StringVar(&c.inspectAddr, "inspect-address", "127.0.0.1:18001", "address of the inspection gRPC service")
@@ -70,6 +70,14 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
+	if c.cleanup {
+		if err := c.datapath.cleanup(); err != nil {
+			log.Error("cleanup failed", "err", err)
+			os.Exit(1)
+		}
+		log.Info("datapath removed", "datapath", c.datapath.name)
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, c, log); err != nil {
@@ -78,19 +86,16 @@ func main() {
 	}
 }
 
-func newDatapath(name string) (datapath.Datapath, error) {
-	switch name {
-	case "memory":
-		return memory.New(memory.Options{}), nil
-	}
-	return nil, fmt.Errorf("unknown datapath %q", name)
-}
-
 func run(ctx context.Context, c config, log *slog.Logger) error {
-	dp, err := newDatapath(c.datapath)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Closing the datapath releases the agent's handles only: what it
+	// programmed stays in the kernel and keeps forwarding.
+	dp, closeDatapath, err := c.datapath.open(reg)
 	if err != nil {
-		return err
+		return fmt.Errorf("opening the %s datapath: %w", c.datapath.name, err)
 	}
+	defer closeDatapath()
 	creds := insecure.NewCredentials()
 	if c.caFile != "" {
 		if creds, err = credentials.NewClientTLSFromFile(c.caFile, ""); err != nil {
@@ -109,8 +114,6 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	}
 	defer conn.Close()
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a, err := agent.New(agent.Options{
 		NodeName: c.nodeName, Conn: conn, Datapath: dp, StatePath: c.stateFile,
 		RepairInterval: c.repairInterval, Metrics: agent.NewMetrics(reg), Logger: log,

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spoke-proxy/spoke/datapath"
+	"github.com/spoke-proxy/spoke/datapath/ebpf"
+	"github.com/spoke-proxy/spoke/datapath/memory"
+)
+
+// datapathFlags are the flags that choose and size the datapath.
+type datapathFlags struct {
+	name    string
+	ebpf    ebpf.Options
+	devices string
+	tc      string
+}
+
+func (f *datapathFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.name, "datapath", "ebpf", "datapath to program: ebpf or memory")
+	fs.StringVar(&f.ebpf.PinPath, "bpf-pin-path", ebpf.DefaultPinPath, "bpffs folder that holds the eBPF maps and links across restarts")
+	fs.StringVar(&f.ebpf.CgroupPath, "cgroup-root", ebpf.DefaultCgroupPath, "cgroup v2 folder whose sockets are load balanced (hybrid hosts: /sys/fs/cgroup/unified)")
+	fs.StringVar(&f.devices, "devices", "", "comma-separated interfaces on which traffic from outside arrives; empty: those holding the node's addresses")
+	fs.StringVar(&f.ebpf.NetNS, "devices-netns", "", "network namespace file the devices are in; empty: the agent's")
+	fs.StringVar(&f.tc, "tc-mode", "auto", "how tc programs attach: auto (tcx where the kernel has it), tcx or clsact")
+	fs.IntVar(&f.ebpf.MaxServices, "bpf-max-services", 0, "services the eBPF maps hold (0: 16384)")
+	fs.IntVar(&f.ebpf.MaxFrontends, "bpf-max-frontends", 0, "service addresses and ports (0: 65536)")
+	fs.IntVar(&f.ebpf.MaxBackends, "bpf-max-backends", 0, "distinct endpoint addresses (0: 65536)")
+	fs.IntVar(&f.ebpf.MaxEndpoints, "bpf-max-endpoints", 0, "endpoints summed over every service port (0: 262144)")
+	fs.IntVar(&f.ebpf.MaxConnections, "bpf-max-connections", 0, "connection-table entries of traffic from outside (0: 262144)")
+	fs.IntVar(&f.ebpf.MaxAffinity, "bpf-max-affinity", 0, "ClientIP affinity entries (0: 65536)")
+	fs.IntVar(&f.ebpf.MaxSockets, "bpf-max-sockets", 0, "per-socket reverse translations (0: 262144)")
+}
+
+// ebpfOptions completes the eBPF options from the string flags.
+func (f *datapathFlags) ebpfOptions() (ebpf.Options, error) {
+	opts := f.ebpf
+	for d := range strings.SplitSeq(f.devices, ",") {
+		if d = strings.TrimSpace(d); d != "" {
+			opts.Devices = append(opts.Devices, d)
+		}
+	}
+	switch f.tc {
+	case "auto":
+		opts.TC = ebpf.TCAuto
+	case "tcx":
+		opts.TC = ebpf.TCX
+	case "clsact":
+		opts.TC = ebpf.TCClsact
+	default:
+		return opts, fmt.Errorf("unknown -tc-mode %q (auto, tcx or clsact)", f.tc)
+	}
+	return opts, nil
+}
+
+// open opens the chosen datapath. A full eBPF map is counted by name in
+// reg.
+func (f *datapathFlags) open(reg prometheus.Registerer) (datapath.Datapath, func() error, error) {
+	switch f.name {
+	case "memory":
+		return memory.New(memory.Options{}), func() error { return nil }, nil
+	case "ebpf":
+		opts, err := f.ebpfOptions()
+		if err != nil {
+			return nil, nil, err
+		}
+		full := prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "spoke", Subsystem: "agent", Name: "datapath_map_full_total",
+			Help: "Changes the eBPF datapath refused because the named map would overflow.",
+		}, []string{"map"})
+		reg.MustRegister(full)
+		opts.OnFull = func(m string) { full.WithLabelValues(m).Inc() }
+		dp, err := ebpf.New(opts)
+		if err != nil {
+			return nil, nil, err
+		}
+		return dp, dp.Close, nil
+	}
+	return nil, nil, fmt.Errorf("unknown datapath %q (ebpf or memory)", f.name)
+}
+
+// cleanup removes what the chosen datapath leaves in the kernel.
+func (f *datapathFlags) cleanup() error {
+	if f.name != "ebpf" {
+		return nil
+	}
+	opts, err := f.ebpfOptions()
+	if err != nil {
+		return err
+	}
+	return ebpf.Cleanup(opts)
+}
