@@ -1,10 +1,15 @@
 package testnet
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/spoke-proxy/spoke/internal/netns"
 )
 
 // Strict reports whether missing privileges or kernel features must fail
@@ -40,4 +45,52 @@ func HaveSCTP() bool {
 	}
 	unix.Close(fd)
 	return true
+}
+
+// Cgroup makes an empty cgroup v2 folder for a test and removes it when the
+// test ends.
+func Cgroup(t testing.TB) string {
+	t.Helper()
+	RequireRoot(t)
+	root, err := cgroup2Mount()
+	Require(t, err == nil, "a cgroup v2 mount")
+	var b [4]byte
+	rand.Read(b[:])
+	dir := filepath.Join(root, "spoke-test-"+hex.EncodeToString(b[:]))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := os.Remove(dir); err != nil {
+			t.Errorf("removing cgroup %s: %v", dir, err)
+		}
+	})
+	return dir
+}
+
+// NetNS makes an empty network namespace (loopback only, up) for a test and
+// removes it when the test ends.
+func NetNS(t testing.TB) *netns.NS {
+	t.Helper()
+	RequireRoot(t)
+	var b [4]byte
+	rand.Read(b[:])
+	ns, err := netns.New("spktest-" + hex.EncodeToString(b[:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	h, err := handleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err == nil {
+		err = h.LinkSetUp(lo)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns
 }

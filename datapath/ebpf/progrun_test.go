@@ -1,0 +1,269 @@
+package ebpf
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/spoke-proxy/spoke/datapath"
+	"github.com/spoke-proxy/spoke/internal/netns"
+	"github.com/spoke-proxy/spoke/internal/testnet"
+)
+
+// tc verdicts (linux/pkt_cls.h).
+const (
+	tcActOK       = 0
+	tcActShot     = 2
+	tcActRedirect = 7
+)
+
+// The tc programs run with BPF_PROG_RUN on packets built here, in an empty
+// network namespace: no route leads anywhere, so a translated packet comes
+// back to the test (TC_ACT_OK) instead of being redirected.
+func TestTCProgramsRun(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var b [4]byte
+	rand.Read(b[:])
+	d := newDatapath(t, Options{PinPath: "/sys/fs/bpf/spoke-test-" + hex.EncodeToString(b[:]), CgroupPath: testnet.Cgroup(t)})
+	ns := testnet.NetNS(t)
+	node4, node6 := netip.MustParseAddr("192.168.0.1"), netip.MustParseAddr("fd00::1")
+	if err := d.SetNode(ctx, datapath.Node{Name: "n", Addresses: []netip.Addr{node4, node6}}); err != nil {
+		t.Fatal(err)
+	}
+	backends := func(no datapath.NoEndpoints, eps ...string) datapath.Backends {
+		b := datapath.Backends{NoEndpoints: no}
+		for _, ep := range eps {
+			b.Endpoints = append(b.Endpoints, datapath.Endpoint{Addr: netip.MustParseAddrPort(ep)})
+		}
+		return b
+	}
+	services := []*datapath.Service{{
+		Key:             "default/web",
+		ClusterIPs:      []netip.Addr{netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("fd00:96::10")},
+		LoadBalancerIPs: []netip.Addr{netip.MustParseAddr("198.51.100.10")},
+		SourceRanges:    []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")},
+		Ports: []datapath.Port{{Name: "http", Protocol: datapath.TCP, Port: 80, NodePort: 30080,
+			Internal: backends(datapath.Reject, "10.244.1.5:8080", "[fd00:244::5]:8080")}},
+	}, {
+		Key:        "default/empty",
+		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.11"), netip.MustParseAddr("fd00:96::11")},
+		Ports: []datapath.Port{{Name: "http", Protocol: datapath.TCP, Port: 80, NodePort: 30081,
+			Internal: backends(datapath.Reject)}},
+	}, {
+		// externalTrafficPolicy: Local with no endpoint on this node.
+		Key:        "default/local",
+		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.12")},
+		Ports: []datapath.Port{{Name: "http", Protocol: datapath.UDP, Port: 53, NodePort: 30082,
+			Internal: backends(datapath.Reject, "10.244.2.7:5353"), External: &datapath.Backends{NoEndpoints: datapath.Drop}}},
+	}}
+	if err := d.Apply(ctx, services, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	run := func(prog *ebpf.Program, in []byte) (uint32, []byte) {
+		t.Helper()
+		out := make([]byte, len(in)+256)
+		opts := &ebpf.RunOptions{Data: in, DataOut: out}
+		var ret uint32
+		err := netns.Do(ns.Path(), func() error {
+			var err error
+			ret, err = prog.Run(opts)
+			return err
+		})
+		if err != nil {
+			t.Fatalf("BPF_PROG_RUN: %v", err)
+		}
+		return ret, opts.DataOut
+	}
+	client4 := netip.MustParseAddrPort("203.0.113.50:40000")
+	client6 := netip.MustParseAddrPort("[2001:db8::50]:40000")
+
+	for _, c := range []struct {
+		name     string
+		in       []byte
+		verdict  uint32
+		want     []byte // nil: the packet must come out unchanged
+		wantICMP bool   // an ICMP port unreachable back to the client
+	}{{
+		name: "not a service", in: tcpSYN(client4, netip.AddrPortFrom(node4, 22)),
+		verdict: tcActOK,
+	}, {
+		name: "node port", in: tcpSYN(client4, netip.AddrPortFrom(node4, 30080)),
+		verdict: tcActOK, want: tcpSYN(client4, netip.MustParseAddrPort("10.244.1.5:8080")),
+	}, {
+		name: "node port IPv6", in: tcpSYN(client6, netip.AddrPortFrom(node6, 30080)),
+		verdict: tcActOK, want: tcpSYN(client6, netip.MustParseAddrPort("[fd00:244::5]:8080")),
+	}, {
+		name: "load balancer IP from an allowed source", in: tcpSYN(netip.MustParseAddrPort("203.0.113.51:40000"), netip.MustParseAddrPort("198.51.100.10:80")),
+		verdict: tcActOK, want: tcpSYN(netip.MustParseAddrPort("203.0.113.51:40000"), netip.MustParseAddrPort("10.244.1.5:8080")),
+	}, {
+		name: "load balancer IP from a source outside the ranges", in: tcpSYN(netip.MustParseAddrPort("192.0.2.9:40000"), netip.MustParseAddrPort("198.51.100.10:80")),
+		verdict: tcActShot,
+	}, {
+		name: "no endpoints", in: tcpSYN(client4, netip.AddrPortFrom(node4, 30081)),
+		verdict: tcActRedirect, wantICMP: true,
+	}, {
+		name: "no endpoints IPv6", in: tcpSYN(client6, netip.AddrPortFrom(node6, 30081)),
+		verdict: tcActRedirect, wantICMP: true,
+	}, {
+		name: "external traffic policy Local, no local endpoint", in: udp(client4, netip.AddrPortFrom(node4, 30082)),
+		verdict: tcActShot,
+	}} {
+		t.Run(c.name, func(t *testing.T) {
+			verdict, out := run(d.objs.TcIngress, c.in)
+			if verdict != c.verdict {
+				t.Fatalf("verdict %d, want %d", verdict, c.verdict)
+			}
+			switch {
+			case c.wantICMP:
+				checkPortUnreachable(t, c.in, out)
+			case verdict == tcActShot:
+			case c.want == nil:
+				if string(out) != string(c.in) {
+					t.Errorf("the packet was changed:\n%s", gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default))
+				}
+			default:
+				if string(out) != string(c.want) {
+					t.Errorf("got\n%s\nwant\n%s", gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default),
+						gopacket.NewPacket(c.want, layers.LayerTypeEthernet, gopacket.Default))
+				}
+			}
+		})
+	}
+
+	// The backend's reply to the node-port flow leaves with the node port
+	// as its source.
+	t.Run("reply translated on egress", func(t *testing.T) {
+		reply := tcpSYNACK(netip.MustParseAddrPort("10.244.1.5:8080"), client4)
+		verdict, out := run(d.objs.TcEgress, reply)
+		want := tcpSYNACK(netip.AddrPortFrom(node4, 30080), client4)
+		if verdict != tcActOK || string(out) != string(want) {
+			t.Errorf("verdict %d, got\n%s\nwant\n%s", verdict, gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default),
+				gopacket.NewPacket(want, layers.LayerTypeEthernet, gopacket.Default))
+		}
+	})
+	t.Run("unrelated egress untouched", func(t *testing.T) {
+		pkt := tcpSYNACK(netip.MustParseAddrPort("10.244.1.9:8080"), client4)
+		verdict, out := run(d.objs.TcEgress, pkt)
+		if verdict != tcActOK || string(out) != string(pkt) {
+			t.Errorf("verdict %d, packet changed: %v", verdict, string(out) != string(pkt))
+		}
+	})
+}
+
+var (
+	macA = net.HardwareAddr{2, 0, 0, 0, 0, 1}
+	macB = net.HardwareAddr{2, 0, 0, 0, 0, 2}
+)
+
+// frame serializes a packet from src to dst with correct checksums.
+func frame(src, dst netip.AddrPort, l4 gopacket.SerializableLayer, setNet func(gopacket.NetworkLayer) error) []byte {
+	eth := &layers.Ethernet{SrcMAC: macA, DstMAC: macB}
+	proto := layers.IPProtocolTCP
+	if l4.LayerType() == layers.LayerTypeUDP {
+		proto = layers.IPProtocolUDP
+	}
+	var ip gopacket.SerializableLayer
+	var nl gopacket.NetworkLayer
+	if src.Addr().Is4() {
+		eth.EthernetType = layers.EthernetTypeIPv4
+		v4 := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: proto, SrcIP: src.Addr().AsSlice(), DstIP: dst.Addr().AsSlice()}
+		ip, nl = v4, v4
+	} else {
+		eth.EthernetType = layers.EthernetTypeIPv6
+		v6 := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: proto, SrcIP: src.Addr().AsSlice(), DstIP: dst.Addr().AsSlice()}
+		ip, nl = v6, v6
+	}
+	if err := setNet(nl); err != nil {
+		panic(err)
+	}
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+		eth, ip, l4, gopacket.Payload("hello")); err != nil {
+		panic(err)
+	}
+	return buf.Bytes()
+}
+
+func tcp(src, dst netip.AddrPort, syn, ack bool) []byte {
+	l4 := &layers.TCP{SrcPort: layers.TCPPort(src.Port()), DstPort: layers.TCPPort(dst.Port()), SYN: syn, ACK: ack, Seq: 1, Window: 512}
+	return frame(src, dst, l4, l4.SetNetworkLayerForChecksum)
+}
+
+func tcpSYN(src, dst netip.AddrPort) []byte    { return tcp(src, dst, true, false) }
+func tcpSYNACK(src, dst netip.AddrPort) []byte { return tcp(src, dst, true, true) }
+
+func udp(src, dst netip.AddrPort) []byte {
+	l4 := &layers.UDP{SrcPort: layers.UDPPort(src.Port()), DstPort: layers.UDPPort(dst.Port())}
+	return frame(src, dst, l4, l4.SetNetworkLayerForChecksum)
+}
+
+// checkPortUnreachable checks that out is an ICMP port unreachable from
+// the service address in back to its source, quoting it.
+func checkPortUnreachable(t *testing.T, in, out []byte) {
+	t.Helper()
+	req := gopacket.NewPacket(in, layers.LayerTypeEthernet, gopacket.Default)
+	resp := gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default)
+	reqNet, respNet := req.NetworkLayer(), resp.NetworkLayer()
+	if reqNet == nil || respNet == nil {
+		t.Fatalf("not IP: %s", resp)
+	}
+	if respNet.NetworkFlow() != reqNet.NetworkFlow().Reverse() {
+		t.Errorf("answer %s, want %s", respNet.NetworkFlow(), reqNet.NetworkFlow().Reverse())
+	}
+	eth := resp.Layer(layers.LayerTypeEthernet).(*layers.Ethernet)
+	if eth.SrcMAC.String() != macB.String() || eth.DstMAC.String() != macA.String() {
+		t.Errorf("MACs not swapped: %s -> %s", eth.SrcMAC, eth.DstMAC)
+	}
+	if l := resp.Layer(layers.LayerTypeICMPv4); l != nil {
+		icmp := l.(*layers.ICMPv4)
+		if icmp.TypeCode != layers.CreateICMPv4TypeCode(layers.ICMPv4TypeDestinationUnreachable, layers.ICMPv4CodePort) {
+			t.Errorf("ICMP %s, want port unreachable", icmp.TypeCode)
+		}
+		checkResum(t, resp)
+		return
+	}
+	if l := resp.Layer(layers.LayerTypeICMPv6); l != nil {
+		icmp := l.(*layers.ICMPv6)
+		if icmp.TypeCode != layers.CreateICMPv6TypeCode(layers.ICMPv6TypeDestinationUnreachable, layers.ICMPv6CodePortUnreachable) {
+			t.Errorf("ICMPv6 %s, want port unreachable", icmp.TypeCode)
+		}
+		checkResum(t, resp)
+		return
+	}
+	t.Errorf("no ICMP answer: %s", resp)
+}
+
+// checkResum serializes the decoded packet again with checksums computed
+// and compares: the program's checksums must be the ones gopacket computes.
+func checkResum(t *testing.T, p gopacket.Packet) {
+	t.Helper()
+	var ls []gopacket.SerializableLayer
+	for _, l := range p.Layers() {
+		switch l := l.(type) {
+		case *layers.ICMPv6:
+			l.SetNetworkLayerForChecksum(p.NetworkLayer())
+			ls = append(ls, l)
+		case gopacket.SerializableLayer:
+			ls = append(ls, l)
+		default:
+			ls = append(ls, gopacket.Payload(l.LayerContents()))
+		}
+	}
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{ComputeChecksums: true}, ls...); err != nil {
+		t.Fatal(err)
+	}
+	if string(buf.Bytes()) != string(p.Data()) {
+		t.Errorf("checksums differ from a fresh computation:\ngot  %x\nwant %x", p.Data(), buf.Bytes())
+	}
+}
