@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -20,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/spoke-proxy/spoke/datapath"
+	"github.com/spoke-proxy/spoke/internal/cgroup"
 	"github.com/spoke-proxy/spoke/internal/netns"
 )
 
@@ -136,7 +136,7 @@ func New(opts Options) (*Lab, error) {
 func NewForTest(t testing.TB, opts Options) *Lab {
 	t.Helper()
 	RequireRoot(t)
-	_, err := cgroup2Mount()
+	_, err := cgroup.Root()
 	Require(t, err == nil, "a cgroup v2 mount")
 	l, err := New(opts)
 	if err != nil {
@@ -224,7 +224,7 @@ var forwarding = map[string]string{
 }
 
 func (l *Lab) build() error {
-	root, err := cgroup2Mount()
+	root, err := cgroup.Root()
 	if err != nil {
 		return err
 	}
@@ -659,25 +659,4 @@ func (l *Lab) Close() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// cgroup2Mount finds where cgroup v2 is mounted.
-func cgroup2Mount() (string, error) {
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return "", err
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		// ... mountpoint ... - fstype source options
-		left, right, ok := strings.Cut(line, " - ")
-		if !ok {
-			continue
-		}
-		if f := strings.Fields(right); len(f) > 0 && f[0] == "cgroup2" {
-			if lf := strings.Fields(left); len(lf) > 4 {
-				return lf[4], nil
-			}
-		}
-	}
-	return "", errors.New("no cgroup v2 mount")
 }

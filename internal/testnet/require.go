@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/spoke-proxy/spoke/internal/cgroup"
 	"github.com/spoke-proxy/spoke/internal/netns"
 )
 
@@ -52,7 +53,7 @@ func HaveSCTP() bool {
 func Cgroup(t testing.TB) string {
 	t.Helper()
 	RequireRoot(t)
-	root, err := cgroup2Mount()
+	root, err := cgroup.Root()
 	Require(t, err == nil, "a cgroup v2 mount")
 	var b [4]byte
 	rand.Read(b[:])
