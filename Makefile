@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := clang llvm libbpf-dev bpftool iproute2 qemu-system-x86 busybo
 FUZZTIME ?= 10s
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build generate lint test test-unit test-fuzz fuzz local deps tools clean
+.PHONY: all build generate lint test test-unit test-vm test-fuzz fuzz local local-check deps tools clean
 
 all: build
 
@@ -54,12 +54,22 @@ test: deps
 	$(MAKE) lint
 	@echo "== tests (real kube-apiserver, network namespaces, eBPF; privileged tests fail, not skip)"
 	CI=1 $(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+	@echo "== the kernel datapath tests again, on Debian's 6.1 kernel under qemu"
+	$(MAKE) test-vm
+	@echo "== the local cluster: traffic from every node and from outside to every demo service"
+	$(MAKE) local-check
 	@echo "== fuzz ($(FUZZTIME) each)"
 	$(MAKE) test-fuzz
 
 ## test-unit: the tests that need no root and no API server build.
 test-unit:
 	$(GO) test -short ./...
+
+## test-vm: the eBPF datapath and agent-restart tests in a qemu guest
+## running Debian's 6.1 kernel (the kernel package is cached).
+VM_PACKAGES := ./datapath/ebpf ./nodeagent/cmd/spoke-agent
+test-vm: deps
+	hack/vm/run-tests.sh $(VM_PACKAGES)
 
 FUZZ_TARGETS := $(shell grep -rl --include='*_test.go' '^func Fuzz' . | xargs -r dirname | sort -u)
 
@@ -76,10 +86,16 @@ test-fuzz:
 fuzz: FUZZTIME = 5m
 fuzz: test-fuzz
 
-## local: a real API server, the control plane and three agents, with a
-## demo service; runs until interrupted.
+## local: a real API server, the control plane, and three nodes (network
+## namespaces, each with its agent on the eBPF datapath and its pods), with
+## demo services of every kind; runs until interrupted.
 local: deps build
 	$(GO) run ./hack/local -bin $(BIN)
+
+## local-check: the same cluster, then a connection from every node and from
+## outside to every demo service; prints a summary, cleans up, exits 0 or 1.
+local-check: deps build
+	$(GO) run ./hack/local -bin $(BIN) -check
 
 clean:
 	rm -rf $(BIN)

@@ -298,6 +298,16 @@ func nodePortCases() []Case {
 			fromOutside("192.168.0.1:30053", datapath.Pass),
 		},
 	}, {
+		Name: "nodeport-sctp",
+		Services: svcs(service("sig", []string{"10.96.0.38"}, serviceType(corev1.ServiceTypeNodePort),
+			port("sig", corev1.ProtocolSCTP, 3868, 30868))),
+		Slices: []*discoveryv1.EndpointSlice{slice("sig", "sig-1", discoveryv1.AddressTypeIPv4,
+			[]discoveryv1.EndpointPort{slicePort("sig", corev1.ProtocolSCTP, 3868)}, ep("10.244.1.38", "node-a", ready))},
+		Packets: []Packet{
+			withProto(fromOutside("192.168.0.1:30868", datapath.Forward, "10.244.1.38:3868"), datapath.SCTP),
+			fromOutside("192.168.0.1:30868", datapath.Pass),
+		},
+	}, {
 		Name:     "clusterip-service-has-no-nodeport",
 		Services: svcs(service("web", web, tcpPort("http", 80, 30080))),
 		Slices:   spread(),

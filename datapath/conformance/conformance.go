@@ -68,6 +68,15 @@ type Target interface {
 	Trace(ctx context.Context, origin Origin, pkt datapath.Packet) (datapath.Verdict, error)
 }
 
+// KnownGap is implemented by a target that cannot yet do what some packets
+// want. Such packets must still come out differently from what they want
+// (so that a gap that closes is noticed and removed from the list), and
+// the test log says why.
+type KnownGap interface {
+	// KnownGap returns why the target cannot handle the packet, or "".
+	KnownGap(origin Origin, pkt datapath.Packet) string
+}
+
 // Program computes the views of a case for its node and applies them to a
 // datapath.
 func Program(ctx context.Context, c *Case, dp datapath.Datapath) error {
@@ -131,6 +140,16 @@ func Run(t *testing.T, newTarget func(t *testing.T) Target) {
 				got, err := target.Trace(ctx, p.Origin, p.Packet)
 				if err != nil {
 					t.Fatalf("tracing %s: %v", p.Packet, err)
+				}
+				if kg, ok := target.(KnownGap); ok {
+					if why := kg.KnownGap(p.Origin, p.Packet); why != "" {
+						if got.Action == p.Want && (p.Want != datapath.Forward || slices.Contains(p.Backends, got.Backend)) {
+							t.Errorf("%s: got %s as wanted, but it is listed as a known gap (%s): remove it from the list", p.Packet, got, why)
+						} else {
+							t.Logf("%s: got %s, want %s: a known gap: %s", p.Packet, got, p.Want, why)
+						}
+						continue
+					}
 				}
 				if got.Action != p.Want {
 					t.Errorf("%s: got %s, want %s", p.Packet, got, p.Want)

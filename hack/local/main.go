@@ -1,7 +1,13 @@
 // Command local runs Spoke on one machine: a real kube-apiserver and etcd,
-// the control plane and three node agents as separate processes, and a
-// demo service. It prints one READY line once every agent has programmed
-// the demo service, and runs until interrupted, then cleans up.
+// the control plane, and three nodes, each a network namespace with its own
+// agent programming the eBPF datapath, its own cgroup, and pods as
+// processes in namespaces of their own. It creates demo services of every
+// kind, prints one READY line once every agent has programmed them, and
+// runs until interrupted, then removes everything it made.
+//
+// With -check it instead connects from every node's client pod and from
+// outside to every demo service, prints a line per connection and a
+// summary, cleans up and exits 0 if every connection went where it must.
 package main
 
 import (
@@ -21,12 +27,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/utils/ptr"
 
 	"github.com/spoke-proxy/spoke/internal/kubeapi"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
@@ -34,24 +35,104 @@ import (
 
 const nodes = 3
 
+// pinRoot holds each node's eBPF pins, one folder per node.
+const pinRoot = "/sys/fs/bpf/spoke-local"
+
 func main() {
+	if len(os.Args) > 1 && (os.Args[1] == serveCommand || os.Args[1] == probeCommand) {
+		if err := podMain(os.Args[1:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
 	bin := flag.String("bin", "bin", "folder holding spoke-controlplane and spoke-agent")
+	check := flag.Bool("check", false, "check traffic to every demo service from every node and from outside, then exit")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *bin, log); err != nil {
+	err := run(ctx, *bin, *check, log)
+	var failed checkFailed
+	switch {
+	case errors.As(err, &failed):
+		os.Exit(1)
+	case err != nil:
 		log.Error("local cluster failed", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, bin string, log *slog.Logger) error {
+// checkFailed is the error of a -check run in which connections failed.
+type checkFailed int
+
+func (n checkFailed) Error() string { return fmt.Sprintf("%d connections failed", int(n)) }
+
+func run(ctx context.Context, bin string, check bool, log *slog.Logger) (err error) {
+	if os.Geteuid() != 0 {
+		return errors.New("run as root: the nodes are network namespaces and the datapath is eBPF")
+	}
+	bin, err = filepath.Abs(bin)
+	if err != nil {
+		return err
+	}
 	dir, err := os.MkdirTemp("", "spoke-local-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
+
+	// What a run that was killed left behind.
+	if err := errors.Join(cleanupTopology(), os.RemoveAll(pinRoot)); err != nil {
+		return fmt.Errorf("removing what an earlier run left: %w", err)
+	}
+	topo, nodeList, err := newTopology(nodes)
+	defer func() {
+		if cerr := topo.close(); cerr != nil {
+			log.Warn("removing the local network", "err", cerr)
+		}
+	}()
+	if err != nil {
+		return fmt.Errorf("building the local network: %w", err)
+	}
+	// Processes stop first, then each node's datapath is removed, then the
+	// network.
+	procs := &processes{log: log, dir: dir}
+	var cleanups []func()
+	defer func() {
+		procs.stopAll()
+		for _, f := range cleanups {
+			f()
+		}
+	}()
+
+	// Backend pods on node-2 and node-3: a client on node-1 reaches them
+	// only through other nodes. Every node has a client pod.
+	var backends []*pod
+	clients := map[string]*pod{}
+	for _, n := range nodeList {
+		if n.index > 1 {
+			p, err := topo.addPod(n, fmt.Sprintf("web-%d", n.index), 10)
+			if err != nil {
+				return err
+			}
+			cmd, done, err := podCommand(ctx, p, serveCommand, "-name", p.name)
+			if err != nil {
+				return err
+			}
+			err = procs.startCmd(p.name, cmd)
+			done()
+			if err != nil {
+				return err
+			}
+			backends = append(backends, p)
+		}
+		c, err := topo.addPod(n, "client", clientPod)
+		if err != nil {
+			return err
+		}
+		clients[n.name] = c
+	}
 
 	log.Info("building (first time: several minutes) and starting kube-apiserver and etcd")
 	startCtx, cancel := context.WithTimeout(ctx, 20*time.Minute)
@@ -70,54 +151,77 @@ func run(ctx context.Context, bin string, log *slog.Logger) error {
 		return err
 	}
 
-	ports, err := freePorts(2 + 3*nodes)
+	// The control plane listens on the host's end of the node network.
+	cpPort, err := freePort(hostAddr.Addr().String())
 	if err != nil {
 		return err
 	}
-	cpAddr := fmt.Sprintf("127.0.0.1:%d", ports[0])
-	procs := &processes{log: log, dir: dir}
-	defer procs.stopAll()
+	cpAddr := net.JoinHostPort(hostAddr.Addr().String(), fmt.Sprint(cpPort))
+	metricsPort, err := freePort("127.0.0.1")
+	if err != nil {
+		return err
+	}
 	if err := procs.start("controlplane", filepath.Join(bin, "spoke-controlplane"),
-		"-kubeconfig", kubeconfig, "-grpc-address", cpAddr, "-metrics-address", fmt.Sprintf("127.0.0.1:%d", ports[1]),
+		"-kubeconfig", kubeconfig, "-grpc-address", cpAddr, "-metrics-address", fmt.Sprintf("127.0.0.1:%d", metricsPort),
 		"-debounce-window", "50ms", "-agent-auth", "none"); err != nil {
 		return err
 	}
+
+	// One agent per node, inside the node's network namespace.
 	var agentAddrs []string
-	for i := 1; i <= nodes; i++ {
-		name := fmt.Sprintf("node-%d", i)
-		if _, err := client.CoreV1().Nodes().Create(ctx, &corev1.Node{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{corev1.LabelTopologyZone: fmt.Sprintf("zone-%d", i)}},
-			Status:     corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: fmt.Sprintf("192.168.100.%d", i)}}},
-		}, metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("creating node %s: %w", name, err)
-		}
-		p := ports[2+3*(i-1):]
-		inspect := fmt.Sprintf("127.0.0.1:%d", p[0])
-		agentAddrs = append(agentAddrs, inspect)
-		if err := procs.start(name, filepath.Join(bin, "spoke-agent"),
-			"-node-name", name, "-controlplane", cpAddr, "-datapath", "memory", "-token-file", "",
-			"-state-file", filepath.Join(dir, name+".db"), "-inspect-address", inspect,
-			"-healthz-address", fmt.Sprintf("127.0.0.1:%d", p[1]), "-metrics-address", fmt.Sprintf("127.0.0.1:%d", p[2])); err != nil {
+	for _, n := range nodeList {
+		addr := nodeAddr(n.index).String()
+		agentAddrs = append(agentAddrs, addr+":18001")
+		flags := agentDatapathFlags(n)
+		cleanups = append(cleanups, func() {
+			out, err := exec.Command("nsenter", append([]string{"--net=" + n.ns.Path(), "--", filepath.Join(bin, "spoke-agent"), "-cleanup"}, flags...)...).CombinedOutput()
+			if err != nil {
+				log.Warn("removing the datapath", "node", n.name, "err", err, "output", string(out))
+			}
+		})
+		args := append([]string{"--net=" + n.ns.Path(), "--", filepath.Join(bin, "spoke-agent"),
+			"-node-name", n.name, "-controlplane", cpAddr, "-token-file", "",
+			"-state-file", filepath.Join(dir, n.name+".db"),
+			"-inspect-address", addr + ":18001", "-healthz-address", addr + ":10256", "-metrics-address", addr + ":10249",
+		}, flags...)
+		if err := procs.start(n.name, "nsenter", args...); err != nil {
 			return err
 		}
 	}
 
-	svc, err := createDemo(ctx, client)
+	services, err := createDemo(ctx, client, nodeList, backends)
 	if err != nil {
 		return err
 	}
 	waitCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	for _, addr := range agentAddrs {
-		if err := waitProgrammed(waitCtx, addr, "default/demo"); err != nil {
-			return fmt.Errorf("agent %s: %w (logs in %s)", addr, err, dir)
+		for _, s := range services {
+			if err := waitProgrammed(waitCtx, addr, demoNamespace+"/"+s.name); err != nil {
+				return fmt.Errorf("agent %s: %w (logs in %s)", addr, err, dir)
+			}
 		}
 	}
+
+	if check {
+		cs := checks(nodeList, services)
+		failed := runChecks(ctx, os.Stdout, cs, clients)
+		fmt.Printf("local-check: %d of %d connections went where they must, from %d nodes and from outside, to %d services (%s)\n",
+			len(cs)-failed, len(cs), len(nodeList), len(services), kinds(services))
+		if failed > 0 {
+			return checkFailed(failed)
+		}
+		return nil
+	}
+
 	fmt.Printf("READY controlplane=%s kubeconfig=%s agents=%s\n", cpAddr, kubeconfig, strings.Join(agentAddrs, ","))
-	log.Info("demo service programmed on every agent; try:",
+	web := services[0]
+	log.Info("demo services programmed on every node; try:",
 		"list", "go tool grpcurl -plaintext "+cpAddr+" list",
 		"nodes", "go tool grpcurl -plaintext "+cpAddr+" spoke.v1.ControlPlaneInspectionService/ListNodes",
-		"trace", fmt.Sprintf(`go tool grpcurl -plaintext -d '{"protocol":"PROTOCOL_TCP","source":"10.0.0.1:40000","destination":"%s:80"}' %s spoke.v1.AgentInspectionService/TracePacket`, svc.Spec.ClusterIP, agentAddrs[0]))
+		"agent", "go tool grpcurl -plaintext "+agentAddrs[0]+" spoke.v1.AgentInspectionService/GetState",
+		"nodeport", fmt.Sprintf("curl http://%s:%d/", nodeAddr(1), services[2].nodePort),
+		"clusterip", fmt.Sprintf("nsenter --net=%s sh -c 'echo $$ > %s/cgroup.procs && curl http://%s:%d/'", clients["node-1"].ns.Path(), nodeList[0].cgroup, web.clusterIP, web.port))
 	select {
 	case <-ctx.Done():
 	case err := <-procs.exited:
@@ -127,31 +231,18 @@ func run(ctx context.Context, bin string, log *slog.Logger) error {
 	return nil
 }
 
-func createDemo(ctx context.Context, client kubernetes.Interface) (*corev1.Service, error) {
-	svc, err := client.CoreV1().Services("default").Create(ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "demo"},
-		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Ports: []corev1.ServicePort{{
-			Name: "http", Port: 80, TargetPort: intstr.FromString("http"), Protocol: corev1.ProtocolTCP}}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("creating the demo service: %w", err)
+// agentDatapathFlags are the eBPF flags of a node's agent, the same for
+// running it and for cleaning up after it.
+func agentDatapathFlags(n *node) []string {
+	return []string{"-datapath", "ebpf", "-bpf-pin-path", filepath.Join(pinRoot, n.name), "-cgroup-root", n.cgroup}
+}
+
+func kinds(services []*demoService) string {
+	var out []string
+	for _, s := range services {
+		out = append(out, s.kind)
 	}
-	es := &discoveryv1.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{Name: "demo-1", Labels: map[string]string{
-			discoveryv1.LabelServiceName: "demo", discoveryv1.LabelManagedBy: "local.spoke-proxy.io"}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(corev1.ProtocolTCP)}},
-	}
-	for i := 1; i <= nodes; i++ {
-		es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{
-			Addresses: []string{fmt.Sprintf("10.244.%d.10", i)}, NodeName: ptr.To(fmt.Sprintf("node-%d", i)),
-			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
-		})
-	}
-	if _, err := client.DiscoveryV1().EndpointSlices("default").Create(ctx, es, metav1.CreateOptions{}); err != nil {
-		return nil, fmt.Errorf("creating the demo endpoints: %w", err)
-	}
-	return svc, nil
+	return strings.Join(out, ", ")
 }
 
 // waitProgrammed polls an agent's inspection service until the datapath
@@ -189,6 +280,12 @@ type processes struct {
 }
 
 func (p *processes) start(name, path string, args ...string) error {
+	return p.startCmd(name, exec.Command(path, args...))
+}
+
+// startCmd starts cmd in a process group of its own, its output in a log
+// file.
+func (p *processes) startCmd(name string, cmd *exec.Cmd) error {
 	if p.exited == nil {
 		p.exited = make(chan error, 16)
 	}
@@ -197,9 +294,12 @@ func (p *processes) start(name, path string, args ...string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(path, args...)
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return fmt.Errorf("starting %s: %w", name, err)
@@ -235,21 +335,12 @@ func (p *processes) stopAll() {
 	}
 }
 
-func freePorts(n int) ([]int, error) {
-	var out []int
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, errors.Join(errors.New("finding free ports"), err)
-		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
+// freePort returns a TCP port nothing listens on at addr.
+func freePort(addr string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
+	if err != nil {
+		return 0, fmt.Errorf("finding a free port: %w", err)
 	}
-	return out, nil
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -61,12 +61,16 @@ func (n *NS) Do(fn func() error) error { return Do(n.path, fn) }
 
 // Close removes the namespace's name. The namespace itself goes away when
 // nothing else (a process, a socket) holds it.
-func (n *NS) Close() error {
-	err := unix.Unmount(n.path, unix.MNT_DETACH)
+func (n *NS) Close() error { return Remove(n.path) }
+
+// Remove removes the name of the namespace held at path, as Close does; a
+// missing name is not an error.
+func Remove(path string) error {
+	err := unix.Unmount(path, unix.MNT_DETACH)
 	if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("unmounting %s: %w", n.path, err)
+		return fmt.Errorf("unmounting %s: %w", path, err)
 	}
-	if err := os.Remove(n.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	return nil

@@ -214,7 +214,7 @@ func handleAt(ns *netns.NS) (*netlink.Handle, error) {
 		return nil, err
 	}
 	defer fd.Close()
-	return netlink.NewHandleAt(fd)
+	return netlink.NewHandleAt(fd, unix.NETLINK_ROUTE)
 }
 
 var forwarding = map[string]string{

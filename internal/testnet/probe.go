@@ -181,6 +181,9 @@ func probe(req request) (Result, error) {
 			return repeatTCP(req)
 		}
 		return probeTCP(req)
+	case datapath.SCTP:
+		// The same as TCP's, over an SCTP association.
+		return probeTCP(req)
 	case datapath.UDP:
 		return probeUDP(req)
 	}
@@ -239,6 +242,10 @@ func dialTCP(req request) (*net.TCPConn, Result, error) {
 	var conn net.Conn
 	err := netns.Do(req.NS, func() error {
 		var err error
+		if req.Proto == datapath.SCTP {
+			conn, err = dialSCTP(req.Src, req.Dst, req.Timeout)
+			return err
+		}
 		conn, err = d.Dial(req.network(), req.Dst.String())
 		return err
 	})
@@ -416,6 +423,8 @@ func (l *Lab) respond(ns *netns.NS, kind string, addr netip.AddrPort, proto data
 			r.tcp, err = net.Listen(network, addr.String())
 		case datapath.UDP:
 			r.udp, err = net.ListenUDP("udp"+network[3:], net.UDPAddrFromAddrPort(addr))
+		case datapath.SCTP:
+			r.tcp, err = listenSCTP(addr)
 		default:
 			err = fmt.Errorf("the lab cannot answer %s", proto)
 		}
