@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := clang llvm libbpf-dev bpftool iproute2 qemu-system-x86 busybo
 FUZZTIME ?= 10s
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build generate lint test test-unit test-vm test-fuzz fuzz local local-check deps tools clean
+.PHONY: all build generate lint test test-unit test-vm test-fuzz fuzz local local-check sim deps tools clean
 
 all: build
 
@@ -96,6 +96,12 @@ local: deps build
 ## outside to every demo service; prints a summary, cleans up, exits 0 or 1.
 local-check: deps build
 	$(GO) run ./hack/local -bin $(BIN) -check
+
+## sim: the scale simulator (SIM_FLAGS="--scenario churn --nodes 5000 ...";
+## go run ./scale-sim -h lists them).
+SIM_FLAGS ?= --scenario churn --nodes 1000
+sim:
+	$(GO) run ./scale-sim $(SIM_FLAGS)
 
 clean:
 	rm -rf $(BIN)

@@ -1,0 +1,139 @@
+package ebpf
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/spoke-proxy/spoke/datapath"
+	"github.com/spoke-proxy/spoke/internal/testnet"
+)
+
+// benchServices returns n ClusterIP services of one TCP port with
+// endpoints each, every endpoint a distinct address.
+func benchServices(n, endpoints int) []*datapath.Service {
+	out := make([]*datapath.Service, 0, n)
+	for i := range n {
+		s := &datapath.Service{
+			Key:        fmt.Sprintf("bench/svc-%d", i),
+			ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})},
+			Ports:      []datapath.Port{{Name: "http", Protocol: datapath.TCP, Port: 80, Internal: datapath.Backends{NoEndpoints: datapath.Reject}}},
+		}
+		for j := range endpoints {
+			k := i*endpoints + j
+			ep := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(128 + k>>16), byte(k >> 8), byte(k)}), 8080)
+			s.Ports[0].Internal.Endpoints = append(s.Ports[0].Internal.Endpoints, datapath.Endpoint{Addr: ep})
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+func benchDatapath(b *testing.B) *Datapath {
+	var r [4]byte
+	rand.Read(r[:])
+	return newDatapath(b, Options{
+		PinPath:    "/sys/fs/bpf/spoke-bench-" + hex.EncodeToString(r[:]),
+		CgroupPath: testnet.Cgroup(b),
+		// 10,000 services with 100,000 distinct backends.
+		MaxBackends:  131072,
+		MaxEndpoints: 262144,
+	})
+}
+
+// BenchmarkProgram10kServices programs 10,000 services with 100,000
+// backends into empty maps, then one endpoint change at that size.
+func BenchmarkProgram10kServices(b *testing.B) {
+	ctx := context.Background()
+	d := benchDatapath(b)
+	services := benchServices(10000, 10)
+	keys := make([]string, len(services))
+	for i, s := range services {
+		keys[i] = s.Key
+	}
+	b.Run("from-empty", func(b *testing.B) {
+		for b.Loop() {
+			if err := d.Apply(ctx, services, nil); err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			if err := d.Apply(ctx, nil, keys); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+		}
+	})
+	b.Run("one-endpoint-change", func(b *testing.B) {
+		if err := d.Apply(ctx, services, nil); err != nil {
+			b.Fatal(err)
+		}
+		changed := *services[0]
+		changed.Ports = []datapath.Port{services[0].Ports[0]}
+		eps := append([]datapath.Endpoint(nil), services[0].Ports[0].Internal.Endpoints...)
+		changed.Ports[0].Internal.Endpoints = eps
+		i := 0
+		for b.Loop() {
+			// Alternate the last endpoint's port, so every Apply changes it.
+			i++
+			last := &eps[len(eps)-1]
+			last.Addr = netip.AddrPortFrom(last.Addr.Addr(), uint16(8080+i%2))
+			if err := d.Apply(ctx, []*datapath.Service{&changed}, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkConnect compares, in one run, the time of a TCP connection from
+// a pod to a service address with one straight to its backend, with 10 and
+// with 10,000 services programmed. The socket is connected to the backend
+// once, at connect(): nothing is done per packet.
+func BenchmarkConnect(b *testing.B) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	lab := testnet.NewForTest(b, testnet.Options{})
+	var r [4]byte
+	rand.Read(r[:])
+	d := newDatapath(b, Options{
+		PinPath: "/sys/fs/bpf/spoke-bench-" + hex.EncodeToString(r[:]), CgroupPath: lab.CgroupPath(),
+		NetNS: lab.NodeNS().Path(), Devices: []string{testnet.ExternalDevice},
+		MaxBackends: 131072, MaxEndpoints: 262144,
+	})
+	backend := netip.MustParseAddrPort("10.244.1.5:8080")
+	if err := lab.AddBackend(backend, datapath.TCP, false); err != nil {
+		b.Fatal(err)
+	}
+	pod := netip.MustParseAddr("10.244.1.100")
+	for _, n := range []int{10, 10000} {
+		services := benchServices(n, 10)
+		// The service under test has the lab's backend as its only one.
+		target := services[n/2]
+		target.Ports[0].Internal.Endpoints = []datapath.Endpoint{{Addr: backend}}
+		if err := d.Apply(ctx, services, nil); err != nil {
+			b.Fatal(err)
+		}
+		vip := netip.AddrPortFrom(target.ClusterIPs[0], 80)
+		for _, c := range []struct {
+			name string
+			dst  netip.AddrPort
+		}{{"direct", backend}, {"service", vip}} {
+			b.Run(fmt.Sprintf("services=%d/%s", n, c.name), func(b *testing.B) {
+				// One untimed connection checks the way.
+				if res, err := lab.Repeat(ctx, pod, c.dst, 1); err != nil || res.Outcome != testnet.Reached {
+					b.Fatalf("connecting to %s: %v %v", c.dst, res, err)
+				}
+				b.ResetTimer()
+				res, err := lab.Repeat(ctx, pod, c.dst, b.N)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				b.ReportMetric(float64(res.Elapsed.Nanoseconds())/float64(b.N), "ns/connect")
+			})
+		}
+	}
+}
