@@ -385,12 +385,24 @@ func (d *Datapath) Apply(ctx context.Context, upsert []*datapath.Service, remove
 			c.backends.grow++
 		}
 	}
-	for id := range st.backends {
-		if st.refs[id]+refs[id] <= 0 {
+	// A backend goes when no slot names it any more: only those whose
+	// count this Apply changes can go, but a state read back from the maps
+	// may hold backends nothing names since before.
+	unnamed := func(id uint32) {
+		if _, ok := st.backends[id]; ok && st.refs[id]+refs[id] <= 0 {
 			c.backends.del[id] = struct{}{}
-			c.backends.grow--
 		}
 	}
+	if st.unswept {
+		for id := range st.backends {
+			unnamed(id)
+		}
+	} else {
+		for id := range refs {
+			unnamed(id)
+		}
+	}
+	c.backends.grow -= len(c.backends.del)
 
 	if err := d.checkRoom(c); err != nil {
 		return err
@@ -403,6 +415,8 @@ func (d *Datapath) Apply(ctx context.Context, upsert []*datapath.Service, remove
 		return err
 	}
 	d.commit(updates, c, refs)
+	st.next = p.next
+	st.unswept = false
 	return nil
 }
 

@@ -3,6 +3,7 @@ package ebpf
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -61,5 +62,63 @@ func TestSmoke(t *testing.T) {
 		if res.Outcome != testnet.Reached || res.Local != be || res.Remote != dst {
 			t.Errorf("%s -> %s: %s, want the backend %s, seen by the client as %s", c.origin, dst, res, be, dst)
 		}
+	}
+}
+
+// TestUnusedBackendsAreDeleted checks that a backend no slot names any more
+// leaves the backends map: after an endpoint change, and, for entries left
+// behind by an earlier agent, after the next Apply of a reopened datapath.
+func TestUnusedBackendsAreDeleted(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	opts := labOptions(t, testnet.NewForTest(t, testnet.Options{}))
+	d := newDatapath(t, opts)
+	svc := func(eps ...string) *datapath.Service {
+		s := &datapath.Service{Key: "default/web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
+			Ports: []datapath.Port{{Name: "http", Protocol: datapath.TCP, Port: 80, Internal: datapath.Backends{NoEndpoints: datapath.Reject}}}}
+		for _, ep := range eps {
+			s.Ports[0].Internal.Endpoints = append(s.Ports[0].Internal.Endpoints, datapath.Endpoint{Addr: netip.MustParseAddrPort(ep)})
+		}
+		return s
+	}
+	backends := func(d *Datapath) []string {
+		t.Helper()
+		m, err := readAll[uint32, lbBackend](d.objs.Backends)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, b := range m {
+			out = append(out, netip.AddrPortFrom(fromAddr(b.Addr), fromPort(b.Port)).String())
+		}
+		slices.Sort(out)
+		return out
+	}
+	if err := d.Apply(ctx, []*datapath.Service{svc("10.244.1.5:8080", "10.244.1.6:8080")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Apply(ctx, []*datapath.Service{svc("10.244.1.6:8080", "10.244.1.7:8080")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := backends(d), []string{"10.244.1.6:8080", "10.244.1.7:8080"}; !slices.Equal(got, want) {
+		t.Errorf("after an endpoint change: backends %v, want %v", got, want)
+	}
+	// An entry nothing names, as a crashed agent could leave.
+	if err := d.objs.Backends.Put(uint32(999), lbBackend{Addr: toAddr(netip.MustParseAddr("10.244.9.9")), Port: toPort(80), Family: 4}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d2, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	if err := d2.Apply(ctx, []*datapath.Service{svc("10.244.1.7:8080")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := backends(d2), []string{"10.244.1.7:8080"}; !slices.Equal(got, want) {
+		t.Errorf("after reopening: backends %v, want %v", got, want)
 	}
 }

@@ -35,7 +35,16 @@ type state struct {
 	groups     map[groupIdent]uint32
 	groupSlots map[uint32]map[endpointIdent]uint32
 	usedGroups map[uint32]bool
+	// next are where the searches for unused ids resume, so that an Apply
+	// that adds one backend to 100,000 does not walk past every id in use.
+	next ids3
+	// unswept: the state was read back from the maps, and the next Apply
+	// looks at every backend for ones that no slot names.
+	unswept bool
 }
+
+// ids3 are the last ids handed out, by kind.
+type ids3 struct{ group, backend, service uint32 }
 
 // entriesOf splits dumped maps by owning service.
 func newState(d *dump) *state {
@@ -49,6 +58,7 @@ func newState(d *dump) *state {
 		groups:     map[groupIdent]uint32{},
 		groupSlots: map[uint32]map[endpointIdent]uint32{},
 		usedGroups: map[uint32]bool{},
+		unswept:    true,
 	}
 	for id, b := range d.backends {
 		st.backendIDs[netip.AddrPortFrom(fromAddr(b.Addr), fromPort(b.Port))] = id
@@ -337,7 +347,7 @@ type planner struct {
 	takenGroups map[uint32]bool
 	takenBackends,
 	takenServices map[uint32]bool
-	next struct{ group, backend, service uint32 }
+	next ids3
 }
 
 func newPlanner(st *state) *planner {
@@ -349,6 +359,7 @@ func newPlanner(st *state) *planner {
 		takenGroups:   map[uint32]bool{},
 		takenBackends: map[uint32]bool{},
 		takenServices: map[uint32]bool{},
+		next:          st.next,
 	}
 }
 
@@ -395,7 +406,7 @@ func (p *planner) slots(group uint32) map[endpointIdent]uint32 {
 	return p.st.groupSlots[group]
 }
 
-// allocate returns the lowest id above *next that is not used, from 1.
+// allocate returns the first unused id after *next, wrapping to 1.
 func allocate(next *uint32, used func(uint32) bool) uint32 {
 	for {
 		*next++
