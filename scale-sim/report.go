@@ -37,6 +37,9 @@ func (s *sim) finish(ctx context.Context) (*report, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The control plane's views must also be the right ones: what the
+	// simulator computes on its own from the objects it made.
+	held, pairs := s.tracker.Converged()
 	u := s.cp.Usage()
 	phase := s.tracker.Phase(1)
 	h := phase.Histogram
@@ -56,7 +59,9 @@ func (s *sim) finish(ctx context.Context) (*report, error) {
 		"bytes_per_node_per_change": 0.0,
 		"controlplane_rss_mb":       nil,
 		"controlplane_cpu_seconds":  nil,
-		"converged":                 mismatched == 0 && checked == s.c.nodes,
+		"converged":                 mismatched == 0 && checked == s.c.nodes && held == pairs,
+		"expected_pairs_held":       held,
+		"expected_pairs":            pairs,
 		"mismatched_nodes":          mismatched,
 		"api":                       s.c.api,
 		"controlplane":              s.c.controlplane,
@@ -108,7 +113,7 @@ func (s *sim) finish(ctx context.Context) (*report, error) {
 		}
 		add("control plane RSS, CPU", fmt.Sprintf("%s%s, %.1f s (%s)", fmtMB(u.RSS), peak, u.CPU.Seconds(), who))
 	}
-	add("converged", fmt.Sprintf("%v: %d/%d nodes checked, %d mismatched", f["converged"], checked, s.c.nodes, mismatched))
+	add("converged", fmt.Sprintf("%v: %d/%d nodes checked against the control plane, %d mismatched; %d/%d node-service pairs hold the view the simulator expects", f["converged"], checked, s.c.nodes, mismatched, held, pairs))
 	for _, e := range examples {
 		r.notes = append(r.notes, "mismatch: "+e)
 	}

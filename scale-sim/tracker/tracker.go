@@ -36,10 +36,18 @@ type pending struct {
 	change  *Change
 }
 
+// pendingList are the changes of one service a node has yet to apply.
+type pendingList struct {
+	// base is the version the node held when the first of them was made,
+	// or "" if the node did not hold the expected version then.
+	base  string
+	items []pending
+}
+
 type node struct {
 	mu      sync.Mutex
 	class   Class
-	pending map[int32][]pending
+	pending map[int32]*pendingList
 	ok      []uint64 // bit per service: the node holds the expected version
 	// Counters since the last Reset, for the scenario that reads them.
 	responses, resources uint64
@@ -70,7 +78,7 @@ func New(c *cluster.Cluster) *Tracker {
 	t := &Tracker{c: c, start: time.Now(), nodes: make([]node, len(c.Nodes))}
 	words := (len(c.Services) + 63) / 64
 	for i := range t.nodes {
-		t.nodes[i].pending = map[int32][]pending{}
+		t.nodes[i].pending = map[int32]*pendingList{}
 		t.nodes[i].ok = make([]uint64, words)
 	}
 	return t
@@ -100,12 +108,30 @@ func (t *Tracker) NewChange(i int, old, new *cluster.Versions) *Change {
 	t.mu.Lock()
 	t.changes[ch.phase]++
 	t.mu.Unlock()
-	mark := func(n int, v string) {
+	// mark makes the change pending on node n, whose view goes from the
+	// version from to the version to. A change back to the version the
+	// node held before every pending one ends them all: the control plane
+	// coalesces them, and the node, already holding the result, receives
+	// nothing.
+	mark := func(n int, from, to string) {
 		nd := &t.nodes[n]
 		nd.mu.Lock()
-		nd.pending[int32(i)] = append(nd.pending[int32(i)], pending{version: v, change: ch})
+		defer nd.mu.Unlock()
+		pl := nd.pending[int32(i)]
+		if pl == nil {
+			pl = &pendingList{}
+			if t.isOK(nd, i) {
+				pl.base = from
+			}
+			nd.pending[int32(i)] = pl
+		}
+		if pl.base != "" && to == pl.base {
+			delete(nd.pending, int32(i))
+			t.setOK(nd, i, true)
+			return
+		}
+		pl.items = append(pl.items, pending{version: to, change: ch})
 		t.setOK(nd, i, false)
-		nd.mu.Unlock()
 	}
 	own := func(name string) bool {
 		_, a := old.ByNode[name]
@@ -119,7 +145,7 @@ func (t *Tracker) NewChange(i int, old, new *cluster.Versions) *Change {
 		}
 		for _, n := range members {
 			if !own(t.c.Nodes[n].Name) {
-				mark(n, newV)
+				mark(n, oldV, newV)
 			}
 		}
 	}
@@ -134,7 +160,7 @@ func (t *Tracker) NewChange(i int, old, new *cluster.Versions) *Change {
 			}
 			zone := t.c.Zone[n]
 			if o, v := old.For(name, zone), new.For(name, zone); o != v {
-				mark(n, v)
+				mark(n, o, v)
 			}
 		}
 	}
@@ -146,6 +172,10 @@ func zoneVersion(v *cluster.Versions, zone string) string {
 		return s
 	}
 	return v.Default
+}
+
+func (t *Tracker) isOK(nd *node, i int) bool {
+	return nd.ok[i/64]&(uint64(1)<<(i%64)) != 0
 }
 
 func (t *Tracker) setOK(nd *node, i int, ok bool) {
@@ -180,8 +210,12 @@ func (t *Tracker) Applied(n int, at time.Time, applied []*spokev1.Resource, remo
 		if i < 0 || i >= len(t.c.Services) {
 			return
 		}
-		p := nd.pending[int32(i)]
 		last := -1
+		var p []pending
+		pl := nd.pending[int32(i)]
+		if pl != nil {
+			p = pl.items
+		}
 		for j := len(p) - 1; j >= 0; j-- {
 			if p[j].version == version {
 				last = j
@@ -199,7 +233,8 @@ func (t *Tracker) Applied(n int, at time.Time, applied []*spokev1.Resource, remo
 			if last == len(p)-1 {
 				delete(nd.pending, int32(i))
 			} else {
-				nd.pending[int32(i)] = append(p[:0:0], p[last+1:]...)
+				pl.items = append(p[:0:0], p[last+1:]...)
+				pl.base = version
 			}
 		}
 		t.setOK(nd, i, version == t.c.Views(i).For(name, zone))
@@ -265,8 +300,8 @@ func (t *Tracker) Pending() int {
 	for i := range t.nodes {
 		nd := &t.nodes[i]
 		nd.mu.Lock()
-		for _, p := range nd.pending {
-			n += len(p)
+		for _, pl := range nd.pending {
+			n += len(pl.items)
 		}
 		nd.mu.Unlock()
 	}
