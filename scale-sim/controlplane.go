@@ -84,6 +84,7 @@ func startProcessCP(ctx context.Context, s cpSettings) (*processCP, error) {
 		return nil, err
 	}
 	p := &processCP{s: s, grpcAddr: fmt.Sprintf("127.0.0.1:%d", ports[0]), metricsAddr: fmt.Sprintf("127.0.0.1:%d", ports[1])}
+	s.log.Info("control plane", "grpc", p.grpcAddr, "metrics and profiles", "http://"+p.metricsAddr+"/debug/pprof/")
 	return p, p.start()
 }
 
@@ -98,7 +99,7 @@ func (p *processCP) start() error {
 		"-ack-timeout", p.s.ackTimeout.String(), "-proxy-name", cluster.ProxyName,
 		"-kube-api-qps", "1000", "-kube-api-burst", "2000", "-log-level", "warn",
 		// The fake nodes have no pods and no ServiceAccount tokens.
-		"-agent-auth", "none")
+		"-agent-auth", "none", "-profiling")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

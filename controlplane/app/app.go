@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,7 +44,10 @@ type Options struct {
 	Window, MaxDelay time.Duration
 	AckTimeout       time.Duration
 	MaxResponseBytes int
-	Logger           *slog.Logger
+	// Profiling serves net/http/pprof under /debug/pprof/ on the HTTP
+	// listener.
+	Profiling bool
+	Logger    *slog.Logger
 }
 
 // ControlPlane is an assembled control plane.
@@ -128,5 +132,12 @@ func (c *ControlPlane) httpHandler() http.Handler {
 			http.Error(w, "waiting for the API watch to sync", http.StatusServiceUnavailable)
 		}
 	})
+	if c.opts.Profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }

@@ -8,9 +8,10 @@ import (
 	_ "google.golang.org/grpc/encoding/proto"
 )
 
-// rawResponse is a StreamViewsResponse already in wire form: resources
-// encoded once in the store are concatenated, not encoded again per stream.
-type rawResponse struct{ b []byte }
+// rawResponse is a StreamViewsResponse already in wire form, as slices to
+// send one after the other: resources encoded once in the store are sent
+// from the store's bytes, neither encoded again nor copied per stream.
+type rawResponse struct{ parts [][]byte }
 
 // rawCodec sends rawResponse as it is and everything else through the
 // standard proto codec.
@@ -20,7 +21,11 @@ func newRawCodec() rawCodec { return rawCodec{proto: encoding.GetCodecV2("proto"
 
 func (c rawCodec) Marshal(v any) (mem.BufferSlice, error) {
 	if r, ok := v.(*rawResponse); ok {
-		return mem.BufferSlice{mem.SliceBuffer(r.b)}, nil
+		out := make(mem.BufferSlice, len(r.parts))
+		for i, b := range r.parts {
+			out[i] = mem.SliceBuffer(b)
+		}
+		return out, nil
 	}
 	return c.proto.Marshal(v)
 }

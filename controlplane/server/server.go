@@ -178,7 +178,7 @@ func (s *Server) StreamViews(stream grpc.BidiStreamingServer[spokev1.StreamViews
 			}
 		}
 	}()
-	outgoing := make(chan []byte, 1)
+	outgoing := make(chan [][]byte, 1)
 	sendErr := make(chan error, 1)
 	go func() {
 		for {
@@ -306,26 +306,24 @@ type part struct {
 	removed   []string
 }
 
-func (p part) encode(nonce string) []byte {
-	n := len(nonce) + 8
+// encode returns the response's wire form as slices: the nonce, every
+// resource's shared framed bytes, then the removals.
+func (p part) encode(nonce string) [][]byte {
+	out := make([][]byte, 0, len(p.resources)+2)
+	head := protowire.AppendTag(nil, 1, protowire.BytesType)
+	out = append(out, protowire.AppendString(head, nonce))
 	for _, r := range p.resources {
-		n += len(r.Bytes) + 8
+		out = append(out, r.Framed)
 	}
-	for _, r := range p.removed {
-		n += len(r) + 8
+	if len(p.removed) > 0 {
+		var tail []byte
+		for _, r := range p.removed {
+			tail = protowire.AppendTag(tail, 3, protowire.BytesType)
+			tail = protowire.AppendString(tail, r)
+		}
+		out = append(out, tail)
 	}
-	b := make([]byte, 0, n)
-	b = protowire.AppendTag(b, 1, protowire.BytesType)
-	b = protowire.AppendString(b, nonce)
-	for _, r := range p.resources {
-		b = protowire.AppendTag(b, 2, protowire.BytesType)
-		b = protowire.AppendBytes(b, r.Bytes)
-	}
-	for _, r := range p.removed {
-		b = protowire.AppendTag(b, 3, protowire.BytesType)
-		b = protowire.AppendString(b, r)
-	}
-	return b
+	return out
 }
 
 // split cuts a delta into responses no larger than the limit. A single

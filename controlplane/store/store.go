@@ -23,6 +23,10 @@ type Encoded struct {
 	Rev uint64
 	// Bytes is the wire encoding of the spokev1.Resource.
 	Bytes []byte
+	// Framed is Bytes as a resources entry (field 2) of a
+	// StreamViewsResponse: tag, length, Bytes. Bytes is its tail, so a
+	// response is a list of shared slices, copied into no per-stream buffer.
+	Framed []byte
 	// Resource is the decoded form, for inspection. Never modify it.
 	Resource *spokev1.Resource
 	// Trigger is the EndpointSlice last-change-trigger-time of the change
@@ -30,6 +34,10 @@ type Encoded struct {
 	// A node that acknowledges this content has programmed that change.
 	Trigger time.Time
 }
+
+// ResponseResourcesField is the field number of StreamViewsResponse's
+// resources.
+const ResponseResourcesField protowire.Number = 2
 
 func encode(r *spokev1.Resource, rev uint64) (*Encoded, error) {
 	var content []byte
@@ -52,14 +60,20 @@ func encode(r *spokev1.Resource, rev uint64) (*Encoded, error) {
 		return nil, err
 	}
 	r.Version = version
-	b := make([]byte, 0, len(content)+len(r.Name)+len(version)+12)
+	size := protowire.SizeTag(1) + protowire.SizeBytes(len(r.Name)) +
+		protowire.SizeTag(2) + protowire.SizeBytes(len(version)) +
+		protowire.SizeTag(field) + protowire.SizeBytes(len(content))
+	b := make([]byte, 0, protowire.SizeTag(ResponseResourcesField)+protowire.SizeVarint(uint64(size))+size)
+	b = protowire.AppendTag(b, ResponseResourcesField, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(size))
+	head := len(b)
 	b = protowire.AppendTag(b, 1, protowire.BytesType)
 	b = protowire.AppendString(b, r.Name)
 	b = protowire.AppendTag(b, 2, protowire.BytesType)
 	b = protowire.AppendString(b, version)
 	b = protowire.AppendTag(b, field, protowire.BytesType)
 	b = protowire.AppendBytes(b, content)
-	return &Encoded{Name: r.Name, Version: version, Rev: rev, Bytes: b, Resource: r}, nil
+	return &Encoded{Name: r.Name, Version: version, Rev: rev, Bytes: b[head:], Framed: b, Resource: r}, nil
 }
 
 // scope is a group of nodes a service view applies to.

@@ -209,7 +209,11 @@ func (a *Agent) closeState() {
 func (a *Agent) stream(ctx context.Context) (progressed bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s, err := spokev1.NewViewServiceClient(a.opts.Conn).StreamViews(ctx)
+	// The stream waits for the connection rather than failing while the
+	// control plane is away: the connection's own backoff (DialOptions,
+	// at most 5s) then decides when the agent is back, not this loop's,
+	// which grows longer.
+	s, err := spokev1.NewViewServiceClient(a.opts.Conn).StreamViews(ctx, grpc.WaitForReady(true))
 	if err != nil {
 		return false, err
 	}

@@ -31,6 +31,7 @@ type config struct {
 	kubeconfig     string
 	grpcAddr       string
 	metricsAddr    string
+	profiling      bool
 	proxyName      string
 	window         time.Duration
 	maxDelay       time.Duration
@@ -66,6 +67,7 @@ func main() {
 	flag.StringVar(&c.authMode, "agent-auth", "tokenreview", "how agents are bound to nodes: tokenreview (their pod-bound ServiceAccount token), or none (trust the node name they send; tests only)")
 	flag.StringVar(&c.audience, "agent-token-audience", "spoke-controlplane", "audience agents' tokens must be issued for")
 	flag.StringVar(&c.agentAccounts, "agent-service-accounts", "kube-system/spoke-agent", "comma-separated namespace/name of the agents' ServiceAccounts")
+	flag.BoolVar(&c.profiling, "profiling", false, "serve /debug/pprof/ on the metrics address")
 	flag.Parse()
 
 	log, err := logging.New(os.Stderr, c.logLevel, c.logFormat)
@@ -126,7 +128,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	cp, err := app.New(app.Options{
 		Client: client, Authenticator: authn, GRPCListener: lis, HTTPListener: httpLis, GRPCOptions: grpcOpts,
 		Model: model.Options{ProxyName: c.proxyName}, Window: c.window, MaxDelay: c.maxDelay,
-		AckTimeout: c.ackTimeout, MaxResponseBytes: c.maxResponseMiB << 20, Logger: log,
+		AckTimeout: c.ackTimeout, MaxResponseBytes: c.maxResponseMiB << 20, Profiling: c.profiling, Logger: log,
 	})
 	if err != nil {
 		return err
