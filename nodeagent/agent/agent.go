@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -374,7 +375,26 @@ func (a *Agent) handle(ctx context.Context, resp *spokev1.StreamViewsResponse) (
 // resources that decoded; bad maps the others to their error.
 func decodeAll(rs []*spokev1.Resource, service func(*spokev1.Resource) (*datapath.Service, error)) (node *datapath.Node, upsert []*datapath.Service, good []*spokev1.Resource, bad map[string]error) {
 	bad = map[string]error{}
-	for _, r := range rs {
+	// Services are decoded on every CPU: a restart from a state file of
+	// 10,000 services waits for this.
+	type result struct {
+		s   *datapath.Service
+		err error
+	}
+	results := make([]result, len(rs))
+	var wg sync.WaitGroup
+	workers := min(runtime.GOMAXPROCS(0), max(1, len(rs)/256))
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < len(rs); i += workers {
+				if rs[i].GetName() != spokev1.NodeResourceName {
+					results[i].s, results[i].err = service(rs[i])
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for i, r := range rs {
 		if r.GetName() == spokev1.NodeResourceName {
 			n, err := view.Node(r)
 			if err != nil {
@@ -385,12 +405,11 @@ func decodeAll(rs []*spokev1.Resource, service func(*spokev1.Resource) (*datapat
 			good = append(good, r)
 			continue
 		}
-		s, err := service(r)
-		if err != nil {
+		if err := results[i].err; err != nil {
 			bad[r.GetName()] = err
 			continue
 		}
-		upsert = append(upsert, s)
+		upsert = append(upsert, results[i].s)
 		good = append(good, r)
 	}
 	return node, upsert, good, bad

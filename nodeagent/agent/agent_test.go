@@ -73,8 +73,12 @@ func set(t *testing.T, st *store.Store, services ...*spokev1.Service) {
 	}
 }
 
+// svc is a service of one port; its node port is 30000 plus the cluster
+// IP's last byte, unique as the API server makes node ports (web at
+// 10.96.0.10 has 30010).
 func svc(name, clusterIP string, endpoints ...string) *spokev1.Service {
-	p := &spokev1.ServicePort{Name: "http", Protocol: spokev1.Protocol_PROTOCOL_TCP, Port: 80, NodePort: 30080,
+	ip := netip.MustParseAddr(clusterIP).As4()
+	p := &spokev1.ServicePort{Name: "http", Protocol: spokev1.Protocol_PROTOCOL_TCP, Port: 80, NodePort: 30000 + uint32(ip[3]),
 		Internal: &spokev1.Backends{NoEndpoints: spokev1.NoEndpoints_NO_ENDPOINTS_REJECT}}
 	for _, ep := range endpoints {
 		p.Internal.Endpoints = append(p.Internal.Endpoints, &spokev1.Endpoint{Ip: ep, Port: 8080})
@@ -82,7 +86,7 @@ func svc(name, clusterIP string, endpoints ...string) *spokev1.Service {
 	return &spokev1.Service{Namespace: "default", Name: name, ClusterIps: []string{clusterIP}, Ports: []*spokev1.ServicePort{p}}
 }
 
-func dial(t *testing.T, addr string) *grpc.ClientConn {
+func dial(t testing.TB, addr string) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient(addr, append(agent.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
@@ -202,7 +206,7 @@ func TestRestartProgramsFromStateBeforeConnecting(t *testing.T) {
 	if v := trace(dp2, "10.96.0.11:80"); v.Backend.String() != "10.244.2.5:8080" {
 		t.Fatalf("restored datapath before connecting: %v", v)
 	}
-	if v := trace(dp2, "192.168.0.1:30080"); v.Backend.String() != "10.244.1.5:8080" {
+	if v := trace(dp2, "192.168.0.1:30010"); v.Backend.String() != "10.244.1.5:8080" {
 		t.Fatalf("restored node port before connecting: %v", v)
 	}
 	st := state(t, a2)

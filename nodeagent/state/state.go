@@ -17,6 +17,8 @@ import (
 	"fmt"
 	"hash/crc32"
 	"os"
+	"runtime"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -45,6 +47,8 @@ var ErrCorrupt = errors.New("corrupt state file")
 type Store struct {
 	db   *bolt.DB
 	path string
+	// opened is what Open read and checked, until the first Load.
+	opened map[string]*spokev1.Resource
 }
 
 // Open opens or creates the state file at path and checks its schema and
@@ -72,7 +76,7 @@ func Open(path string) (s *Store, err error) {
 		db.Close()
 		return nil, err
 	}
-	if _, err := s.Load(); err != nil {
+	if s.opened, err = s.load(); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -125,25 +129,62 @@ func (s *Store) Path() string { return s.path }
 // Close closes the file.
 func (s *Store) Close() error { return s.db.Close() }
 
-// Load returns every stored resource by name.
+// Load returns every stored resource by name. The first Load after Open
+// returns what Open read and checked, so that a start decodes the file
+// once.
 func (s *Store) Load() (map[string]*spokev1.Resource, error) {
-	out := map[string]*spokev1.Resource{}
+	if m := s.opened; m != nil {
+		s.opened = nil
+		return m, nil
+	}
+	return s.load()
+}
+
+// load reads and checks every value. Values are decoded on every CPU: a
+// restart with 10,000 services waits for this.
+func (s *Store) load() (map[string]*spokev1.Resource, error) {
+	type entry struct {
+		k, v []byte
+		r    *spokev1.Resource
+		err  error
+	}
+	var out map[string]*spokev1.Resource
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(resourcesBucket)
 		if b == nil {
 			return fmt.Errorf("%w: no resources bucket", ErrCorrupt)
 		}
-		return b.ForEach(func(k, v []byte) error {
-			r, err := decode(v)
-			if err != nil {
-				return fmt.Errorf("%w: resource %q: %w", ErrCorrupt, k, err)
-			}
-			if r.GetName() != string(k) {
-				return fmt.Errorf("%w: resource %q stored under %q", ErrCorrupt, r.GetName(), k)
-			}
-			out[string(k)] = r
+		// Keys and values point into the memory map, valid until the
+		// transaction ends: they are decoded before it does.
+		var entries []entry
+		if err := b.ForEach(func(k, v []byte) error {
+			entries = append(entries, entry{k: k, v: v})
 			return nil
-		})
+		}); err != nil {
+			return err
+		}
+		var wg sync.WaitGroup
+		workers := min(runtime.GOMAXPROCS(0), max(1, len(entries)/256))
+		for w := range workers {
+			wg.Go(func() {
+				for i := w; i < len(entries); i += workers {
+					e := &entries[i]
+					e.r, e.err = decode(e.v)
+				}
+			})
+		}
+		wg.Wait()
+		out = make(map[string]*spokev1.Resource, len(entries))
+		for _, e := range entries {
+			if e.err != nil {
+				return fmt.Errorf("%w: resource %q: %w", ErrCorrupt, e.k, e.err)
+			}
+			if e.r.GetName() != string(e.k) {
+				return fmt.Errorf("%w: resource %q stored under %q", ErrCorrupt, e.r.GetName(), e.k)
+			}
+			out[string(e.k)] = e.r
+		}
+		return nil
 	})
 	return out, err
 }
@@ -151,6 +192,7 @@ func (s *Store) Load() (map[string]*spokev1.Resource, error) {
 // Update stores the put resources and deletes the removed names in one
 // transaction.
 func (s *Store) Update(put []*spokev1.Resource, remove []string) error {
+	s.opened = nil
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(resourcesBucket)
 		for _, name := range remove {
