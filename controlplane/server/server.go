@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
@@ -58,6 +59,9 @@ type Options struct {
 	// MaxResponseBytes splits responses larger than this. 0 means 4 MiB,
 	// gRPC's default receive limit.
 	MaxResponseBytes int
+	// MaxConcurrentSyncs bounds the streams whose first request (every
+	// version the agent holds) is read and compared at once. 0 means 32.
+	MaxConcurrentSyncs int
 	// Registerer receives the server's metrics; none when nil.
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
@@ -71,6 +75,8 @@ type Server struct {
 	opts    Options
 	metrics *metrics
 	log     *slog.Logger
+
+	syncs *semaphore.Weighted
 
 	mu    sync.Mutex
 	conns map[string]*conn // by node name
@@ -95,8 +101,12 @@ func New(opts Options) *Server {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.MaxConcurrentSyncs == 0 {
+		opts.MaxConcurrentSyncs = 32
+	}
 	return &Server{
 		opts:    opts,
+		syncs:   semaphore.NewWeighted(int64(opts.MaxConcurrentSyncs)),
 		metrics: newMetrics(opts.Registerer),
 		log:     opts.Logger,
 		conns:   make(map[string]*conn),
@@ -118,6 +128,26 @@ func (s *Server) Register(g *grpc.Server) {
 // StreamViews implements spokev1.ViewServiceServer.
 func (s *Server) StreamViews(stream grpc.BidiStreamingServer[spokev1.StreamViewsRequest, spokev1.StreamViewsResponse]) error {
 	ctx := stream.Context()
+	// The first request carries every version the agent holds: it is read
+	// only once the store holds a whole view, and only by a bounded number
+	// of streams at a time, so that thousands of agents reconnecting to a
+	// starting control plane do not all sit decoded in memory at once.
+	select {
+	case <-s.opts.Store.Ready():
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if err := s.syncs.Acquire(ctx, 1); err != nil {
+		return err
+	}
+	syncing := true
+	endSync := func() {
+		if syncing {
+			syncing = false
+			s.syncs.Release(1)
+		}
+	}
+	defer endSync()
 	first, err := stream.Recv()
 	if err != nil {
 		return err
@@ -138,11 +168,6 @@ func (s *Server) StreamViews(stream grpc.BidiStreamingServer[spokev1.StreamViews
 	case node == "":
 		return status.Error(codes.InvalidArgument, "no node name")
 	}
-	select {
-	case <-s.opts.Store.Ready():
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -161,6 +186,8 @@ func (s *Server) StreamViews(stream grpc.BidiStreamingServer[spokev1.StreamViews
 	defer s.opts.Store.Unsubscribe(sub)
 	delta := s.opts.Store.Initial(node, first.GetInitialResourceVersions())
 	sub.SetSynced(delta.Rev)
+	first = nil
+	endSync()
 
 	requests := make(chan *spokev1.StreamViewsRequest)
 	recvErr := make(chan error, 1)
