@@ -189,6 +189,12 @@ func run(ctx context.Context, bin string, check bool, log *slog.Logger) (err err
 		}
 	}
 
+	cleanups = append(cleanups, func() {
+		if err := os.Remove(pinRoot); err != nil && !errors.Is(err, os.ErrNotExist) {
+			log.Warn("removing the pin folder", "err", err)
+		}
+	})
+
 	services, err := createDemo(ctx, client, nodeList, backends)
 	if err != nil {
 		return err
