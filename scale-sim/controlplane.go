@@ -74,9 +74,9 @@ func startProcessCP(ctx context.Context, s cpSettings) (*processCP, error) {
 	if s.bin == "" {
 		s.bin = filepath.Join(s.dir, "spoke-controlplane")
 		s.log.Info("building the control plane", "to", s.bin)
-		build := exec.CommandContext(ctx, "go", "build", "-o", s.bin, "./controlplane/cmd/spoke-controlplane")
+		build := exec.CommandContext(ctx, "go", "build", "-o", s.bin, "github.com/spoke-proxy/spoke/controlplane/cmd/spoke-controlplane")
 		if out, err := build.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("building the control plane (run from the repository root, or pass --controlplane-bin): %w\n%s", err, out)
+			return nil, fmt.Errorf("building the control plane (run inside the repository, or pass --controlplane-bin): %w\n%s", err, out)
 		}
 	}
 	ports, err := freePorts(2)

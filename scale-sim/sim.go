@@ -92,17 +92,19 @@ func setup(ctx context.Context, c config, log *slog.Logger) (*sim, error) {
 	}
 	settings := cpSettings{window: c.window, maxDelay: c.maxDelay, ackTimeout: c.ackTimeout,
 		kubeconfig: kubeconfig, restConfig: restCfg, dir: c.workDir, bin: c.controlplaneBin, log: log}
+	var cp controlPlane
 	switch c.controlplane {
 	case "process":
-		s.cp, err = startProcessCP(ctx, settings)
+		cp, err = startProcessCP(ctx, settings)
 	case "inproc":
-		s.cp, err = startInprocCP(settings)
+		cp, err = startInprocCP(settings)
 	default:
-		s.cp = &remoteCP{addr: c.controlplane, metricsURL: c.controlplaneMetrics}
+		cp = &remoteCP{addr: c.controlplane, metricsURL: c.controlplaneMetrics}
 	}
 	if err != nil {
 		return s, err
 	}
+	s.cp = cp
 	readyCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	if err := s.cp.Ready(readyCtx); err != nil {

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"context"
+	"io"
+	"testing"
+	"time"
+)
+
+// TestScenariosConverge runs every scenario on a small cluster, the control
+// plane in its own process as by default (and a real kube-apiserver where
+// the scenario needs one), and checks that every node ends holding exactly
+// its view and that the figures the scenario exists for were measured.
+func TestScenariosConverge(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the control plane")
+	}
+	for _, c := range []struct {
+		scenario string
+		figures  []string
+		api      string
+	}{
+		{"churn", []string{"propagation_ms", "bytes_per_node_per_change"}, ""},
+		{"controlplane-restart", []string{"reconnect_all_ms", "resources_resent"}, ""},
+		{"agent-restart", []string{"restart_ready_ms", "resources_resent_to_restarted"}, ""},
+		{"slow-agents", []string{"healthy_p99_ms_with_slow", "healthy_p99_ms_without_slow"}, ""},
+		{"apiserver-load", []string{"apiserver_bytes_spoke", "apiserver_bytes_per_node_watch", "apiserver_bytes_ratio"}, "kube-apiserver"},
+	} {
+		t.Run(c.scenario, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			api := c.api
+			if api == "" {
+				api = "synthetic"
+			}
+			cfg := config{
+				nodes: 30, zones: 3, services: 20, endpoints: 4, localFraction: 0.2, hintedFraction: 0.5,
+				churn: 40, duration: 2 * time.Second, controlplane: "process", api: api, scenario: c.scenario,
+				window: 20 * time.Millisecond, maxDelay: 100 * time.Millisecond, ackTimeout: time.Minute,
+				fraction: 0.2, slowRate: 4096, startRate: 1000, syncTimeout: time.Minute, seed: 1,
+				out: io.Discard, progress: io.Discard, progressEvery: time.Second,
+			}
+			rep, err := run(ctx, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := rep.fields
+			if f["converged"] != true {
+				t.Errorf("not converged: %d mismatched nodes, %v/%v pairs; notes %v", f["mismatched_nodes"], f["expected_pairs_held"], f["expected_pairs"], rep.notes)
+			}
+			if n, _ := f["changes"].(uint64); n == 0 {
+				t.Errorf("no change was made: %v", f["changes"])
+			}
+			for _, k := range c.figures {
+				if _, ok := f[k]; !ok {
+					t.Errorf("figure %s missing", k)
+				}
+			}
+			if r, ok := f["apiserver_bytes_ratio"].(float64); ok && r <= 1 {
+				t.Errorf("per-node watches cost the API server %.1f× what Spoke's one watch does", r)
+			}
+		})
+	}
+}
