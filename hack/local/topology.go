@@ -180,28 +180,13 @@ func (t *topology) addNode(i int, br netlink.Link) (*node, error) {
 		return nil, err
 	}
 	// The node's uplink: eth0 in the node, its peer on the bridge.
-	host := fmt.Sprintf("%s-n%d", prefix, i)
-	if err := vethInto(host, "eth0", ns, nil); err != nil {
-		return nil, err
-	}
-	hl, err := netlink.LinkByName(host)
+	root, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, err
 	}
-	if err := netlink.LinkSetMaster(hl, br); err != nil {
-		return nil, err
-	}
-	if err := netlink.LinkSetUp(hl); err != nil {
-		return nil, err
-	}
-	eth0, err := h.LinkByName("eth0")
+	defer root.Close()
+	eth0, err := cable(root, fmt.Sprintf("%s-n%d", prefix, i), br.Attrs().Name, ns, h, netip.PrefixFrom(nodeAddr(i), 24))
 	if err != nil {
-		return nil, err
-	}
-	if err := h.AddrAdd(eth0, nlAddr(netip.PrefixFrom(nodeAddr(i), 24))); err != nil {
-		return nil, err
-	}
-	if err := h.LinkSetUp(eth0); err != nil {
 		return nil, err
 	}
 	// The pod bridge, and routes to the other nodes' pods.
@@ -253,33 +238,8 @@ func (t *topology) addPod(n *node, name string, host int) (*pod, error) {
 		return nil, err
 	}
 	defer nh.Close()
-	// The veth is made in the node and its pod end moved into the pod.
-	nodeEnd := fmt.Sprintf("veth%d", host)
-	if err := vethInto(nodeEnd, "eth0", ns, nh); err != nil {
-		return nil, err
-	}
-	nl, err := nh.LinkByName(nodeEnd)
+	eth0, err := cable(nh, fmt.Sprintf("veth%d", host), "cbr0", ns, h, netip.PrefixFrom(p.addr, 24))
 	if err != nil {
-		return nil, err
-	}
-	cbr, err := nh.LinkByName("cbr0")
-	if err != nil {
-		return nil, err
-	}
-	if err := nh.LinkSetMaster(nl, cbr); err != nil {
-		return nil, err
-	}
-	if err := nh.LinkSetUp(nl); err != nil {
-		return nil, err
-	}
-	eth0, err := h.LinkByName("eth0")
-	if err != nil {
-		return nil, err
-	}
-	if err := h.AddrAdd(eth0, nlAddr(netip.PrefixFrom(p.addr, 24))); err != nil {
-		return nil, err
-	}
-	if err := h.LinkSetUp(eth0); err != nil {
 		return nil, err
 	}
 	if err := h.RouteAdd(&netlink.Route{Gw: podGateway(n.index).AsSlice(), LinkIndex: eth0.Attrs().Index}); err != nil {
@@ -288,24 +248,41 @@ func (t *topology) addPod(n *node, name string, host int) (*pod, error) {
 	return p, nil
 }
 
-// vethInto makes a veth pair with one end, named here, in the namespace of
-// h (the host's when nil) and the other, named peer, in ns.
-func vethInto(here, peer string, ns *netns.NS, h *netlink.Handle) error {
+// cable makes a veth pair: one end, named here, in the namespace of hh,
+// enslaved to bridge and up; the other, eth0, in ns (whose handle is nh)
+// with addr, up. It returns eth0.
+func cable(hh *netlink.Handle, here, bridge string, ns *netns.NS, nh *netlink.Handle, addr netip.Prefix) (netlink.Link, error) {
 	fd, err := vnetns.GetFromPath(ns.Path())
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer fd.Close()
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: here}, PeerName: peer, PeerNamespace: netlink.NsFd(fd)}
-	if h == nil {
-		err = netlink.LinkAdd(veth)
-	} else {
-		err = h.LinkAdd(veth)
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: here}, PeerName: "eth0", PeerNamespace: netlink.NsFd(fd)}
+	if err := hh.LinkAdd(veth); err != nil {
+		return nil, fmt.Errorf("adding veth %s: %w", here, err)
 	}
+	end, err := hh.LinkByName(here)
 	if err != nil {
-		return fmt.Errorf("adding veth %s: %w", here, err)
+		return nil, err
 	}
-	return nil
+	br, err := hh.LinkByName(bridge)
+	if err != nil {
+		return nil, err
+	}
+	if err := hh.LinkSetMaster(end, br); err != nil {
+		return nil, err
+	}
+	if err := hh.LinkSetUp(end); err != nil {
+		return nil, err
+	}
+	eth0, err := nh.LinkByName("eth0")
+	if err != nil {
+		return nil, err
+	}
+	if err := nh.AddrAdd(eth0, nlAddr(addr)); err != nil {
+		return nil, err
+	}
+	return eth0, nh.LinkSetUp(eth0)
 }
 
 // close removes the bridge, every namespace and the cgroups. Processes in
