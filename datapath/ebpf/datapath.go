@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -70,6 +71,9 @@ func New(opts Options) (*Datapath, error) {
 	}
 	d := &Datapath{opts: opts, sizes: opts.mapSizes()}
 	for name, m := range spec.Maps {
+		if strings.HasPrefix(name, ".") {
+			continue // .rodata: the programs' constant tables
+		}
 		size, ok := d.sizes[name]
 		if !ok {
 			return nil, fmt.Errorf("map %s has no size", name)

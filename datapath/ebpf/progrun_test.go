@@ -59,6 +59,11 @@ func TestTCProgramsRun(t *testing.T) {
 		Ports: []datapath.Port{{Name: "http", Protocol: datapath.TCP, Port: 80, NodePort: 30081,
 			Internal: backends(datapath.Reject)}},
 	}, {
+		Key:        "default/sig",
+		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.38")},
+		Ports: []datapath.Port{{Name: "sig", Protocol: datapath.SCTP, Port: 3868, NodePort: 30868,
+			Internal: backends(datapath.Reject, "10.244.1.38:3868")}},
+	}, {
 		// externalTrafficPolicy: Local with no endpoint on this node.
 		Key:        "default/local",
 		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.12")},
@@ -115,6 +120,10 @@ func TestTCProgramsRun(t *testing.T) {
 		name: "no endpoints IPv6", in: tcpSYN(client6, netip.AddrPortFrom(node6, 30081)),
 		verdict: tcActRedirect, wantICMP: true,
 	}, {
+		// The port changes, and with it SCTP's CRC32c.
+		name: "SCTP node port", in: sctp(client4, netip.AddrPortFrom(node4, 30868)),
+		verdict: tcActOK, want: sctp(client4, netip.MustParseAddrPort("10.244.1.38:3868")),
+	}, {
 		name: "external traffic policy Local, no local endpoint", in: udp(client4, netip.AddrPortFrom(node4, 30082)),
 		verdict: tcActShot,
 	}} {
@@ -151,6 +160,15 @@ func TestTCProgramsRun(t *testing.T) {
 				gopacket.NewPacket(want, layers.LayerTypeEthernet, gopacket.Default))
 		}
 	})
+	t.Run("SCTP reply translated on egress", func(t *testing.T) {
+		reply := sctp(netip.MustParseAddrPort("10.244.1.38:3868"), client4)
+		verdict, out := run(d.objs.TcEgress, reply)
+		want := sctp(netip.AddrPortFrom(node4, 30868), client4)
+		if verdict != tcActOK || string(out) != string(want) {
+			t.Errorf("verdict %d, got\n%s\nwant\n%s", verdict, gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default),
+				gopacket.NewPacket(want, layers.LayerTypeEthernet, gopacket.Default))
+		}
+	})
 	t.Run("unrelated egress untouched", func(t *testing.T) {
 		pkt := tcpSYNACK(netip.MustParseAddrPort("10.244.1.9:8080"), client4)
 		verdict, out := run(d.objs.TcEgress, pkt)
@@ -169,8 +187,11 @@ var (
 func frame(src, dst netip.AddrPort, l4 gopacket.SerializableLayer, setNet func(gopacket.NetworkLayer) error) []byte {
 	eth := &layers.Ethernet{SrcMAC: macA, DstMAC: macB}
 	proto := layers.IPProtocolTCP
-	if l4.LayerType() == layers.LayerTypeUDP {
+	switch l4.LayerType() {
+	case layers.LayerTypeUDP:
 		proto = layers.IPProtocolUDP
+	case layers.LayerTypeSCTP:
+		proto = layers.IPProtocolSCTP
 	}
 	var ip gopacket.SerializableLayer
 	var nl gopacket.NetworkLayer
@@ -201,6 +222,12 @@ func tcp(src, dst netip.AddrPort, syn, ack bool) []byte {
 
 func tcpSYN(src, dst netip.AddrPort) []byte    { return tcp(src, dst, true, false) }
 func tcpSYNACK(src, dst netip.AddrPort) []byte { return tcp(src, dst, true, true) }
+
+// sctp is an SCTP packet whose CRC32c gopacket computes.
+func sctp(src, dst netip.AddrPort) []byte {
+	l4 := &layers.SCTP{SrcPort: layers.SCTPPort(src.Port()), DstPort: layers.SCTPPort(dst.Port()), VerificationTag: 0x5b0c}
+	return frame(src, dst, l4, func(gopacket.NetworkLayer) error { return nil })
+}
 
 func udp(src, dst netip.AddrPort) []byte {
 	l4 := &layers.UDP{SrcPort: layers.UDPPort(src.Port()), DstPort: layers.UDPPort(dst.Port())}

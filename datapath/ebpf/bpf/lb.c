@@ -559,6 +559,80 @@ static __always_inline int set_addr(struct __sk_buff *skb, struct pkt *p, int sr
 	return 0;
 }
 
+/* SCTP's CRC32c covers the SCTP packet but not the addresses: a port
+ * translation updates it incrementally. CRC is linear: with the port bytes
+ * changed by d at offset k of an L-byte packet, the new CRC is the old one
+ * xor the raw (zero-init) CRC of d followed by L-k-2 zero bytes, that is the
+ * CRC of d multiplied by x^(8(L-k-2)) modulo the polynomial. Polynomials are
+ * reflected, x^0 being the top bit, as in zlib's crc32_combine. Every loop
+ * is bounded and branch-free. */
+#define CRC32C_POLY 0x82f63b78
+
+/* x2n[k] = x^(2^k) mod P. */
+static const __u32 crc32c_x2n[32] = {
+	0x40000000, 0x20000000, 0x08000000, 0x00800000, 0x00008000, 0x82f63b78, 0x6ea2d55c, 0x18b8ea18,
+	0x510ac59a, 0xb82be955, 0xb8fdb1e7, 0x88e56f72, 0x74c360a4, 0xe4172b16, 0x0d65762a, 0x35d73a62,
+	0x28461564, 0xbf455269, 0xe2ea32dc, 0xfe7740e6, 0xf946610b, 0x3c204f8f, 0x538586e3, 0x59726915,
+	0x734d5309, 0xbc1ac763, 0x7d0722cc, 0xd289cabe, 0xe94ca9bc, 0x05b74f3f, 0xa51e1f42, 0x40000000,
+};
+
+static __always_inline __u32 crc32c_mulmod(__u32 a, __u32 b)
+{
+	__u32 p = 0;
+
+	for (int i = 0; i < 32; i++) {
+		p ^= b & -((a >> (31 - i)) & 1);
+		b = (b >> 1) ^ (CRC32C_POLY & -(b & 1));
+	}
+	return p;
+}
+
+/* crc32c_zeros returns crc advanced through n zero bytes, n < 65536. It
+ * is a global function: the verifier checks it once, not at every call. */
+__noinline __u32 crc32c_zeros(__u32 crc, __u32 n)
+{
+	__u32 x = 1u << 31; /* x^(8n), built from n's bits */
+
+	for (int i = 0; i < 16; i++) {
+		__u32 t = crc32c_mulmod(crc32c_x2n[i + 3], x);
+		__u32 m = -((n >> i) & 1);
+
+		x = (t & m) | (x & ~m);
+	}
+	return crc32c_mulmod(x, crc);
+}
+
+static __always_inline __u32 crc32c_byte(__u32 c, __u8 b)
+{
+	c ^= b;
+	for (int i = 0; i < 8; i++)
+		c = (c >> 1) ^ (CRC32C_POLY & -(c & 1));
+	return c;
+}
+
+/* sctp_set_port rewrites the port at off (0: source, 2: destination) of
+ * the SCTP packet at l4off, len bytes long, from the port in the low half
+ * of ports to the one in the high half, and its checksum. A global
+ * function, checked once by the verifier: its loops would otherwise be
+ * checked again on every path that reaches a port rewrite. */
+__noinline int sctp_set_port(struct __sk_buff *skb, __u32 l4off, __u32 len, __u32 off, __u32 ports)
+{
+	__be16 from = ports & 0xffff, to = ports >> 16;
+	__u8 *f = (__u8 *)&from, *n = (__u8 *)&to;
+	__u32 crc, d;
+
+	if (len < 12 || len > 0xffff || (off != 0 && off != 2) || l4off > 0xffff)
+		return -1;
+	if (bpf_skb_load_bytes(skb, l4off + 8, &crc, sizeof(crc)) < 0)
+		return -1;
+	d = crc32c_byte(crc32c_byte(0, f[0] ^ n[0]), f[1] ^ n[1]);
+	crc ^= crc32c_zeros(d, len - off - 2);
+	if (bpf_skb_store_bytes(skb, l4off + off, &to, sizeof(to), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, l4off + 8, &crc, sizeof(crc), 0) < 0)
+		return -1;
+	return 0;
+}
+
 static __always_inline int set_port(struct __sk_buff *skb, struct pkt *p, int src, __be16 to)
 {
 	__be16 *from = src ? &p->t.sport : &p->t.dport;
@@ -567,8 +641,13 @@ static __always_inline int set_port(struct __sk_buff *skb, struct pkt *p, int sr
 
 	if (*from == to)
 		return 0;
-	if (p->t.proto == IPPROTO_SCTP)
-		return -1; /* would need the CRC32c recomputed */
+	if (p->t.proto == IPPROTO_SCTP) {
+		if (sctp_set_port(skb, p->l4off, p->ip_len - (p->l4off - ETH_HLEN), src ? 0 : 2,
+				  (__u32)*from | (__u32)to << 16) < 0)
+			return -1;
+		*from = to;
+		return 0;
+	}
 	if (bpf_l4_csum_replace(skb, csum, *from, to, mangled | sizeof(to)) < 0)
 		return -1;
 	if (bpf_skb_store_bytes(skb, p->l4off + (src ? 0 : 2), &to, sizeof(to), 0) < 0)
