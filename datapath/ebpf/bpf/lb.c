@@ -564,8 +564,10 @@ static __always_inline int set_addr(struct __sk_buff *skb, struct pkt *p, int sr
  * changed by d at offset k of an L-byte packet, the new CRC is the old one
  * xor the raw (zero-init) CRC of d followed by L-k-2 zero bytes, that is the
  * CRC of d multiplied by x^(8(L-k-2)) modulo the polynomial. Polynomials are
- * reflected, x^0 being the top bit, as in zlib's crc32_combine. Every loop
- * is bounded and branch-free. */
+ * reflected, x^0 being the top bit, as in zlib's crc32_combine. Bits
+ * select with a multiplication by 0 or 1, not a mask of 0 or -1: the
+ * verifier follows a 0-or-1 product as one range, but splits a 0-or-minus-1
+ * mask into two paths, 2^n paths for n unknown bits. */
 #define CRC32C_POLY 0x82f63b78
 
 /* x2n[k] = x^(2^k) mod P. */
@@ -581,32 +583,46 @@ static __always_inline __u32 crc32c_mulmod(__u32 a, __u32 b)
 	__u32 p = 0;
 
 	for (int i = 0; i < 32; i++) {
-		p ^= b & -((a >> (31 - i)) & 1);
-		b = (b >> 1) ^ (CRC32C_POLY & -(b & 1));
+		p ^= b * ((a >> (31 - i)) & 1);
+		b = (b >> 1) ^ (CRC32C_POLY * (b & 1));
 	}
 	return p;
 }
 
-/* crc32c_zeros returns crc advanced through n zero bytes, n < 65536. It
- * is a global function: the verifier checks it once, not at every call. */
-__noinline __u32 crc32c_zeros(__u32 crc, __u32 n)
+struct crc32c_pow {
+	__u32 x; /* x^(8 * the bits of n seen so far) */
+	__u32 n;
+};
+
+/* crc32c_pow_step multiplies in x^(8 * 2^i) if bit i of n is set. */
+static long crc32c_pow_step(__u64 i, void *ctx)
 {
-	__u32 x = 1u << 31; /* x^(8n), built from n's bits */
+	struct crc32c_pow *s = ctx;
+	__u32 t;
 
-	for (int i = 0; i < 16; i++) {
-		__u32 t = crc32c_mulmod(crc32c_x2n[i + 3], x);
-		__u32 m = -((n >> i) & 1);
+	if (i >= 16)
+		return 1;
+	t = crc32c_mulmod(crc32c_x2n[i + 3], s->x);
+	s->x ^= (t ^ s->x) * ((s->n >> i) & 1);
+	return 0;
+}
 
-		x = (t & m) | (x & ~m);
-	}
-	return crc32c_mulmod(x, crc);
+/* crc32c_zeros returns crc advanced through n zero bytes, n < 65536. The
+ * steps run under bpf_loop, so the verifier checks one of them. */
+static __always_inline __u32 crc32c_zeros(__u32 crc, __u32 n)
+{
+	struct crc32c_pow s = {.x = 1u << 31, .n = n};
+
+	if (bpf_loop(16, crc32c_pow_step, &s, 0) != 16)
+		return 0;
+	return crc32c_mulmod(s.x, crc);
 }
 
 static __always_inline __u32 crc32c_byte(__u32 c, __u8 b)
 {
 	c ^= b;
 	for (int i = 0; i < 8; i++)
-		c = (c >> 1) ^ (CRC32C_POLY & -(c & 1));
+		c = (c >> 1) ^ (CRC32C_POLY * (c & 1));
 	return c;
 }
 
