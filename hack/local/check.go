@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -96,26 +97,44 @@ func runChecks(ctx context.Context, w io.Writer, cs []check, clients map[string]
 			seen[c.svc.name][a.Responder] = true
 		}
 	}
-	// Across every connection, each service with several backends must
-	// have used more than one of them.
-	names := make([]string, 0, len(seen))
-	for name := range seen {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	for _, name := range names {
-		var svc *demoService
-		for _, c := range cs {
-			if c.svc.name == name {
-				svc = c.svc
+	// Each service with several backends must spread new connections over
+	// them: 20 connections from the first node's client pod to its cluster
+	// IP all reaching one of two backends would happen once in 500,000 runs.
+	const spread = 20
+	for _, svc := range services(cs) {
+		if len(svc.backends) < 2 || len(clients) == 0 {
+			continue
+		}
+		from := clients[cs[0].from]
+		dst := netip.AddrPortFrom(svc.clusterIP, svc.port)
+		for range spread {
+			if a := probeFrom(ctx, from, svc.proto, dst, 2*time.Second); a.Responder != "" {
+				if seen[svc.name] == nil {
+					seen[svc.name] = map[string]bool{}
+				}
+				seen[svc.name][a.Responder] = true
 			}
 		}
-		if len(svc.backends) > 1 && len(seen[name]) < 2 {
-			fmt.Fprintf(w, "FAIL %s: every connection reached the same backend (%v)\n", name, seen[name])
+		names := slices.Sorted(maps.Keys(seen[svc.name]))
+		if len(names) < 2 {
+			fmt.Fprintf(w, "FAIL %s: %d more connections to %s all reached the same backend (%v)\n", svc.name, spread, dst, names)
 			failed++
+			continue
 		}
+		fmt.Fprintf(w, "ok   %s: new connections spread over %s\n", svc.name, strings.Join(names, ", "))
 	}
 	return failed
+}
+
+// services lists the services of the checks, in their order.
+func services(cs []check) []*demoService {
+	var out []*demoService
+	for _, c := range cs {
+		if !slices.Contains(out, c.svc) {
+			out = append(out, c.svc)
+		}
+	}
+	return out
 }
 
 // verify checks an answer against what the check expects.
