@@ -67,7 +67,7 @@ test-unit:
 
 ## test-vm: the eBPF datapath and agent-restart tests in a qemu guest
 ## running Debian's 6.1 kernel (the kernel package is cached).
-VM_PACKAGES := ./datapath/ebpf ./nodeagent/cmd/spoke-agent
+VM_PACKAGES := ./datapath/ebpf ./datapath/ipvs ./nodeagent/cmd/spoke-agent
 test-vm: deps
 	hack/vm/run-tests.sh $(VM_PACKAGES)
 

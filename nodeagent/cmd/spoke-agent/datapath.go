@@ -9,6 +9,7 @@ import (
 
 	"github.com/spoke-proxy/spoke/datapath"
 	"github.com/spoke-proxy/spoke/datapath/ebpf"
+	"github.com/spoke-proxy/spoke/datapath/ipvs"
 	"github.com/spoke-proxy/spoke/datapath/memory"
 )
 
@@ -21,7 +22,7 @@ type datapathFlags struct {
 }
 
 func (f *datapathFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.name, "datapath", "ebpf", "datapath to program: ebpf or memory")
+	fs.StringVar(&f.name, "datapath", "ebpf", "datapath to program: ebpf, ipvs or memory")
 	fs.StringVar(&f.ebpf.PinPath, "bpf-pin-path", ebpf.DefaultPinPath, "bpffs folder that holds the eBPF maps and links across restarts")
 	fs.StringVar(&f.ebpf.CgroupPath, "cgroup-root", ebpf.DefaultCgroupPath, "cgroup v2 folder whose sockets are load balanced (hybrid hosts: /sys/fs/cgroup/unified)")
 	fs.StringVar(&f.devices, "devices", "", "comma-separated interfaces on which traffic from outside arrives; empty: those holding the node's addresses")
@@ -79,13 +80,23 @@ func (f *datapathFlags) open(reg prometheus.Registerer) (datapath.Datapath, func
 			return nil, nil, err
 		}
 		return dp, dp.Close, nil
+	case "ipvs":
+		dp, err := ipvs.New(ipvs.Options{})
+		if err != nil {
+			return nil, nil, err
+		}
+		return dp, dp.Close, nil
 	}
-	return nil, nil, fmt.Errorf("unknown datapath %q (ebpf or memory)", f.name)
+	return nil, nil, fmt.Errorf("unknown datapath %q (ebpf, ipvs or memory)", f.name)
 }
 
 // cleanup removes what the chosen datapath leaves in the kernel.
 func (f *datapathFlags) cleanup() error {
-	if f.name != "ebpf" {
+	switch f.name {
+	case "ipvs":
+		return ipvs.Cleanup(ipvs.Options{})
+	case "ebpf":
+	default:
 		return nil
 	}
 	opts, err := f.ebpfOptions()

@@ -1,0 +1,185 @@
+package testnet
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spoke-proxy/spoke/datapath"
+	"github.com/spoke-proxy/spoke/datapath/conformance"
+)
+
+// Kernel is a datapath that programs the kernel of a lab's node.
+type Kernel interface {
+	datapath.Datapath
+	// Reset empties the datapath between cases: no services, no node
+	// addresses, no flows.
+	Reset(ctx context.Context) error
+}
+
+// ConformanceOptions adapt the conformance run to one datapath.
+type ConformanceOptions struct {
+	// KnownGap, when set, names what the datapath cannot do yet for a
+	// packet (see conformance.KnownGap).
+	KnownGap func(Gap) (why string, always bool)
+	// ServiceAt, when set, names the programmed service answering at a
+	// packet's destination, for messages.
+	ServiceAt func(datapath.Packet) string
+}
+
+// Gap is what a KnownGap function decides on: a packet, its case, and
+// which of the case's endpoint addresses are on other nodes.
+type Gap struct {
+	Case   *conformance.Case
+	Packet conformance.Packet
+	Remote map[netip.Addr]bool
+}
+
+// RunConformance runs the conformance table against a kernel datapath on
+// the lab's node with real packets: every endpoint is a responder in a
+// namespace of its own (behind the node, or behind the outside when the
+// case puts it on another node), and a trace is a real connection.
+func RunConformance(t *testing.T, lab *Lab, dp Kernel, opts ConformanceOptions) {
+	cases := map[string]conformance.Case{}
+	for _, c := range conformance.Cases() {
+		cases[c.Name] = c
+	}
+	conformance.Run(t, func(st *testing.T) conformance.Target {
+		name := strings.TrimPrefix(st.Name(), t.Name()+"/")
+		c, ok := cases[name]
+		if !ok {
+			st.Fatalf("no conformance case is named %q", name)
+		}
+		if err := lab.Reset(); err != nil {
+			st.Fatal(err)
+		}
+		if err := dp.Reset(context.Background()); err != nil {
+			st.Fatal(err)
+		}
+		return &target{Kernel: dp, t: st, lab: lab, c: &c, remote: remoteEndpoints(c), opts: opts}
+	})
+}
+
+type target struct {
+	Kernel
+	t      *testing.T
+	lab    *Lab
+	c      *conformance.Case
+	remote map[netip.Addr]bool
+	opts   ConformanceOptions
+}
+
+var _ conformance.KnownGap = (*target)(nil)
+
+// KnownGap implements conformance.KnownGap.
+func (t *target) KnownGap(p conformance.Packet) (string, bool) {
+	if t.opts.KnownGap == nil {
+		return "", false
+	}
+	return t.opts.KnownGap(Gap{Case: t.c, Packet: p, Remote: t.remote})
+}
+
+// SetNode gives the lab's node the node's addresses, then programs them.
+func (t *target) SetNode(ctx context.Context, node datapath.Node) error {
+	if err := t.lab.SetNodeAddrs(node.Addresses); err != nil {
+		return err
+	}
+	return t.Kernel.SetNode(ctx, node)
+}
+
+// Apply starts a responder for every endpoint, then programs the services.
+func (t *target) Apply(ctx context.Context, upsert []*datapath.Service, remove []string) error {
+	for _, s := range upsert {
+		for _, p := range s.Ports {
+			if p.Protocol == datapath.SCTP && !HaveSCTP() {
+				continue
+			}
+			for _, b := range []*datapath.Backends{&p.Internal, p.External, p.ExternalFromNode} {
+				if b == nil {
+					continue
+				}
+				for _, ep := range b.Endpoints {
+					if err := t.lab.AddBackend(ep.Addr, p.Protocol, t.remote[ep.Addr.Addr()]); err != nil {
+						return err
+					}
+				}
+			}
+		}
+	}
+	return t.Kernel.Apply(ctx, upsert, remove)
+}
+
+// Trace sends the packet and reads the verdict off what answered.
+func (t *target) Trace(ctx context.Context, origin conformance.Origin, pkt datapath.Packet) (datapath.Verdict, error) {
+	if pkt.Protocol == datapath.SCTP && !HaveSCTP() {
+		// Kernel modules cannot be loaded here; the Debian kernel in
+		// hack/vm loads sctp and runs these packets.
+		if os.Getenv("SPOKE_VM") != "" {
+			return datapath.Verdict{}, fmt.Errorf("%s: this kernel has no SCTP", pkt)
+		}
+		t.t.Skipf("%s: this kernel has no SCTP (hack/vm/run-tests.sh runs it on a kernel that has)", pkt)
+	}
+	from := FromNode
+	if origin == conformance.External {
+		from = FromOutside
+	}
+	start := time.Now()
+	res, err := t.lab.Send(ctx, from, pkt)
+	if err != nil {
+		return datapath.Verdict{}, err
+	}
+	t.t.Logf("%s from %s: %s (%v)", pkt, from, res, time.Since(start))
+	v := datapath.Verdict{}
+	if t.opts.ServiceAt != nil {
+		v.Service = t.opts.ServiceAt(pkt)
+	}
+	switch res.Outcome {
+	case Refused:
+		v.Action = datapath.Refuse
+	case Unreachable, TimedOut:
+		v.Action = datapath.Discard
+	case Reached:
+		// Whatever answered, the client must see the address it asked
+		// for: getpeername and UDP sources are translated back.
+		if res.Remote != pkt.Dst {
+			return v, fmt.Errorf("%s: the client saw %s as its peer, not %s (%s)", pkt, res.Remote, pkt.Dst, res)
+		}
+		if res.Local == pkt.Dst {
+			v.Action = datapath.Pass
+			break
+		}
+		v.Action, v.Backend = datapath.Forward, res.Local
+		// A backend on the node sees the client itself: socket-level
+		// balancing and DNAT translate only the destination.
+		if from == FromNode || !t.remote[res.Local.Addr()] {
+			if res.Peer.Addr() != pkt.Src.Addr() {
+				return v, fmt.Errorf("%s: the backend saw %s as the source, not %s", pkt, res.Peer, pkt.Src)
+			}
+		}
+	default:
+		return v, fmt.Errorf("%s: %s", pkt, res)
+	}
+	return v, nil
+}
+
+// remoteEndpoints are the endpoint addresses a case puts on other nodes.
+func remoteEndpoints(c conformance.Case) map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	for _, es := range c.Slices {
+		for _, ep := range es.Endpoints {
+			if ep.NodeName != nil && *ep.NodeName == c.Node {
+				continue
+			}
+			for _, a := range ep.Addresses {
+				if addr, err := netip.ParseAddr(a); err == nil {
+					out[addr] = true
+				}
+			}
+		}
+	}
+	return out
+}
