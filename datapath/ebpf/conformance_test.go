@@ -15,19 +15,7 @@ import (
 // Reset implements testnet.Kernel: no services, no node addresses, no
 // flows.
 func (d *Datapath) Reset(ctx context.Context) error {
-	if err := d.reloadLocked(); err != nil {
-		return err
-	}
-	d.mu.Lock()
-	keys := make([]string, 0, len(d.state.services))
-	for k := range d.state.services {
-		keys = append(keys, k)
-	}
-	d.mu.Unlock()
-	if err := d.Apply(ctx, nil, keys); err != nil {
-		return err
-	}
-	if err := d.SetNode(ctx, datapath.Node{}); err != nil {
+	if err := testnet.Empty(ctx, d); err != nil {
 		return err
 	}
 	m := &d.objs.lbMaps
@@ -41,13 +29,6 @@ func (d *Datapath) Reset(ctx context.Context) error {
 		return err
 	}
 	return clearMap[lbSockKey, lbSockVal](m.SockRevnat)
-}
-
-// reloadLocked reads the maps back into the state.
-func (d *Datapath) reloadLocked() error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.reload()
 }
 
 // clearMap deletes every entry of a map.

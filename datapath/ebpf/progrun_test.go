@@ -149,26 +149,23 @@ func TestTCProgramsRun(t *testing.T) {
 		})
 	}
 
-	// The backend's reply to the node-port flow leaves with the node port
-	// as its source.
-	t.Run("reply translated on egress", func(t *testing.T) {
-		reply := tcpSYNACK(netip.MustParseAddrPort("10.244.1.5:8080"), client4)
-		verdict, out := run(d.objs.TcEgress, reply)
-		want := tcpSYNACK(netip.AddrPortFrom(node4, 30080), client4)
-		if verdict != tcActOK || string(out) != string(want) {
-			t.Errorf("verdict %d, got\n%s\nwant\n%s", verdict, gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default),
-				gopacket.NewPacket(want, layers.LayerTypeEthernet, gopacket.Default))
-		}
-	})
-	t.Run("SCTP reply translated on egress", func(t *testing.T) {
-		reply := sctp(netip.MustParseAddrPort("10.244.1.38:3868"), client4)
-		verdict, out := run(d.objs.TcEgress, reply)
-		want := sctp(netip.AddrPortFrom(node4, 30868), client4)
-		if verdict != tcActOK || string(out) != string(want) {
-			t.Errorf("verdict %d, got\n%s\nwant\n%s", verdict, gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default),
-				gopacket.NewPacket(want, layers.LayerTypeEthernet, gopacket.Default))
-		}
-	})
+	// The backends' replies to the node-port flows leave with the node
+	// port as their source.
+	for _, c := range []struct {
+		name       string
+		reply, out []byte
+	}{
+		{"reply translated on egress", tcpSYNACK(netip.MustParseAddrPort("10.244.1.5:8080"), client4), tcpSYNACK(netip.AddrPortFrom(node4, 30080), client4)},
+		{"SCTP reply translated on egress", sctp(netip.MustParseAddrPort("10.244.1.38:3868"), client4), sctp(netip.AddrPortFrom(node4, 30868), client4)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			verdict, out := run(d.objs.TcEgress, c.reply)
+			if verdict != tcActOK || string(out) != string(c.out) {
+				t.Errorf("verdict %d, got\n%s\nwant\n%s", verdict, gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default),
+					gopacket.NewPacket(c.out, layers.LayerTypeEthernet, gopacket.Default))
+			}
+		})
+	}
 	t.Run("unrelated egress untouched", func(t *testing.T) {
 		pkt := tcpSYNACK(netip.MustParseAddrPort("10.244.1.9:8080"), client4)
 		verdict, out := run(d.objs.TcEgress, pkt)

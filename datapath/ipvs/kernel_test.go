@@ -46,16 +46,7 @@ func newDatapath(t *testing.T, lab *testnet.Lab) *Datapath {
 
 // Reset implements testnet.Kernel.
 func (d *Datapath) Reset(ctx context.Context) error {
-	d.mu.Lock()
-	keys := make([]string, 0, len(d.services))
-	for k := range d.services {
-		keys = append(keys, k)
-	}
-	d.mu.Unlock()
-	if err := d.Apply(ctx, nil, keys); err != nil {
-		return err
-	}
-	if err := d.SetNode(ctx, datapath.Node{}); err != nil {
+	if err := testnet.Empty(ctx, d); err != nil {
 		return err
 	}
 	// Cases reuse client addresses and ports: forget their connections.

@@ -21,6 +21,23 @@ type Kernel interface {
 	Reset(ctx context.Context) error
 }
 
+// Empty removes every service a datapath reads back, and its node
+// addresses: the part of a Reset every datapath shares.
+func Empty(ctx context.Context, dp datapath.Datapath) error {
+	programmed, err := dp.Programmed(ctx)
+	if err != nil {
+		return err
+	}
+	keys := make([]string, 0, len(programmed))
+	for k := range programmed {
+		keys = append(keys, k)
+	}
+	if err := dp.Apply(ctx, nil, keys); err != nil {
+		return err
+	}
+	return dp.SetNode(ctx, datapath.Node{})
+}
+
 // ConformanceOptions adapt the conformance run to one datapath.
 type ConformanceOptions struct {
 	// KnownGap, when set, names what the datapath cannot do yet for a
