@@ -9,15 +9,19 @@
 // IPVS is deprecated upstream but many clusters still run it; this
 // datapath is the way off kube-proxy for them.
 //
-// Caveats: IPVS alone cannot express all of a node's view; kube-proxy's IPVS
-// mode adds iptables rules for these, and this datapath has no such rules
-// yet. Ports a service does not have are refused on its addresses (they are
+// Traffic from outside that IPVS sends on to a backend on another node is
+// masqueraded by an nftables table of its own (spoke-ipvs), as kube-proxy
+// does with iptables, so that the reply comes back through this node; a
+// backend on this node sees the client's address.
+//
+// Caveats: IPVS cannot express all of a node's view, and kube-proxy's IPVS
+// mode adds more iptables rules than this datapath has nftables ones yet.
+// Ports a service does not have are refused on its addresses (they are
 // local); a Local policy without local endpoints refuses instead of
 // dropping; sources outside loadBalancerSourceRanges are not kept out;
 // traffic from the node to a Local-policy service's external addresses is
-// not short-circuited to every endpoint; and without source NAT, a backend
-// on another node answers a client from outside directly. The conformance
-// test lists each of these as a known gap. The datapath owns the
+// not short-circuited to every endpoint. The conformance test lists each of
+// these as a known gap. The datapath owns the
 // namespace's IPVS table: Cleanup flushes all of it. Programmed reads back
 // the virtual servers of the services this process programmed; entries an
 // earlier process left for services since deleted stay until Cleanup.

@@ -35,6 +35,11 @@ type Options struct {
 	// Device is the dummy interface that holds the service addresses;
 	// DefaultDevice when empty.
 	Device string
+	// Devices are the interfaces towards other nodes: traffic from outside
+	// arriving on one and sent to a backend on another node through one is
+	// masqueraded. When empty, the interfaces that hold the node's
+	// addresses, as SetNode finds them.
+	Devices []string
 }
 
 // Datapath is the IPVS implementation of datapath.Datapath. It owns the
@@ -52,6 +57,7 @@ type Datapath struct {
 	plans    map[string][]virtual
 	owners   map[vkey]string
 	addrRefs map[netip.Addr]int
+	masq     *masq
 }
 
 // New opens the IPVS table of opts.NetNS and makes sure the dummy device
@@ -79,6 +85,11 @@ func New(opts Options) (*Datapath, error) {
 		owners: map[vkey]string{}, addrRefs: map[netip.Addr]int{},
 	}
 	if err := d.setup(); err != nil {
+		d.Close()
+		return nil, err
+	}
+	d.masq = newMasq(opts.NetNS, opts.Devices)
+	if err := d.masq.setup(nil); err != nil {
 		d.Close()
 		return nil, err
 	}
@@ -169,11 +180,44 @@ func (d *Datapath) SetNode(ctx context.Context, node datapath.Node) error {
 		return nil
 	}
 	d.node = slices.Clone(node.Addresses)
+	if len(d.opts.Devices) == 0 {
+		devs, err := d.devicesHolding(d.node)
+		if err != nil {
+			return err
+		}
+		if !slices.Equal(devs, d.masq.devices) {
+			d.masq.devices = devs
+			if err := d.masq.setup(nil); err != nil {
+				return err
+			}
+		}
+	}
 	var all []*datapath.Service
 	for _, s := range d.services {
 		all = append(all, s)
 	}
 	return d.apply(ctx, all, nil)
+}
+
+// devicesHolding returns the names of the interfaces that hold addrs.
+func (d *Datapath) devicesHolding(addrs []netip.Addr) ([]string, error) {
+	all, err := d.nl.AddrList(nil, unix.AF_UNSPEC)
+	if err != nil {
+		return nil, fmt.Errorf("listing addresses: %w", err)
+	}
+	var out []string
+	for _, a := range all {
+		if !slices.Contains(addrs, fromIP(a.IP)) {
+			continue
+		}
+		l, err := d.nl.LinkByIndex(a.LinkIndex)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, l.Attrs().Name)
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
 }
 
 // Apply implements datapath.Datapath.
@@ -252,7 +296,18 @@ func (d *Datapath) apply(ctx context.Context, upsert []*datapath.Service, remove
 		d.services[s.Key] = s
 		d.plans[s.Key] = plans[s.Key]
 	}
-	return nil
+	return d.masq.update(d.vips())
+}
+
+// vips are the addresses whose traffic from outside may be masqueraded:
+// the service addresses and the node's.
+func (d *Datapath) vips() []netip.Addr {
+	out := slices.Clone(d.node)
+	for a := range d.addrRefs {
+		out = append(out, a)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
 }
 
 // release deletes the virtual servers of before that after does not have,
@@ -493,7 +548,8 @@ func fromProto(p uint16) (datapath.Protocol, bool) {
 
 // Cleanup removes what an IPVS datapath with these options leaves in the
 // kernel: every virtual server of the namespace (the datapath owns the
-// node's IPVS table, as kube-proxy does) and the dummy device.
+// node's IPVS table, as kube-proxy does), the dummy device and the
+// nftables table.
 func Cleanup(opts Options) error {
 	if opts.Device == "" {
 		opts.Device = DefaultDevice
@@ -514,6 +570,9 @@ func Cleanup(opts Options) error {
 	}
 	if dev, err := nl.LinkByName(opts.Device); err == nil {
 		errs = append(errs, nl.LinkDel(dev))
+	}
+	if err := newMasq(opts.NetNS, nil).remove(); err != nil && !errors.Is(err, unix.ENOENT) {
+		errs = append(errs, fmt.Errorf("removing nftables table %s: %w", tableName, err))
 	}
 	return errors.Join(errs...)
 }

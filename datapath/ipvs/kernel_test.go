@@ -81,22 +81,9 @@ func knownGap(g testnet.Gap) (string, bool) {
 	case p.Want == datapath.Pass && svc != nil && !served:
 		return "service addresses are local to the node: ports the service does not have are refused, not left alone", true
 	case p.Want == datapath.Discard:
-		// From outside, a packet forwarded to a backend on another node
-		// is lost all the same (no source NAT, below).
-		return "IPVS refuses what it cannot forward: no silent drop for a Local policy without local endpoints, or for sources outside loadBalancerSourceRanges",
-			p.Origin != conformance.External || len(g.Remote) == 0
+		return "IPVS refuses what it cannot forward: no silent drop for a Local policy without local endpoints, or for sources outside loadBalancerSourceRanges", true
 	case p.Want == datapath.Forward && p.Origin == conformance.Local && external && svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal:
 		return "no short-circuit to every endpoint for traffic from the node to a Local-policy service's external addresses", true
-	case p.Want == datapath.Forward && p.Origin == conformance.External:
-		remote := 0
-		for _, b := range p.Backends {
-			if g.Remote[b.Addr()] {
-				remote++
-			}
-		}
-		if remote > 0 {
-			return "no source NAT: a backend on another node answers the client directly, not through this node", remote == len(p.Backends)
-		}
 	}
 	return "", false
 }

@@ -25,7 +25,7 @@ func (f *datapathFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.name, "datapath", "ebpf", "datapath to program: ebpf, ipvs or memory")
 	fs.StringVar(&f.ebpf.PinPath, "bpf-pin-path", ebpf.DefaultPinPath, "bpffs folder that holds the eBPF maps and links across restarts")
 	fs.StringVar(&f.ebpf.CgroupPath, "cgroup-root", ebpf.DefaultCgroupPath, "cgroup v2 folder whose sockets are load balanced (hybrid hosts: /sys/fs/cgroup/unified)")
-	fs.StringVar(&f.devices, "devices", "", "comma-separated interfaces on which traffic from outside arrives; empty: those holding the node's addresses")
+	fs.StringVar(&f.devices, "devices", "", "comma-separated interfaces on which traffic from outside arrives (ebpf) or towards other nodes (ipvs); empty: those holding the node's addresses")
 	fs.StringVar(&f.ebpf.NetNS, "devices-netns", "", "network namespace file the devices are in; empty: the agent's")
 	fs.StringVar(&f.tc, "tc-mode", "auto", "how tc programs attach: auto (tcx where the kernel has it), tcx or clsact")
 	fs.IntVar(&f.ebpf.MaxServices, "bpf-max-services", 0, "services the eBPF maps hold (0: 16384)")
@@ -81,7 +81,11 @@ func (f *datapathFlags) open(reg prometheus.Registerer) (datapath.Datapath, func
 		}
 		return dp, dp.Close, nil
 	case "ipvs":
-		dp, err := ipvs.New(ipvs.Options{})
+		eo, err := f.ebpfOptions()
+		if err != nil {
+			return nil, nil, err
+		}
+		dp, err := ipvs.New(ipvs.Options{NetNS: eo.NetNS, Devices: eo.Devices})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -94,7 +98,7 @@ func (f *datapathFlags) open(reg prometheus.Registerer) (datapath.Datapath, func
 func (f *datapathFlags) cleanup() error {
 	switch f.name {
 	case "ipvs":
-		return ipvs.Cleanup(ipvs.Options{})
+		return ipvs.Cleanup(ipvs.Options{NetNS: f.ebpf.NetNS})
 	case "ebpf":
 	default:
 		return nil
