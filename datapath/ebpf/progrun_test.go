@@ -291,3 +291,81 @@ func checkResum(t *testing.T, p gopacket.Packet) {
 		t.Errorf("checksums differ from a fresh computation:\ngot  %x\nwant %x", p.Data(), buf.Bytes())
 	}
 }
+
+// TestRetransmittedSYNKeepsItsBackend checks the connection table of
+// traffic from outside: a SYN retransmitted before the handshake completes
+// keeps the backend its first copy got, even after the service changed,
+// while a SYN on a tuple whose connection went on (the client sent ACKs) is
+// a new connection and is balanced afresh.
+func TestRetransmittedSYNKeepsItsBackend(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var b [4]byte
+	rand.Read(b[:])
+	d := newDatapath(t, Options{PinPath: "/sys/fs/bpf/spoke-test-" + hex.EncodeToString(b[:]), CgroupPath: testnet.Cgroup(t)})
+	ns := testnet.NetNS(t)
+	node := netip.MustParseAddr("192.168.0.1")
+	if err := d.SetNode(ctx, datapath.Node{Name: "n", Addresses: []netip.Addr{node}}); err != nil {
+		t.Fatal(err)
+	}
+	a, bb := netip.MustParseAddrPort("10.244.1.5:8080"), netip.MustParseAddrPort("10.244.1.6:8080")
+	program := func(eps ...netip.AddrPort) {
+		t.Helper()
+		s := &datapath.Service{Key: "default/web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
+			Ports: []datapath.Port{{Name: "http", Protocol: datapath.TCP, Port: 80, NodePort: 30080,
+				Internal: datapath.Backends{NoEndpoints: datapath.Reject}}}}
+		for _, ep := range eps {
+			s.Ports[0].Internal.Endpoints = append(s.Ports[0].Internal.Endpoints, datapath.Endpoint{Addr: ep})
+		}
+		if err := d.Apply(ctx, []*datapath.Service{s}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nodePort := netip.AddrPortFrom(node, 30080)
+	// send runs tc_ingress on a packet and returns where it was sent.
+	send := func(pkt []byte) netip.AddrPort {
+		t.Helper()
+		out := make([]byte, len(pkt)+256)
+		opts := &ebpf.RunOptions{Data: pkt, DataOut: out}
+		if err := netns.Do(ns.Path(), func() error { _, err := d.objs.TcIngress.Run(opts); return err }); err != nil {
+			t.Fatal(err)
+		}
+		p := gopacket.NewPacket(opts.DataOut, layers.LayerTypeEthernet, gopacket.Default)
+		ip, tcp := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4), p.Layer(layers.LayerTypeTCP).(*layers.TCP)
+		dst, _ := netip.AddrFromSlice(ip.DstIP)
+		return netip.AddrPortFrom(dst, uint16(tcp.DstPort))
+	}
+	ack := func(src, dst netip.AddrPort) []byte { return tcp(src, dst, false, true) }
+
+	// A client port whose fresh connection goes to b once both backends
+	// are there.
+	program(a, bb)
+	var client netip.AddrPort
+	for port := uint16(40000); port < 40100 && !client.IsValid(); port++ {
+		c := netip.AddrPortFrom(netip.MustParseAddr("203.0.113.50"), port)
+		if send(tcpSYN(c, nodePort)) == bb {
+			client = c
+		}
+	}
+	if !client.IsValid() {
+		t.Fatal("no client port of 100 was balanced to the second backend")
+	}
+	if err := clearMap[lbTuple, lbCtVal](d.objs.Conntrack); err != nil {
+		t.Fatal(err)
+	}
+
+	program(a)
+	if got := send(tcpSYN(client, nodePort)); got != a {
+		t.Fatalf("first SYN went to %s, want %s, the only backend", got, a)
+	}
+	program(a, bb)
+	if got := send(tcpSYN(client, nodePort)); got != a {
+		t.Errorf("retransmitted SYN went to %s, want %s, where its first copy went", got, a)
+	}
+	if got := send(ack(client, nodePort)); got != a {
+		t.Errorf("the handshake's ACK went to %s, want %s", got, a)
+	}
+	if got := send(tcpSYN(client, nodePort)); got != bb {
+		t.Errorf("a new connection on the reused tuple went to %s, want %s (balanced afresh)", got, bb)
+	}
+}

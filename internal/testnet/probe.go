@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -403,6 +404,9 @@ type responderKey struct {
 type responder struct {
 	tcp net.Listener
 	udp *net.UDPConn
+
+	mu    sync.Mutex
+	conns map[net.Conn]bool // accepted and open
 }
 
 // respond makes sure something answers proto on addr in ns.
@@ -411,7 +415,7 @@ func (l *Lab) respond(ns *netns.NS, kind string, addr netip.AddrPort, proto data
 	if r, ok := l.responders[key]; ok {
 		return r, nil
 	}
-	r := &responder{}
+	r := &responder{conns: map[net.Conn]bool{}}
 	network := "tcp4"
 	if addr.Addr().Is6() {
 		network = "tcp6"
@@ -441,9 +445,19 @@ func (l *Lab) respond(ns *netns.NS, kind string, addr netip.AddrPort, proto data
 					return
 				}
 				// Greet, then echo: a probe reads the greeting and
-				// resets; a held connection (Lab.Open) goes on.
+				// resets; a held connection (Lab.Open) goes on. close
+				// ends the connections still open, so that none
+				// outlives its case.
+				r.mu.Lock()
+				r.conns[c] = true
+				r.mu.Unlock()
 				go func() {
-					defer c.Close()
+					defer func() {
+						r.mu.Lock()
+						delete(r.conns, c)
+						r.mu.Unlock()
+						c.Close()
+					}()
 					fmt.Fprintf(c, "%s %s %s\n", kind, addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr()))
 					io.Copy(c, c)
 				}()
@@ -471,6 +485,11 @@ func (r *responder) close() {
 	if r.tcp != nil {
 		r.tcp.Close()
 	}
+	r.mu.Lock()
+	for c := range r.conns {
+		c.Close()
+	}
+	r.mu.Unlock()
 	if r.udp != nil {
 		r.udp.Close()
 	}

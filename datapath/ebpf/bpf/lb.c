@@ -1037,12 +1037,19 @@ int tc_ingress(struct __sk_buff *skb)
 
 	ctp = bpf_map_lookup_elem(&conntrack, &p.t);
 	if (ctp) {
+		int syn = p.t.proto == IPPROTO_TCP &&
+			  (p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+
+		if (!syn && !(ctp->flags & CT_F_SEEN_ACK))
+			ctp->flags |= CT_F_SEEN_ACK;
 		ct = *ctp;
 		be = bpf_map_lookup_elem(&backends, &ct.backend);
-		/* A SYN opens a new connection: it is balanced afresh. So is a
-		 * flow whose backend is gone. */
+		/* A SYN after the client's ACKs opens a new connection on a
+		 * reused tuple: it is balanced afresh, as is a flow whose
+		 * backend is gone. A SYN before them is a retransmission and
+		 * keeps its backend and source port. */
 		if (be && addr_eq(&be->addr, &ct.backend_addr) && be->port == ct.backend_port &&
-		    !(p.t.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)) {
+		    !(syn && (ct.flags & CT_F_SEEN_ACK))) {
 			if (!(ct.flags & CT_F_SNAT))
 				record_reply(&p, &ct.backend_addr, ct.backend_port);
 			return forward(skb, &p, &ct);

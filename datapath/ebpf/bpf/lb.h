@@ -30,6 +30,7 @@
 
 /* ct_val.flags and rev_val.flags */
 #define CT_F_SNAT 1 /* the source was translated to a node address */
+#define CT_F_SEEN_ACK 2 /* ct_val: the client has sent more than a SYN */
 
 /* port_meta.sets: backend sets present besides Internal */
 #define SET_EXTERNAL 1
