@@ -31,62 +31,66 @@ type Binaries struct {
 	Etcd          string
 }
 
-// component is one of the hack modules Build compiles.
-type component struct {
-	name string // binary name, also the directory under hack/
-	dst  *string
-}
-
 // Build compiles kube-apiserver and etcd from their modules under hack/ into
-// the cache directory and returns their paths. A binary is rebuilt only when
-// its module's go.mod, go.sum or main.go change; a file lock in the cache
-// directory keeps concurrent callers (parallel test packages) from building
-// at the same time. The first build of kube-apiserver takes several minutes.
+// the cache directory and returns their paths. The first build of
+// kube-apiserver takes several minutes.
 func Build(ctx context.Context) (Binaries, error) {
-	root, err := repoRoot()
+	paths, err := BuildComponents(ctx, "etcd", "kube-apiserver")
 	if err != nil {
 		return Binaries{}, err
+	}
+	return Binaries{Etcd: paths[0], KubeAPIServer: paths[1]}, nil
+}
+
+// BuildComponents compiles the modules hack/NAME (each a go.mod, go.sum and
+// main.go) into the cache directory and returns the binaries' paths in the
+// order of names. A binary is rebuilt only when its module's go.mod, go.sum
+// or main.go change; a file lock in the cache directory keeps concurrent
+// callers (parallel test packages, several targets) from building at the
+// same time. A module that requires k8s.io/kubernetes is built with that
+// version stamped into k8s.io/component-base/version, so the binary reports
+// it (kubelet registers its node with it).
+func BuildComponents(ctx context.Context, names ...string) ([]string, error) {
+	root, err := repoRoot()
+	if err != nil {
+		return nil, err
 	}
 	cache, err := cacheDir()
 	if err != nil {
-		return Binaries{}, err
+		return nil, err
 	}
 	if err := os.MkdirAll(cache, 0o755); err != nil {
-		return Binaries{}, fmt.Errorf("creating cache directory: %w", err)
+		return nil, fmt.Errorf("creating cache directory: %w", err)
 	}
 
-	var bins Binaries
-	components := []component{
-		{name: "etcd", dst: &bins.Etcd},
-		{name: "kube-apiserver", dst: &bins.KubeAPIServer},
-	}
-	for _, c := range components {
-		key, err := moduleHash(filepath.Join(root, "hack", c.name))
+	paths := make([]string, len(names))
+	for i, name := range names {
+		key, err := moduleHash(filepath.Join(root, "hack", name))
 		if err != nil {
-			return Binaries{}, err
+			return nil, err
 		}
-		*c.dst = filepath.Join(cache, c.name+"-"+key)
+		paths[i] = filepath.Join(cache, name+"-"+key)
 	}
-	if allExecutable(components) {
-		return bins, nil
+	if allExecutable(paths) {
+		return paths, nil
 	}
 
 	unlock, err := lockFile(ctx, filepath.Join(cache, "build.lock"))
 	if err != nil {
-		return Binaries{}, err
+		return nil, err
 	}
 	defer unlock()
 
-	for _, c := range components {
+	for i, name := range names {
 		// Another process may have built it while this one waited for the lock.
-		if isExecutable(*c.dst) {
+		if isExecutable(paths[i]) {
 			continue
 		}
-		if err := goBuild(ctx, filepath.Join(root, "hack", c.name), *c.dst); err != nil {
-			return Binaries{}, fmt.Errorf("building %s: %w", c.name, err)
+		if err := goBuild(ctx, filepath.Join(root, "hack", name), paths[i]); err != nil {
+			return nil, fmt.Errorf("building %s: %w", name, err)
 		}
 	}
-	return bins, nil
+	return paths, nil
 }
 
 // goBuild runs `go build` in moduleDir and moves the result to dst atomically,
@@ -97,7 +101,11 @@ func goBuild(ctx context.Context, moduleDir, dst string) error {
 
 	// -buildvcs=false: the binary does not need the checkout's VCS state,
 	// and reading it fails in some CI checkouts.
-	cmd := exec.CommandContext(ctx, "go", "build", "-buildvcs=false", "-o", tmp, ".")
+	args := []string{"build", "-buildvcs=false"}
+	if v := requiredVersion(filepath.Join(moduleDir, "go.mod"), "k8s.io/kubernetes"); v != "" {
+		args = append(args, "-ldflags", versionLDFlags(v))
+	}
+	cmd := exec.CommandContext(ctx, "go", append(args, "-o", tmp, ".")...)
 	cmd.Dir = moduleDir
 	// The hack modules are separate modules: a go.work above them must not
 	// pull them into a workspace.
@@ -128,9 +136,9 @@ func moduleHash(dir string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
-func allExecutable(components []component) bool {
-	for _, c := range components {
-		if !isExecutable(*c.dst) {
+func allExecutable(paths []string) bool {
+	for _, p := range paths {
+		if !isExecutable(p) {
 			return false
 		}
 	}
@@ -228,4 +236,29 @@ func modulePath(path string) string {
 		return strings.Trim(strings.TrimSpace(rest), `"`)
 	}
 	return ""
+}
+
+// requiredVersion returns the version of module mod that the go.mod file at
+// path requires, or "" if it does not.
+func requiredVersion(path, mod string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(strings.TrimPrefix(strings.TrimSpace(line), "require "))
+		if len(f) >= 2 && f[0] == mod {
+			return f[1]
+		}
+	}
+	return ""
+}
+
+// versionLDFlags stamps a Kubernetes version (v1.36.3) into
+// k8s.io/component-base/version, as Kubernetes' own build does.
+func versionLDFlags(v string) string {
+	const pkg = "k8s.io/component-base/version"
+	major, minor, _ := strings.Cut(strings.TrimPrefix(v, "v"), ".")
+	minor, _, _ = strings.Cut(minor, ".")
+	return fmt.Sprintf("-X %[1]s.gitVersion=%[2]s -X %[1]s.gitMajor=%[3]s -X %[1]s.gitMinor=%[4]s -X %[1]s.gitTreeState=clean", pkg, v, major, minor)
 }
