@@ -89,13 +89,16 @@ fuzz: test-fuzz
 ## local: a real API server, the control plane, and three nodes (network
 ## namespaces, each with its agent on the eBPF datapath and its pods), with
 ## demo services of every kind; runs until interrupted.
+# The local cluster uses fixed interface names and addresses: one at a time
+# on a machine (flock waits for another to finish).
+LOCAL_LOCK ?= /tmp/spoke-local.lock
 local: deps build
-	$(GO) run ./hack/local -bin $(BIN)
+	flock $(LOCAL_LOCK) $(GO) run ./hack/local -bin $(BIN)
 
 ## local-check: the same cluster, then a connection from every node and from
 ## outside to every demo service; prints a summary, cleans up, exits 0 or 1.
 local-check: deps build
-	$(GO) run ./hack/local -bin $(BIN) -check
+	flock $(LOCAL_LOCK) $(GO) run ./hack/local -bin $(BIN) -check
 
 ## sim: the scale simulator (SIM_FLAGS="--scenario churn --nodes 5000 ...";
 ## go run ./scale-sim -h lists them).
