@@ -16,6 +16,16 @@ const (
 	FromOutside
 )
 
+func (o Origin) String() string {
+	switch o {
+	case FromNode:
+		return "node"
+	case FromOutside:
+		return "outside"
+	}
+	return fmt.Sprintf("Origin(%d)", uint8(o))
+}
+
 // Packet is the first packet of a connection, as a tracer sees it.
 type Packet struct {
 	Protocol Protocol

@@ -937,15 +937,15 @@ func forNodes(nodes ...string) func(*discoveryv1.Endpoint) {
 // fromPod is a TCP packet from a pod on the node under test, of the
 // destination's family.
 func fromPod(dst string, want datapath.Action, backends ...string) Packet {
-	return packet(Local, podSrc, podSrc6, dst, want, backends)
+	return packet(datapath.FromNode, podSrc, podSrc6, dst, want, backends)
 }
 
 // fromOutside is a TCP packet from a client outside the cluster.
 func fromOutside(dst string, want datapath.Action, backends ...string) Packet {
-	return packet(External, clientSrc, clientSrc6, dst, want, backends)
+	return packet(datapath.FromOutside, clientSrc, clientSrc6, dst, want, backends)
 }
 
-func packet(origin Origin, src4, src6 netip.AddrPort, dst string, want datapath.Action, backends []string) Packet {
+func packet(origin datapath.Origin, src4, src6 netip.AddrPort, dst string, want datapath.Action, backends []string) Packet {
 	d := netip.MustParseAddrPort(dst)
 	src := src4
 	if d.Addr().Is6() {

@@ -37,20 +37,11 @@ type Case struct {
 	Packets []Packet
 }
 
-// Origin says where a packet starts.
-type Origin uint8
-
-// Origins of a packet.
-const (
-	// Local packets start on the node under test (a pod or the host).
-	Local Origin = iota + 1
-	// External packets arrive at the node from outside.
-	External
-)
-
 // Packet is a packet to trace and the outcome it must have.
 type Packet struct {
-	Origin Origin
+	// Origin is FromNode for packets that start on the node under test (a
+	// pod or the host), FromOutside for those that arrive from outside.
+	Origin datapath.Origin
 	datapath.Packet
 	// Want is the action; for Forward, Backends lists every acceptable
 	// backend.
@@ -65,7 +56,7 @@ type Packet struct {
 type Target interface {
 	datapath.Datapath
 	// Trace returns what happens to the first packet of a connection.
-	Trace(ctx context.Context, origin Origin, pkt datapath.Packet) (datapath.Verdict, error)
+	Trace(ctx context.Context, origin datapath.Origin, pkt datapath.Packet) (datapath.Verdict, error)
 }
 
 // KnownGap is implemented by a target that cannot yet do what some packets

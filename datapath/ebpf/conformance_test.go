@@ -8,14 +8,14 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/spoke-proxy/spoke/datapath"
-	"github.com/spoke-proxy/spoke/datapath/conformance"
+	"github.com/spoke-proxy/spoke/datapath/conformance/kernel"
 	"github.com/spoke-proxy/spoke/internal/testnet"
 )
 
-// Reset implements testnet.Kernel: no services, no node addresses, no
+// Reset implements kernel.Datapath: no services, no node addresses, no
 // flows.
 func (d *Datapath) Reset(ctx context.Context) error {
-	if err := testnet.Empty(ctx, d); err != nil {
+	if err := kernel.Empty(ctx, d); err != nil {
 		return err
 	}
 	m := &d.objs.lbMaps
@@ -47,12 +47,12 @@ func clearMap[K comparable, V any](m *ebpf.Map) error {
 func TestConformance(t *testing.T) {
 	lab := testnet.NewForTest(t, testnet.Options{Timeout: 3 * time.Second})
 	d := newDatapath(t, labOptions(t, lab))
-	testnet.RunConformance(t, lab, d, testnet.ConformanceOptions{KnownGap: knownGap, ServiceAt: d.serviceAt})
+	kernel.Run(t, lab, d, kernel.Options{KnownGap: knownGap, ServiceAt: d.serviceAt})
 }
 
 // knownGap implements conformance.KnownGap for the eBPF datapath.
-func knownGap(g testnet.Gap) (string, bool) {
-	if g.Packet.Origin == conformance.Local && g.Packet.Protocol == datapath.SCTP {
+func knownGap(g kernel.Gap) (string, bool) {
+	if g.Packet.Origin == datapath.FromNode && g.Packet.Protocol == datapath.SCTP {
 		return "the kernel runs no cgroup connect hook for SCTP sockets, and the datapath has no per-packet path for traffic from pods yet", true
 	}
 	return "", false

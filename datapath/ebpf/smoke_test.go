@@ -46,13 +46,13 @@ func TestSmoke(t *testing.T) {
 		t.Errorf("programmed %+v, want %+v", got[svc.Key], svc)
 	}
 	for _, c := range []struct {
-		origin testnet.Origin
+		origin datapath.Origin
 		dst    string
 	}{
-		{testnet.FromNode, "10.96.0.10:80"},
-		{testnet.FromOutside, "192.168.0.1:30080"},
-		{testnet.FromOutside, "10.96.0.10:80"},
-		{testnet.FromNode, "192.168.0.1:30080"},
+		{datapath.FromNode, "10.96.0.10:80"},
+		{datapath.FromOutside, "192.168.0.1:30080"},
+		{datapath.FromOutside, "10.96.0.10:80"},
+		{datapath.FromNode, "192.168.0.1:30080"},
 	} {
 		dst := netip.MustParseAddrPort(c.dst)
 		res, err := lab.Send(ctx, c.origin, datapath.Packet{Protocol: datapath.TCP, Src: netip.MustParseAddrPort("10.0.0.99:40000"), Dst: dst})

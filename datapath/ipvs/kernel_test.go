@@ -18,6 +18,7 @@ import (
 
 	"github.com/spoke-proxy/spoke/datapath"
 	"github.com/spoke-proxy/spoke/datapath/conformance"
+	"github.com/spoke-proxy/spoke/datapath/conformance/kernel"
 	"github.com/spoke-proxy/spoke/internal/testnet"
 )
 
@@ -44,9 +45,9 @@ func newDatapath(t *testing.T, lab *testnet.Lab) *Datapath {
 	return d
 }
 
-// Reset implements testnet.Kernel.
+// Reset implements kernel.Datapath.
 func (d *Datapath) Reset(ctx context.Context) error {
-	if err := testnet.Empty(ctx, d); err != nil {
+	if err := kernel.Empty(ctx, d); err != nil {
 		return err
 	}
 	// Cases reuse client addresses and ports: forget their connections.
@@ -69,12 +70,12 @@ func (d *Datapath) Reset(ctx context.Context) error {
 func TestConformance(t *testing.T) {
 	lab := testnet.NewForTest(t, testnet.Options{Timeout: 3 * time.Second})
 	d := newDatapath(t, lab)
-	testnet.RunConformance(t, lab, d, testnet.ConformanceOptions{KnownGap: knownGap})
+	kernel.Run(t, lab, d, kernel.Options{KnownGap: knownGap})
 }
 
 // knownGap lists what IPVS alone cannot express, which kube-proxy's IPVS
 // mode does with iptables rules beside it.
-func knownGap(g testnet.Gap) (string, bool) {
+func knownGap(g kernel.Gap) (string, bool) {
 	p := g.Packet
 	svc, served, external := frontend(g.Case, p.Packet)
 	switch {
@@ -82,7 +83,7 @@ func knownGap(g testnet.Gap) (string, bool) {
 		return "service addresses are local to the node: ports the service does not have are refused, not left alone", true
 	case p.Want == datapath.Discard:
 		return "IPVS refuses what it cannot forward: no silent drop for a Local policy without local endpoints, or for sources outside loadBalancerSourceRanges", true
-	case p.Want == datapath.Forward && p.Origin == conformance.Local && external && svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal:
+	case p.Want == datapath.Forward && p.Origin == datapath.FromNode && external && svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal:
 		return "no short-circuit to every endpoint for traffic from the node to a Local-policy service's external addresses", true
 	}
 	return "", false

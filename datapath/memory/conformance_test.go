@@ -11,12 +11,8 @@ import (
 
 type target struct{ *memory.Datapath }
 
-func (t target) Trace(_ context.Context, origin conformance.Origin, pkt datapath.Packet) (datapath.Verdict, error) {
-	o := datapath.FromOutside
-	if origin == conformance.Local {
-		o = datapath.FromNode
-	}
-	return t.Datapath.Trace(o, pkt), nil
+func (t target) Trace(_ context.Context, origin datapath.Origin, pkt datapath.Packet) (datapath.Verdict, error) {
+	return t.Datapath.Trace(origin, pkt), nil
 }
 
 func TestConformance(t *testing.T) {

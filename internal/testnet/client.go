@@ -118,7 +118,7 @@ func (h *helper) close() error {
 // something listens there unless the datapath sends the packet elsewhere:
 // a node address answers from the node, any other unknown address from
 // the world beyond the node.
-func (l *Lab) Send(ctx context.Context, origin Origin, pkt datapath.Packet) (Result, error) {
+func (l *Lab) Send(ctx context.Context, origin datapath.Origin, pkt datapath.Packet) (Result, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	req, err := l.prepare(origin, pkt)
@@ -131,11 +131,11 @@ func (l *Lab) Send(ctx context.Context, origin Origin, pkt datapath.Packet) (Res
 // run runs a request where origin says: packets from outside start in this
 // process, packets from the node in the client helper, whose sockets
 // belong to the pod cgroup.
-func (l *Lab) run(ctx context.Context, origin Origin, req request) (Result, error) {
+func (l *Lab) run(ctx context.Context, origin datapath.Origin, req request) (Result, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		req.Timeout = min(req.Timeout, max(0, dl.Sub(timeNow())))
 	}
-	if origin == FromOutside {
+	if origin == datapath.FromOutside {
 		return l.local.do(req)
 	}
 	if l.client == nil {
@@ -152,7 +152,7 @@ func (l *Lab) run(ctx context.Context, origin Origin, req request) (Result, erro
 func (l *Lab) Repeat(ctx context.Context, src netip.Addr, dst netip.AddrPort, n int) (Result, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	req, err := l.prepare(FromNode, datapath.Packet{Protocol: datapath.TCP, Src: netip.AddrPortFrom(src, 0), Dst: dst})
+	req, err := l.prepare(datapath.FromNode, datapath.Packet{Protocol: datapath.TCP, Src: netip.AddrPortFrom(src, 0), Dst: dst})
 	if err != nil {
 		return Result{}, err
 	}
@@ -168,14 +168,14 @@ func (l *Lab) Repeat(ctx context.Context, src netip.Addr, dst netip.AddrPort, n 
 
 // prepare puts the source where origin says and makes the destination
 // answer.
-func (l *Lab) prepare(origin Origin, pkt datapath.Packet) (request, error) {
+func (l *Lab) prepare(origin datapath.Origin, pkt datapath.Packet) (request, error) {
 	req := request{Proto: pkt.Protocol, Src: pkt.Src, Dst: pkt.Dst, Timeout: l.opts.Timeout}
 	src, dst := pkt.Src.Addr(), pkt.Dst.Addr()
 	if src.IsValid() && src.Is4() != dst.Is4() {
 		return req, fmt.Errorf("packet %s mixes address families", pkt)
 	}
 	switch origin {
-	case FromNode:
+	case datapath.FromNode:
 		switch b, isBackend := l.backends[src]; {
 		case slices.Contains(l.nodeAddrs, src):
 			req.NS = l.node.Path()
@@ -189,7 +189,7 @@ func (l *Lab) prepare(origin Origin, pkt datapath.Packet) (request, error) {
 				}
 			}
 		}
-	case FromOutside:
+	case datapath.FromOutside:
 		req.NS = l.outside.Path()
 		if src.IsValid() {
 			via := outside4

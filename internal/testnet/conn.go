@@ -11,13 +11,13 @@ import (
 // to established flows.
 type Conn struct {
 	lab    *Lab
-	origin Origin
+	origin datapath.Origin
 	id     int
 }
 
 // Open connects over TCP from origin like Send, and holds the connection
 // open when the responder answered: Echo then exchanges data on it.
-func (l *Lab) Open(ctx context.Context, origin Origin, pkt datapath.Packet) (*Conn, Result, error) {
+func (l *Lab) Open(ctx context.Context, origin datapath.Origin, pkt datapath.Packet) (*Conn, Result, error) {
 	if pkt.Protocol != datapath.TCP {
 		return nil, Result{}, errors.New("the lab holds TCP connections only")
 	}

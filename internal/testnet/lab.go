@@ -23,28 +23,6 @@ import (
 	"github.com/spoke-proxy/spoke/internal/netns"
 )
 
-// Origin says where a packet starts.
-type Origin uint8
-
-// Origins of a packet.
-const (
-	// FromNode packets start on the node: in a pod, or on the host when
-	// the source is a node address.
-	FromNode Origin = iota + 1
-	// FromOutside packets arrive at the node's external device.
-	FromOutside
-)
-
-func (o Origin) String() string {
-	switch o {
-	case FromNode:
-		return "node"
-	case FromOutside:
-		return "outside"
-	}
-	return fmt.Sprintf("Origin(%d)", uint8(o))
-}
-
 // ExternalDevice is the node's interface towards the outside.
 const ExternalDevice = "eth0"
 

@@ -157,9 +157,9 @@ func TestKilledAgentDropsNoFlow(t *testing.T) {
 
 	// A pod's connections to the cluster IP take the socket-level path,
 	// connections from outside to the node port the tc path.
-	fromPod := flow{testnet.FromNode, datapath.Packet{Protocol: datapath.TCP,
+	fromPod := flow{datapath.FromNode, datapath.Packet{Protocol: datapath.TCP,
 		Src: netip.MustParseAddrPort("10.244.1.100:0"), Dst: netip.MustParseAddrPort("10.96.0.10:80")}}
-	fromOutside := flow{testnet.FromOutside, datapath.Packet{Protocol: datapath.TCP,
+	fromOutside := flow{datapath.FromOutside, datapath.Packet{Protocol: datapath.TCP,
 		Src: netip.MustParseAddrPort("203.0.113.50:0"), Dst: netip.AddrPortFrom(nodeAddr, 30080)}}
 	reached := func(pkt datapath.Packet, res testnet.Result) error {
 		if res.Outcome != testnet.Reached || !backends[res.Local] || res.Remote != pkt.Dst {
@@ -250,6 +250,6 @@ func TestKilledAgentDropsNoFlow(t *testing.T) {
 }
 
 type flow struct {
-	origin testnet.Origin
+	origin datapath.Origin
 	pkt    datapath.Packet
 }

@@ -1,4 +1,13 @@
-package testnet
+// Package kernel runs the conformance table against a datapath that
+// programs a real kernel: every case is programmed into the node of an
+// internal/testnet lab, every endpoint is a responder in a namespace of its
+// own, and every packet is a real connection whose answer says where it
+// went.
+//
+// Caveats: needs what a testnet lab needs (root, cgroup v2). SCTP packets
+// are skipped on a kernel without SCTP, except in the qemu guest of hack/vm
+// (SPOKE_VM set), where a missing SCTP fails the run.
+package kernel
 
 import (
 	"context"
@@ -11,10 +20,11 @@ import (
 
 	"github.com/spoke-proxy/spoke/datapath"
 	"github.com/spoke-proxy/spoke/datapath/conformance"
+	"github.com/spoke-proxy/spoke/internal/testnet"
 )
 
-// Kernel is a datapath that programs the kernel of a lab's node.
-type Kernel interface {
+// Datapath is a datapath that programs the kernel of a lab's node.
+type Datapath interface {
 	datapath.Datapath
 	// Reset empties the datapath between cases: no services, no node
 	// addresses, no flows.
@@ -38,8 +48,8 @@ func Empty(ctx context.Context, dp datapath.Datapath) error {
 	return dp.SetNode(ctx, datapath.Node{})
 }
 
-// ConformanceOptions adapt the conformance run to one datapath.
-type ConformanceOptions struct {
+// Options adapt the conformance run to one datapath.
+type Options struct {
 	// KnownGap, when set, names what the datapath cannot do yet for a
 	// packet (see conformance.KnownGap).
 	KnownGap func(Gap) (why string, always bool)
@@ -56,11 +66,11 @@ type Gap struct {
 	Remote map[netip.Addr]bool
 }
 
-// RunConformance runs the conformance table against a kernel datapath on
+// Run runs the conformance table against a kernel datapath on
 // the lab's node with real packets: every endpoint is a responder in a
 // namespace of its own (behind the node, or behind the outside when the
 // case puts it on another node), and a trace is a real connection.
-func RunConformance(t *testing.T, lab *Lab, dp Kernel, opts ConformanceOptions) {
+func Run(t *testing.T, lab *testnet.Lab, dp Datapath, opts Options) {
 	cases := map[string]conformance.Case{}
 	for _, c := range conformance.Cases() {
 		cases[c.Name] = c
@@ -77,17 +87,17 @@ func RunConformance(t *testing.T, lab *Lab, dp Kernel, opts ConformanceOptions) 
 		if err := dp.Reset(context.Background()); err != nil {
 			st.Fatal(err)
 		}
-		return &target{Kernel: dp, t: st, lab: lab, c: &c, remote: remoteEndpoints(c), opts: opts}
+		return &target{Datapath: dp, t: st, lab: lab, c: &c, remote: remoteEndpoints(c), opts: opts}
 	})
 }
 
 type target struct {
-	Kernel
+	Datapath
 	t      *testing.T
-	lab    *Lab
+	lab    *testnet.Lab
 	c      *conformance.Case
 	remote map[netip.Addr]bool
-	opts   ConformanceOptions
+	opts   Options
 }
 
 var _ conformance.KnownGap = (*target)(nil)
@@ -105,14 +115,14 @@ func (t *target) SetNode(ctx context.Context, node datapath.Node) error {
 	if err := t.lab.SetNodeAddrs(node.Addresses); err != nil {
 		return err
 	}
-	return t.Kernel.SetNode(ctx, node)
+	return t.Datapath.SetNode(ctx, node)
 }
 
 // Apply starts a responder for every endpoint, then programs the services.
 func (t *target) Apply(ctx context.Context, upsert []*datapath.Service, remove []string) error {
 	for _, s := range upsert {
 		for _, p := range s.Ports {
-			if p.Protocol == datapath.SCTP && !HaveSCTP() {
+			if p.Protocol == datapath.SCTP && !testnet.HaveSCTP() {
 				continue
 			}
 			for _, b := range []*datapath.Backends{&p.Internal, p.External, p.ExternalFromNode} {
@@ -127,22 +137,18 @@ func (t *target) Apply(ctx context.Context, upsert []*datapath.Service, remove [
 			}
 		}
 	}
-	return t.Kernel.Apply(ctx, upsert, remove)
+	return t.Datapath.Apply(ctx, upsert, remove)
 }
 
 // Trace sends the packet and reads the verdict off what answered.
-func (t *target) Trace(ctx context.Context, origin conformance.Origin, pkt datapath.Packet) (datapath.Verdict, error) {
-	if pkt.Protocol == datapath.SCTP && !HaveSCTP() {
+func (t *target) Trace(ctx context.Context, from datapath.Origin, pkt datapath.Packet) (datapath.Verdict, error) {
+	if pkt.Protocol == datapath.SCTP && !testnet.HaveSCTP() {
 		// Kernel modules cannot be loaded here; the Debian kernel in
 		// hack/vm loads sctp and runs these packets.
 		if os.Getenv("SPOKE_VM") != "" {
 			return datapath.Verdict{}, fmt.Errorf("%s: this kernel has no SCTP", pkt)
 		}
 		t.t.Skipf("%s: this kernel has no SCTP (hack/vm/run-tests.sh runs it on a kernel that has)", pkt)
-	}
-	from := FromNode
-	if origin == conformance.External {
-		from = FromOutside
 	}
 	start := time.Now()
 	res, err := t.lab.Send(ctx, from, pkt)
@@ -155,11 +161,11 @@ func (t *target) Trace(ctx context.Context, origin conformance.Origin, pkt datap
 		v.Service = t.opts.ServiceAt(pkt)
 	}
 	switch res.Outcome {
-	case Refused:
+	case testnet.Refused:
 		v.Action = datapath.Refuse
-	case Unreachable, TimedOut:
+	case testnet.Unreachable, testnet.TimedOut:
 		v.Action = datapath.Discard
-	case Reached:
+	case testnet.Reached:
 		// Whatever answered, the client must see the address it asked
 		// for: getpeername and UDP sources are translated back.
 		if res.Remote != pkt.Dst {
@@ -172,7 +178,7 @@ func (t *target) Trace(ctx context.Context, origin conformance.Origin, pkt datap
 		v.Action, v.Backend = datapath.Forward, res.Local
 		// A backend on the node sees the client itself: socket-level
 		// balancing and DNAT translate only the destination.
-		if from == FromNode || !t.remote[res.Local.Addr()] {
+		if from == datapath.FromNode || !t.remote[res.Local.Addr()] {
 			if res.Peer.Addr() != pkt.Src.Addr() {
 				return v, fmt.Errorf("%s: the backend saw %s as the source, not %s", pkt, res.Peer, pkt.Src)
 			}
