@@ -4,10 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 
@@ -133,39 +131,6 @@ func (a *attachments) cgroup() error {
 		a.links = append(a.links, l)
 	}
 	return nil
-}
-
-// devicesHolding names the interfaces that hold any of addrs.
-func (a *attachments) devicesHolding(addrs []netip.Addr) ([]string, error) {
-	var names []string
-	err := netns.Do(a.opts.NetNS, func() error {
-		ifaces, err := net.Interfaces()
-		if err != nil {
-			return err
-		}
-		for _, ifc := range ifaces {
-			as, err := ifc.Addrs()
-			if err != nil {
-				return err
-			}
-			for _, ia := range as {
-				ipn, ok := ia.(*net.IPNet)
-				if !ok {
-					continue
-				}
-				ip, ok := netip.AddrFromSlice(ipn.IP)
-				if ok && slices.Contains(addrs, ip.Unmap()) && !slices.Contains(names, ifc.Name) {
-					names = append(names, ifc.Name)
-				}
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("finding the node's devices: %w", err)
-	}
-	slices.Sort(names)
-	return names, nil
 }
 
 // devices attaches the tc programs to exactly these devices: it adopts and

@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 
 	"github.com/spoke-proxy/spoke/datapath"
+	"github.com/spoke-proxy/spoke/internal/netns"
 )
 
 var _ datapath.Datapath = (*Datapath)(nil)
@@ -172,7 +173,7 @@ func (d *Datapath) SetNode(ctx context.Context, node datapath.Node) error {
 		return err
 	}
 	if len(d.opts.Devices) == 0 {
-		devs, err := d.attach.devicesHolding(node.Addresses)
+		devs, err := netns.DevicesHolding(d.opts.NetNS, node.Addresses)
 		if err != nil {
 			return err
 		}

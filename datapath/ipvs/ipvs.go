@@ -12,7 +12,6 @@ import (
 
 	"github.com/moby/ipvs"
 	"github.com/vishvananda/netlink"
-	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/spoke-proxy/spoke/datapath"
@@ -66,7 +65,7 @@ func New(opts Options) (*Datapath, error) {
 	if opts.Device == "" {
 		opts.Device = DefaultDevice
 	}
-	nl, err := handleAt(opts.NetNS)
+	nl, err := netns.Handle(opts.NetNS, unix.NETLINK_ROUTE, unix.NETLINK_GENERIC)
 	if err != nil {
 		return nil, err
 	}
@@ -94,18 +93,6 @@ func New(opts Options) (*Datapath, error) {
 		return nil, err
 	}
 	return d, nil
-}
-
-func handleAt(path string) (*netlink.Handle, error) {
-	if path == "" {
-		return netlink.NewHandle(unix.NETLINK_ROUTE, unix.NETLINK_GENERIC)
-	}
-	fd, err := vnetns.GetFromPath(path)
-	if err != nil {
-		return nil, fmt.Errorf("opening network namespace %s: %w", path, err)
-	}
-	defer fd.Close()
-	return netlink.NewHandleAt(fd, unix.NETLINK_ROUTE, unix.NETLINK_GENERIC)
 }
 
 // setup makes the dummy device and sets IPVS's sysctls.
@@ -181,7 +168,7 @@ func (d *Datapath) SetNode(ctx context.Context, node datapath.Node) error {
 	}
 	d.node = slices.Clone(node.Addresses)
 	if len(d.opts.Devices) == 0 {
-		devs, err := d.devicesHolding(d.node)
+		devs, err := netns.DevicesHolding(d.opts.NetNS, d.node)
 		if err != nil {
 			return err
 		}
@@ -197,27 +184,6 @@ func (d *Datapath) SetNode(ctx context.Context, node datapath.Node) error {
 		all = append(all, s)
 	}
 	return d.apply(ctx, all, nil)
-}
-
-// devicesHolding returns the names of the interfaces that hold addrs.
-func (d *Datapath) devicesHolding(addrs []netip.Addr) ([]string, error) {
-	all, err := d.nl.AddrList(nil, unix.AF_UNSPEC)
-	if err != nil {
-		return nil, fmt.Errorf("listing addresses: %w", err)
-	}
-	var out []string
-	for _, a := range all {
-		if !slices.Contains(addrs, fromIP(a.IP)) {
-			continue
-		}
-		l, err := d.nl.LinkByIndex(a.LinkIndex)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, l.Attrs().Name)
-	}
-	slices.Sort(out)
-	return slices.Compact(out), nil
 }
 
 // Apply implements datapath.Datapath.
@@ -554,7 +520,7 @@ func Cleanup(opts Options) error {
 	if opts.Device == "" {
 		opts.Device = DefaultDevice
 	}
-	nl, err := handleAt(opts.NetNS)
+	nl, err := netns.Handle(opts.NetNS, unix.NETLINK_ROUTE, unix.NETLINK_GENERIC)
 	if err != nil {
 		return err
 	}

@@ -142,12 +142,7 @@ func (t *topology) newNS(name string) (*netns.NS, *netlink.Handle, error) {
 		return nil, nil, err
 	}
 	t.created = append(t.created, ns)
-	fd, err := vnetns.GetFromPath(ns.Path())
-	if err != nil {
-		return nil, nil, err
-	}
-	defer fd.Close()
-	h, err := netlink.NewHandleAt(fd, unix.NETLINK_ROUTE)
+	h, err := netns.Handle(ns.Path())
 	if err != nil {
 		return nil, nil, err
 	}
@@ -228,12 +223,7 @@ func (t *topology) addPod(n *node, name string, host int) (*pod, error) {
 	}
 	defer h.Close()
 	p.ns = ns
-	nodeFd, err := vnetns.GetFromPath(n.ns.Path())
-	if err != nil {
-		return nil, err
-	}
-	defer nodeFd.Close()
-	nh, err := netlink.NewHandleAt(nodeFd, unix.NETLINK_ROUTE)
+	nh, err := netns.Handle(n.ns.Path())
 	if err != nil {
 		return nil, err
 	}

@@ -3,10 +3,14 @@ package netns
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 
+	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -118,4 +122,50 @@ func onThread(fn func() error) error {
 		errc <- ferr
 	}()
 	return <-errc
+}
+
+// Handle opens a netlink handle for the given families (unix.NETLINK_ROUTE
+// when none is given) in the network namespace held by the file at path;
+// with an empty path, in the caller's namespace.
+func Handle(path string, families ...int) (*netlink.Handle, error) {
+	if len(families) == 0 {
+		families = []int{unix.NETLINK_ROUTE}
+	}
+	if path == "" {
+		return netlink.NewHandle(families...)
+	}
+	fd, err := vnetns.GetFromPath(path)
+	if err != nil {
+		return nil, fmt.Errorf("opening network namespace %s: %w", path, err)
+	}
+	defer fd.Close()
+	return netlink.NewHandleAt(fd, families...)
+}
+
+// DevicesHolding names, sorted, the interfaces of the network namespace
+// held at path (the caller's with an empty path) that hold any of addrs.
+func DevicesHolding(path string, addrs []netip.Addr) ([]string, error) {
+	h, err := Handle(path)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	all, err := h.AddrList(nil, unix.AF_UNSPEC)
+	if err != nil {
+		return nil, fmt.Errorf("listing addresses: %w", err)
+	}
+	var out []string
+	for _, a := range all {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok || !slices.Contains(addrs, ip.Unmap()) {
+			continue
+		}
+		l, err := h.LinkByIndex(a.LinkIndex)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, l.Attrs().Name)
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
 }

@@ -135,7 +135,7 @@ func (l *Lab) newNS(role string, sysctls map[string]string) (*netns.NS, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, err := handleAt(ns)
+	h, err := netns.Handle(ns.Path())
 	if err != nil {
 		ns.Close()
 		return nil, err
@@ -184,15 +184,6 @@ func fastNeighbors(ns *netns.NS, dev string) error {
 		"net/ipv4/neigh/" + dev + "/retrans_time_ms": "100",
 		"net/ipv6/neigh/" + dev + "/retrans_time_ms": "100",
 	})
-}
-
-func handleAt(ns *netns.NS) (*netlink.Handle, error) {
-	fd, err := vnetns.GetFromPath(ns.Path())
-	if err != nil {
-		return nil, err
-	}
-	defer fd.Close()
-	return netlink.NewHandleAt(fd, unix.NETLINK_ROUTE)
 }
 
 var forwarding = map[string]string{

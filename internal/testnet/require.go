@@ -81,7 +81,7 @@ func NetNS(t testing.TB) *netns.NS {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ns.Close() })
-	h, err := handleAt(ns)
+	h, err := netns.Handle(ns.Path())
 	if err != nil {
 		t.Fatal(err)
 	}
