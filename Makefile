@@ -53,7 +53,9 @@ test: deps
 	@echo "== lint"
 	$(MAKE) lint
 	@echo "== tests (real kube-apiserver, network namespaces, eBPF; privileged tests fail, not skip)"
-	CI=1 $(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+	@mkdir -p $(BIN) && rm -f $(BIN)/conformance.txt
+	CI=1 SPOKE_CONFORMANCE_SUMMARY=$(BIN)/conformance.txt $(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+	@cat $(BIN)/conformance.txt
 	@echo "== the kernel datapath tests again, on Debian's 6.1 kernel under qemu"
 	$(MAKE) test-vm
 	@echo "== the local cluster: traffic from every node and from outside to every demo service"

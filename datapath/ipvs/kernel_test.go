@@ -12,13 +12,13 @@ import (
 
 	"github.com/moby/ipvs"
 	"github.com/vishvananda/netlink"
-	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/spoke-proxy/spoke/datapath"
 	"github.com/spoke-proxy/spoke/datapath/conformance"
 	"github.com/spoke-proxy/spoke/datapath/conformance/kernel"
+	"github.com/spoke-proxy/spoke/internal/netns"
 	"github.com/spoke-proxy/spoke/internal/testnet"
 )
 
@@ -51,12 +51,7 @@ func (d *Datapath) Reset(ctx context.Context) error {
 		return err
 	}
 	// Cases reuse client addresses and ports: forget their connections.
-	fd, err := vnetns.GetFromPath(d.opts.NetNS)
-	if err != nil {
-		return err
-	}
-	defer fd.Close()
-	h, err := netlink.NewHandleAt(fd, unix.NETLINK_NETFILTER)
+	h, err := netns.Handle(d.opts.NetNS, unix.NETLINK_NETFILTER)
 	if err != nil {
 		return err
 	}
@@ -74,19 +69,42 @@ func TestConformance(t *testing.T) {
 }
 
 // knownGap lists what IPVS alone cannot express, which kube-proxy's IPVS
-// mode does with iptables rules beside it.
-func knownGap(g kernel.Gap) (string, bool) {
-	p := g.Packet
-	svc, served, external := frontend(g.Case, p.Packet)
+// mode does with iptables rules beside it, and what IPVS does instead.
+func knownGap(q kernel.GapQuery) *conformance.Gap {
+	p := q.Packet
+	svc, served, external := frontend(q.Case, p.Packet)
 	switch {
 	case p.Want == datapath.Pass && svc != nil && !served:
-		return "service addresses are local to the node: ports the service does not have are refused, not left alone", true
+		return &conformance.Gap{Got: datapath.Refuse, Why: "service addresses are local to the node: ports the service does not have are refused, not left alone"}
+	case p.Want == datapath.Discard && svc != nil && outsideSourceRanges(svc, p.Packet):
+		return &conformance.Gap{Got: datapath.Forward, Why: "loadBalancerSourceRanges are not enforced: a source outside them is forwarded"}
 	case p.Want == datapath.Discard:
-		return "IPVS refuses what it cannot forward: no silent drop for a Local policy without local endpoints, or for sources outside loadBalancerSourceRanges", true
+		return &conformance.Gap{Got: datapath.Refuse, Why: "IPVS refuses what it cannot forward: no silent drop for a Local policy without local endpoints"}
 	case p.Want == datapath.Forward && p.Origin == datapath.FromNode && external && svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal:
-		return "no short-circuit to every endpoint for traffic from the node to a Local-policy service's external addresses", true
+		return &conformance.Gap{Got: datapath.Refuse, Why: "no short-circuit to every endpoint for traffic from the node to a Local-policy service's external addresses"}
 	}
-	return "", false
+	return nil
+}
+
+// outsideSourceRanges reports whether a packet goes to one of a service's
+// load-balancer addresses from a source outside its source ranges.
+func outsideSourceRanges(svc *corev1.Service, pkt datapath.Packet) bool {
+	if len(svc.Spec.LoadBalancerSourceRanges) == 0 {
+		return false
+	}
+	lb := false
+	for _, in := range svc.Status.LoadBalancer.Ingress {
+		lb = lb || in.IP == pkt.Dst.Addr().String()
+	}
+	if !lb {
+		return false
+	}
+	for _, r := range svc.Spec.LoadBalancerSourceRanges {
+		if p, err := netip.ParsePrefix(r); err == nil && p.Contains(pkt.Src.Addr()) {
+			return false
+		}
+	}
+	return true
 }
 
 // frontend finds the service of a case with an address at the packet's

@@ -160,6 +160,9 @@ if ((status == 124)); then
 	echo "run-tests.sh: the guest did not finish within ${wall}s" >&2
 fi
 
+# The kernel conformance runs' summary lines, together.
+tr -d '\r' <"$log" | grep '^conformance ' >&2 || true
+
 failed=0
 for name in "${names[@]}"; do
 	rc=$(tr -d '\r' <"$log" | awk -v n="$name" '$1 == "SPOKE-VM-RESULT" && $2 == n { print $3 }')

@@ -11,12 +11,15 @@ package kernel
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/spoke-proxy/spoke/datapath"
 	"github.com/spoke-proxy/spoke/datapath/conformance"
@@ -51,16 +54,16 @@ func Empty(ctx context.Context, dp datapath.Datapath) error {
 // Options adapt the conformance run to one datapath.
 type Options struct {
 	// KnownGap, when set, names what the datapath cannot do yet for a
-	// packet (see conformance.KnownGap).
-	KnownGap func(Gap) (why string, always bool)
+	// packet and what it does instead (see conformance.KnownGap).
+	KnownGap func(GapQuery) *conformance.Gap
 	// ServiceAt, when set, names the programmed service answering at a
 	// packet's destination, for messages.
 	ServiceAt func(datapath.Packet) string
 }
 
-// Gap is what a KnownGap function decides on: a packet, its case, and
+// GapQuery is what a KnownGap function decides on: a packet, its case, and
 // which of the case's endpoint addresses are on other nodes.
-type Gap struct {
+type GapQuery struct {
 	Case   *conformance.Case
 	Packet conformance.Packet
 	Remote map[netip.Addr]bool
@@ -69,13 +72,14 @@ type Gap struct {
 // Run runs the conformance table against a kernel datapath on
 // the lab's node with real packets: every endpoint is a responder in a
 // namespace of its own (behind the node, or behind the outside when the
-// case puts it on another node), and a trace is a real connection.
+// case puts it on another node), and a trace is a real connection. It
+// prints one summary line (see Report).
 func Run(t *testing.T, lab *testnet.Lab, dp Datapath, opts Options) {
 	cases := map[string]conformance.Case{}
 	for _, c := range conformance.Cases() {
 		cases[c.Name] = c
 	}
-	conformance.Run(t, func(st *testing.T) conformance.Target {
+	sum := conformance.Run(t, func(st *testing.T) conformance.Target {
 		name := strings.TrimPrefix(st.Name(), t.Name()+"/")
 		c, ok := cases[name]
 		if !ok {
@@ -89,6 +93,36 @@ func Run(t *testing.T, lab *testnet.Lab, dp Datapath, opts Options) {
 		}
 		return &target{Datapath: dp, t: st, lab: lab, c: &c, remote: remoteEndpoints(c), opts: opts}
 	})
+	if err := Report(dp.Name(), sum); err != nil {
+		t.Error(err)
+	}
+}
+
+// SummaryFileEnv names an environment variable: when it is set, Report
+// also appends its line to the file it names (go test shows no output of
+// passing packages; make test prints the file).
+const SummaryFileEnv = "SPOKE_CONFORMANCE_SUMMARY"
+
+// Report prints one line for a kernel conformance run,
+// "conformance DATAPATH KERNEL: P passed, G known gaps, S skipped", on
+// standard output and into the file named by SummaryFileEnv.
+func Report(name string, sum conformance.Summary) error {
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err != nil {
+		return err
+	}
+	line := fmt.Sprintf("conformance %s %s: %s\n", name, unix.ByteSliceToString(uts.Release[:]), sum)
+	fmt.Print(line)
+	path := os.Getenv(SummaryFileEnv)
+	if path == "" {
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(line)
+	return errors.Join(err, f.Close())
 }
 
 type target struct {
@@ -103,11 +137,11 @@ type target struct {
 var _ conformance.KnownGap = (*target)(nil)
 
 // KnownGap implements conformance.KnownGap.
-func (t *target) KnownGap(p conformance.Packet) (string, bool) {
+func (t *target) KnownGap(p conformance.Packet) *conformance.Gap {
 	if t.opts.KnownGap == nil {
-		return "", false
+		return nil
 	}
-	return t.opts.KnownGap(Gap{Case: t.c, Packet: p, Remote: t.remote})
+	return t.opts.KnownGap(GapQuery{Case: t.c, Packet: p, Remote: t.remote})
 }
 
 // SetNode gives the lab's node the node's addresses, then programs them.
