@@ -1,5 +1,5 @@
 // Package testnet builds a node and its surroundings out of network
-// namespaces, veth pairs and a cgroup, and sends real TCP and UDP packets
+// namespaces, veth pairs and a cgroup, and sends real TCP, UDP and SCTP packets
 // through it, reporting where each one went. Datapath tests use it to trace
 // packets through the real kernel:
 //
@@ -21,5 +21,7 @@
 //
 // Caveats: needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) and cgroup v2. A
 // packet that gets no answer within Options.Timeout counts as dropped, so a
-// slow machine needs a longer timeout. SCTP is not supported.
+// slow machine needs a longer timeout. SCTP packets need a kernel with SCTP
+// (HaveSCTP): this machine's kernel has none and cannot load it; the Debian
+// kernel of hack/vm has.
 package testnet
