@@ -13,9 +13,10 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/spoke-proxy/spoke/internal/testnet"
 )
 
 // The demo's pods are this program started again, in a pod's network
@@ -76,23 +77,19 @@ func serve(name, tcpAddr, udpAddr string) error {
 			if err != nil {
 				return
 			}
-			fmt.Fprintf(writerTo{uc, from}, "%s %s %s\n", name, uc.LocalAddr(), from)
+			uc.WriteTo([]byte(testnet.AnswerLine(name, uc.LocalAddr(), from)), from)
 		}
 	}()
 	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		local := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
-		fmt.Fprintf(w, "%s %s %s\n", name, local, r.RemoteAddr)
+		io.WriteString(w, testnet.AnswerLine(name, local, stringer(r.RemoteAddr)))
 	})}
 	return srv.Serve(lis)
 }
 
-// writerTo writes one datagram to addr per Write.
-type writerTo struct {
-	pc   net.PacketConn
-	addr net.Addr
-}
+type stringer string
 
-func (w writerTo) Write(b []byte) (int, error) { return w.pc.WriteTo(b, w.addr) }
+func (s stringer) String() string { return string(s) }
 
 // answer is what a probe saw.
 type answer struct {
@@ -181,11 +178,11 @@ func probeUDP(dst netip.AddrPort, timeout time.Duration) (answer, error) {
 }
 
 func parseAnswer(s string) (answer, error) {
-	f := strings.Fields(s)
-	if len(f) != 3 {
-		return answer{}, fmt.Errorf("bad answer %q", s)
+	name, local, peer, err := testnet.ParseAnswer(s)
+	if err != nil {
+		return answer{}, err
 	}
-	return answer{Responder: f[0], Local: f[1], Peer: f[2]}, nil
+	return answer{Responder: name, Local: local.String(), Peer: peer.String()}, nil
 }
 
 // podCommand returns a command that runs this program's subcommand in the

@@ -381,18 +381,34 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
-// A responder answers "<kind> <local> <peer>\n".
-func parseAnswer(s string) (Result, error) {
+// AnswerLine is what a responder answers, on TCP at once and on UDP to
+// every datagram: its name, the address it was reached on and the source
+// it saw, "<name> <local> <peer>\n". The responders of hack/local answer
+// the same way.
+func AnswerLine(name string, local, peer fmt.Stringer) string {
+	return fmt.Sprintf("%s %s %s\n", name, local, peer)
+}
+
+// ParseAnswer reads an AnswerLine.
+func ParseAnswer(s string) (name string, local, peer netip.AddrPort, err error) {
 	f := strings.Fields(s)
 	if len(f) != 3 {
-		return Result{}, fmt.Errorf("bad answer %q", s)
+		return "", local, peer, fmt.Errorf("bad answer %q", s)
 	}
 	local, err1 := netip.ParseAddrPort(f[1])
 	peer, err2 := netip.ParseAddrPort(f[2])
 	if err := errors.Join(err1, err2); err != nil {
-		return Result{}, fmt.Errorf("bad answer %q: %w", s, err)
+		return "", local, peer, fmt.Errorf("bad answer %q: %w", s, err)
 	}
-	return Result{Outcome: Reached, Responder: f[0], Local: local, Peer: peer}, nil
+	return f[0], local, peer, nil
+}
+
+func parseAnswer(s string) (Result, error) {
+	name, local, peer, err := ParseAnswer(s)
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{Outcome: Reached, Responder: name, Local: local, Peer: peer}, nil
 }
 
 type responderKey struct {
@@ -458,7 +474,7 @@ func (l *Lab) respond(ns *netns.NS, kind string, addr netip.AddrPort, proto data
 						r.mu.Unlock()
 						c.Close()
 					}()
-					fmt.Fprintf(c, "%s %s %s\n", kind, addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr()))
+					io.WriteString(c, AnswerLine(kind, addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr())))
 					io.Copy(c, c)
 				}()
 			}
@@ -473,7 +489,7 @@ func (l *Lab) respond(ns *netns.NS, kind string, addr netip.AddrPort, proto data
 					return
 				}
 				from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-				r.udp.WriteToUDPAddrPort(fmt.Appendf(nil, "%s %s %s\n", kind, addr, from), from)
+				r.udp.WriteToUDPAddrPort([]byte(AnswerLine(kind, addr, from)), from)
 			}
 		}()
 	}
