@@ -7,9 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
-
 	"github.com/spoke-proxy/spoke/controlplane/model"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
@@ -23,7 +20,7 @@ type Encoded struct {
 	Rev uint64
 	// Bytes is the wire encoding of the spokev1.Resource.
 	Bytes []byte
-	// Framed is Bytes as a resources entry (field 2) of a
+	// Framed is Bytes as a resources entry of a
 	// StreamViewsResponse: tag, length, Bytes. Bytes is its tail, so a
 	// response is a list of shared slices, copied into no per-stream buffer.
 	Framed []byte
@@ -35,45 +32,12 @@ type Encoded struct {
 	Trigger time.Time
 }
 
-// ResponseResourcesField is the field number of StreamViewsResponse's
-// resources.
-const ResponseResourcesField protowire.Number = 2
-
 func encode(r *spokev1.Resource, rev uint64) (*Encoded, error) {
-	var content []byte
-	var field protowire.Number
-	var err error
-	opts := proto.MarshalOptions{Deterministic: true}
-	switch k := r.GetKind().(type) {
-	case *spokev1.Resource_Service:
-		field = 3
-		content, err = opts.Marshal(k.Service)
-	case *spokev1.Resource_Node:
-		field = 4
-		content, err = opts.Marshal(k.Node)
-	}
+	f, err := spokev1.FrameResource(r)
 	if err != nil {
 		return nil, err
 	}
-	version, err := spokev1.ContentVersion(r)
-	if err != nil {
-		return nil, err
-	}
-	r.Version = version
-	size := protowire.SizeTag(1) + protowire.SizeBytes(len(r.Name)) +
-		protowire.SizeTag(2) + protowire.SizeBytes(len(version)) +
-		protowire.SizeTag(field) + protowire.SizeBytes(len(content))
-	b := make([]byte, 0, protowire.SizeTag(ResponseResourcesField)+protowire.SizeVarint(uint64(size))+size)
-	b = protowire.AppendTag(b, ResponseResourcesField, protowire.BytesType)
-	b = protowire.AppendVarint(b, uint64(size))
-	head := len(b)
-	b = protowire.AppendTag(b, 1, protowire.BytesType)
-	b = protowire.AppendString(b, r.Name)
-	b = protowire.AppendTag(b, 2, protowire.BytesType)
-	b = protowire.AppendString(b, version)
-	b = protowire.AppendTag(b, field, protowire.BytesType)
-	b = protowire.AppendBytes(b, content)
-	return &Encoded{Name: r.Name, Version: version, Rev: rev, Bytes: b[head:], Framed: b, Resource: r}, nil
+	return &Encoded{Name: r.Name, Version: f.Version, Rev: rev, Bytes: f.Encoded, Framed: f.Framed, Resource: r}, nil
 }
 
 // scope is a group of nodes a service view applies to.

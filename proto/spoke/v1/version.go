@@ -30,6 +30,10 @@ func ContentVersion(r *Resource) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:12]), nil
+	return versionOf(b), nil
+}
+
+func versionOf(content []byte) string {
+	sum := sha256.Sum256(content)
+	return hex.EncodeToString(sum[:12])
 }

@@ -1,0 +1,243 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/spoke-proxy/spoke/controlplane/store"
+	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
+)
+
+type viewStream = grpc.BidiStreamingServer[spokev1.StreamViewsRequest, spokev1.StreamViewsResponse]
+
+// StreamViews implements spokev1.ViewServiceServer. A stream goes through
+// a handshake (the first request, bound to a node), then runs a receive
+// pump and a send loop beside the session that settles acknowledgements
+// and sends the node's view, as go-control-plane's server does.
+func (s *Server) StreamViews(stream viewStream) error {
+	ctx, cancel := context.WithCancelCause(stream.Context())
+	defer cancel(nil)
+	c := newConn("", cancel)
+	if p, ok := peer.FromContext(ctx); ok {
+		c.peer = p.Addr.String()
+	}
+	sess, err := s.handshake(ctx, stream, c)
+	if err != nil {
+		return err
+	}
+	defer s.detach(c)
+	defer s.opts.Store.Unsubscribe(sess.sub)
+	sess.requests, sess.recvErr = receive(ctx, stream)
+	sess.outgoing, sess.sendErr = send(ctx, stream)
+	return sess.run(ctx)
+}
+
+// handshake reads and checks the first request, binds the stream to a node
+// and computes the first delta. The first request carries every version
+// the agent holds: it is read only once the store holds a whole view, and
+// only by a bounded number of streams at a time, so that thousands of
+// agents reconnecting to a starting control plane do not all sit decoded
+// in memory at once.
+func (s *Server) handshake(ctx context.Context, stream viewStream, c *conn) (*session, error) {
+	select {
+	case <-s.opts.Store.Ready():
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if err := s.syncs.Acquire(ctx, 1); err != nil {
+		return nil, err
+	}
+	defer s.syncs.Release(1)
+	first, err := stream.Recv()
+	if err != nil {
+		return nil, err
+	}
+	if c.node, err = s.bind(ctx, first); err != nil {
+		return nil, err
+	}
+	s.attach(c)
+	log := s.log.With("node", c.node, "peer", c.peer)
+	log.Info("agent connected", "held", len(first.GetInitialResourceVersions()))
+
+	// Subscribe before computing the first delta, so that a change published
+	// in between wakes the stream instead of waiting for the next one.
+	sub := s.opts.Store.Subscribe(0)
+	delta := s.opts.Store.Initial(c.node, first.GetInitialResourceVersions())
+	sub.SetSynced(delta.Rev)
+	// The first response is sent even when empty: it tells the agent that
+	// it holds its whole view.
+	return &session{s: s, c: c, log: log, sub: sub, firstRev: delta.Rev, queue: s.split(delta), target: delta.Rev}, nil
+}
+
+// bind checks the first request and returns the node the stream serves.
+func (s *Server) bind(ctx context.Context, first *spokev1.StreamViewsRequest) (string, error) {
+	if err := validateFirst(first); err != nil {
+		s.metrics.rejectedStreams.WithLabelValues("invalid").Inc()
+		return "", status.Error(codes.InvalidArgument, err.Error())
+	}
+	node, err := s.opts.Authenticator.NodeName(ctx, first.GetNodeName())
+	switch {
+	case errors.Is(err, ErrUnauthenticated):
+		s.metrics.rejectedStreams.WithLabelValues("unauthenticated").Inc()
+		s.log.Warn("refusing an agent stream", "claimed_node", first.GetNodeName(), "err", err)
+		return "", status.Errorf(codes.Unauthenticated, "binding stream to a node: %v", err)
+	case err != nil:
+		s.metrics.rejectedStreams.WithLabelValues("auth_unavailable").Inc()
+		return "", status.Errorf(codes.Unavailable, "binding stream to a node: %v", err)
+	case node == "":
+		return "", status.Error(codes.InvalidArgument, "no node name")
+	}
+	return node, nil
+}
+
+// receive pumps the agent's requests into a channel until the stream ends
+// or ctx is done.
+func receive(ctx context.Context, stream viewStream) (<-chan *spokev1.StreamViewsRequest, <-chan error) {
+	requests := make(chan *spokev1.StreamViewsRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case requests <- req:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return requests, recvErr
+}
+
+// send writes responses, already in wire form, until ctx is done.
+func send(ctx context.Context, stream viewStream) (chan<- [][]byte, <-chan error) {
+	outgoing := make(chan [][]byte, 1)
+	sendErr := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case b := <-outgoing:
+				if err := stream.SendMsg(&rawResponse{b}); err != nil {
+					sendErr <- err
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return outgoing, sendErr
+}
+
+// session sends a node its view one response at a time and settles each
+// response's acknowledgement before the next.
+type session struct {
+	s   *Server
+	c   *conn
+	log *slog.Logger
+	sub *store.Subscription
+	// firstRev is the revision of the first delta: content older than it
+	// says nothing about programming latency.
+	firstRev uint64
+	// queue holds the parts of the current delta not yet sent; the agent is
+	// synchronised to target once all of them are acknowledged.
+	queue    []part
+	target   uint64
+	dirty    bool
+	ackTimer <-chan time.Time
+
+	requests <-chan *spokev1.StreamViewsRequest
+	recvErr  <-chan error
+	outgoing chan<- [][]byte
+	sendErr  <-chan error
+}
+
+func (ss *session) run(ctx context.Context) error {
+	for {
+		if ss.c.pending() == "" {
+			ss.sendNext()
+		}
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case err := <-ss.recvErr:
+			if errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
+				ss.log.Info("agent disconnected")
+				return nil
+			}
+			ss.log.Info("agent stream ended", "err", err)
+			return err
+		case err := <-ss.sendErr:
+			return err
+		case <-ss.ackTimer:
+			ss.s.metrics.stuckDisconnects.Inc()
+			ss.log.Warn("agent did not acknowledge in time; disconnecting", "nonce", ss.c.pending(), "timeout", ss.s.opts.AckTimeout)
+			return status.Errorf(codes.DeadlineExceeded, "response %s not acknowledged within %s", ss.c.pending(), ss.s.opts.AckTimeout)
+		case <-ss.sub.C():
+			ss.dirty = true
+		case req := <-ss.requests:
+			if err := ss.settle(req); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// sendNext sends the next part of the current delta, computing a new delta
+// first when the store changed and the current one is done.
+func (ss *session) sendNext() {
+	s, c := ss.s, ss.c
+	if len(ss.queue) == 0 && ss.dirty {
+		ss.dirty = false
+		d := s.opts.Store.Since(c.node, c.syncedRev(), c.skipped())
+		if d.Empty() {
+			c.setSynced(d.Rev)
+			ss.sub.SetSynced(d.Rev)
+		} else {
+			ss.queue, ss.target = s.split(d), d.Rev
+		}
+	}
+	if len(ss.queue) == 0 {
+		return
+	}
+	p := ss.queue[0]
+	ss.queue = ss.queue[1:]
+	nonce := c.nextNonce()
+	ss.outgoing <- p.encode(nonce)
+	c.sent(nonce, p, len(ss.queue) == 0, ss.target)
+	s.metrics.responses.Inc()
+	s.metrics.resources.Add(float64(len(p.resources)))
+	ss.ackTimer = time.After(s.opts.AckTimeout)
+}
+
+// settle handles the agent's acknowledgement of the response in flight.
+func (ss *session) settle(req *spokev1.StreamViewsRequest) error {
+	c := ss.c
+	if err := validateAck(req); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	if req.GetResponseNonce() != c.pending() {
+		return status.Errorf(codes.InvalidArgument, "acknowledged nonce %q, but the response in flight is %q", req.GetResponseNonce(), c.pending())
+	}
+	ss.ackTimer = nil
+	if rej := req.GetError(); rej != nil {
+		ss.s.metrics.nacks.Inc()
+		ss.log.Warn("agent rejected a response", "nonce", req.GetResponseNonce(), "error", rej.GetMessage(), "resources", rej.GetResourceNames())
+	} else {
+		observeProgrammed(ss.s.metrics.programming, c.inFlightResources(), ss.firstRev, time.Now())
+	}
+	if rev, done := c.acked(req.GetError()); done {
+		ss.sub.SetSynced(rev)
+	}
+	return nil
+}

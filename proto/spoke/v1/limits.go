@@ -1,0 +1,15 @@
+package spokev1
+
+// Limits shared by the control plane, which sends views, and the agent,
+// which receives them.
+const (
+	// MaxMessageBytes is the largest StreamViewsResponse an agent accepts:
+	// its gRPC receive limit.
+	MaxMessageBytes = 64 << 20
+	// DefaultResponseBytes is the size above which the control plane splits
+	// a delta into several responses, unless configured otherwise.
+	DefaultResponseBytes = 4 << 20
+	// ResponseOverheadBytes is room kept in every response for what is not
+	// a resource: the nonce and the framing.
+	ResponseOverheadBytes = 1 << 10
+)
