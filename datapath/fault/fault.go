@@ -26,6 +26,7 @@ type Datapath struct {
 	mu       sync.Mutex
 	failures []failure
 	hold     chan struct{}
+	held     int
 	applies  int
 	after    func()
 }
@@ -82,6 +83,13 @@ func (d *Datapath) AfterApply(f func()) {
 	d.after = f
 }
 
+// Held returns how many applies are waiting for a Hold's release.
+func (d *Datapath) Held() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.held
+}
+
 // Applies returns how many applies reached the wrapped datapath.
 func (d *Datapath) Applies() int {
 	d.mu.Lock()
@@ -130,6 +138,14 @@ func (d *Datapath) wait(ctx context.Context) error {
 	if hold == nil {
 		return nil
 	}
+	d.mu.Lock()
+	d.held++
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.held--
+		d.mu.Unlock()
+	}()
 	select {
 	case <-hold:
 		return nil
