@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"os"
 	"runtime"
 	"slices"
 	"strings"
@@ -62,9 +63,14 @@ type Agent struct {
 	log  *slog.Logger
 	rec  *reconcile.Reconciler
 
+	// applyMu serialises what writes the datapath and the state file
+	// (Restore, handle): kernel writes and fsyncs are slow, and mu, which
+	// health checks and inspection take, is never held through them.
+	applyMu sync.Mutex
+	store   *state.Store // under applyMu
+
 	mu             sync.Mutex
-	store          *state.Store
-	cached         map[string]*spokev1.Resource // applied: the last good state
+	cached         map[string]*spokev1.Resource // accepted: the last good state; written under both locks
 	restored       bool
 	restoredCount  int
 	cacheAppliedAt time.Time
@@ -104,50 +110,85 @@ func New(opts Options) (*Agent, error) {
 }
 
 // Restore opens the state file and programs the datapath from it. A corrupt
-// file is moved aside and the agent starts empty. After Restore the agent is
-// ready: it serves with what it had, before it has reconnected.
+// file is moved aside and the agent starts empty; a file the system will
+// not let it use is left where it is and the agent runs without one. Either
+// way the datapath keeps what it holds until the first sync. After Restore
+// the agent is ready: it serves with what it had, before it has
+// reconnected.
 func (a *Agent) Restore(ctx context.Context) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.restored {
+	a.applyMu.Lock()
+	defer a.applyMu.Unlock()
+	if a.Ready() {
 		return nil
 	}
+	restored := 0
 	if a.opts.StatePath != "" {
-		st, moved, err := state.OpenOrReset(a.opts.StatePath)
+		st, err := a.openState()
 		if err != nil {
-			return fmt.Errorf("opening state: %w", err)
+			return err
 		}
-		if moved != "" {
-			a.log.Warn("state file was corrupt; moved aside, resyncing from the control plane", "path", a.opts.StatePath, "moved_to", moved)
-			a.opts.Metrics.corruptState()
-		}
-		a.store = st
-		loaded, err := st.Load()
-		if err != nil {
-			return fmt.Errorf("loading state: %w", err)
-		}
-		node, upsert, good, bad := decodeAll(slices.Collect(maps.Values(loaded)), view.Service)
-		for name, err := range bad {
-			a.log.Warn("dropping a cached resource that does not decode", "resource", name, "err", err)
-		}
-		failed, err := a.rec.Apply(ctx, node, upsert, nil)
-		if err != nil {
-			return fmt.Errorf("programming cached state: %w", err)
-		}
-		for _, r := range good {
-			if _, ok := failed[r.GetName()]; !ok {
-				a.cached[r.GetName()] = r
+		if st != nil {
+			a.store = st
+			if restored, err = a.restoreFrom(ctx, st); err != nil {
+				return err
 			}
 		}
-		for name, err := range failed {
-			a.log.Warn("cached service could not be programmed", "service", name, "err", err)
-		}
-		a.restoredCount = len(a.cached)
 	}
+	a.mu.Lock()
 	a.restored = true
+	a.restoredCount = restored
 	a.cacheAppliedAt = time.Now()
-	a.log.Info("datapath programmed from state file", "resources", a.restoredCount)
+	a.mu.Unlock()
+	a.log.Info("datapath programmed from state file", "resources", restored)
 	return nil
+}
+
+// openState opens the state file, moving a corrupt one aside. It returns
+// nil, and no error, for a file the system will not let the agent use.
+func (a *Agent) openState() (*state.Store, error) {
+	st, moved, err := state.OpenOrReset(a.opts.StatePath)
+	switch {
+	case errors.Is(err, state.ErrUnavailable):
+		a.log.Error("state file cannot be used (an I/O or permission error, not corruption): running without it; the datapath is left as it is until the control plane resyncs it",
+			"path", a.opts.StatePath, "err", err)
+		a.opts.Metrics.stateUnavailable()
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("opening state: %w", err)
+	}
+	if moved != "" {
+		a.log.Warn("state file was corrupt; moved aside, resyncing from the control plane", "path", a.opts.StatePath, "moved_to", moved)
+		a.opts.Metrics.corruptState()
+	}
+	return st, nil
+}
+
+// restoreFrom programs the datapath from the state file's resources and
+// returns how many it holds.
+func (a *Agent) restoreFrom(ctx context.Context, st *state.Store) (int, error) {
+	loaded, err := st.Load()
+	if err != nil {
+		return 0, fmt.Errorf("loading state: %w", err)
+	}
+	node, upsert, good, bad := decodeAll(slices.Collect(maps.Values(loaded)), view.Service)
+	for name, err := range bad {
+		a.log.Warn("dropping a cached resource that does not decode", "resource", name, "err", err)
+	}
+	failed, err := a.rec.Apply(ctx, node, upsert, nil)
+	if err != nil {
+		return 0, fmt.Errorf("programming cached state: %w", err)
+	}
+	for name, err := range failed {
+		a.log.Warn("cached service could not be programmed", "service", name, "err", err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, r := range good {
+		if _, ok := failed[r.GetName()]; !ok {
+			a.cached[r.GetName()] = r
+		}
+	}
+	return len(a.cached), nil
 }
 
 // Ready reports whether the datapath holds the agent's last known state.
@@ -197,8 +238,8 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 func (a *Agent) closeState() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	a.applyMu.Lock()
+	defer a.applyMu.Unlock()
 	if a.store != nil {
 		a.store.Close()
 		a.store = nil
@@ -244,6 +285,9 @@ func (a *Agent) stream(ctx context.Context) (progressed bool, err error) {
 		if err != nil {
 			return progressed, err
 		}
+		// The first response of a stream brings the agent's whole view:
+		// from now on what the control plane did not send may be removed.
+		a.rec.MarkSynced()
 		if err := s.Send(ack); err != nil {
 			return progressed, err
 		}
@@ -270,18 +314,60 @@ func (a *Agent) handle(ctx context.Context, resp *spokev1.StreamViewsResponse) (
 	if nonce == "" || len(nonce) > 64 {
 		return nil, fmt.Errorf("%w: response nonce %.64q", errProtocol, nonce)
 	}
+	a.applyMu.Lock()
+	defer a.applyMu.Unlock()
+	if err := a.takeNonce(nonce, len(resp.GetResources())); err != nil {
+		return nil, err
+	}
+	rejected, fresh, remove := a.check(resp)
+	decode := view.Service
+	if a.opts.Shared != nil {
+		decode = a.opts.Shared.Service
+	}
+	node, upsert, good, bad := decodeAll(fresh, decode)
+	maps.Copy(rejected, bad)
+	// The state file takes the intent before the datapath: a kill between
+	// the two writes leaves a file that is ahead of the datapath, which the
+	// restart applies, never one behind it, which would roll it back.
+	a.persist(good, remove)
+	failed, err := a.rec.Apply(ctx, node, upsert, remove)
+	if err != nil {
+		// The node is invalid: nothing in the response is applied.
+		failed = map[string]error{}
+		for _, r := range good {
+			failed[r.GetName()] = err
+		}
+		for _, name := range remove {
+			failed[name] = err
+		}
+	}
+	maps.Copy(rejected, failed)
+	applied, removed := a.commit(good, remove, failed)
+	if a.opts.OnApplied != nil {
+		a.opts.OnApplied(applied, removed)
+	}
+	a.opts.Metrics.applied(time.Since(start))
+	return a.answer(nonce, rejected), nil
+}
+
+// takeNonce records a response's nonce; a repeated one breaks the protocol.
+func (a *Agent) takeNonce(nonce string, resources int) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if nonce == a.lastNonce {
-		return nil, fmt.Errorf("%w: nonce %q repeated", errProtocol, nonce)
+		return fmt.Errorf("%w: nonce %q repeated", errProtocol, nonce)
 	}
 	a.lastNonce = nonce
-	a.received += uint64(len(resp.GetResources()))
-	a.opts.Metrics.received(len(resp.GetResources()))
+	a.received += uint64(resources)
+	a.opts.Metrics.received(resources)
+	return nil
+}
 
-	rejected := map[string]error{}
+// check sorts a response into resources that break its rules (rejected),
+// resources to decode (fresh) and held names to remove.
+func (a *Agent) check(resp *spokev1.StreamViewsResponse) (rejected map[string]error, fresh []*spokev1.Resource, remove []string) {
+	rejected = map[string]error{}
 	seen := map[string]bool{}
-	var fresh []*spokev1.Resource
 	for _, r := range resp.GetResources() {
 		name := r.GetName()
 		switch {
@@ -299,13 +385,6 @@ func (a *Agent) handle(ctx context.Context, resp *spokev1.StreamViewsResponse) (
 		}
 		fresh = append(fresh, r)
 	}
-	decode := view.Service
-	if a.opts.Shared != nil {
-		decode = a.opts.Shared.Service
-	}
-	node, upsert, good, bad := decodeAll(fresh, decode)
-	maps.Copy(rejected, bad)
-	var remove []string
 	for _, name := range resp.GetRemovedResources() {
 		if seen[name] || name == spokev1.NodeResourceName {
 			rejected[name] = errors.New("removed and sent in one response, or the node removed")
@@ -315,44 +394,66 @@ func (a *Agent) handle(ctx context.Context, resp *spokev1.StreamViewsResponse) (
 			remove = append(remove, name)
 		}
 	}
-	failed, err := a.rec.Apply(ctx, node, upsert, remove)
-	if err != nil {
-		// The node itself could not be set: nothing in the response is
-		// applied.
-		for _, r := range good {
-			rejected[r.GetName()] = err
-		}
-		good, remove = nil, nil
+	return rejected, fresh, remove
+}
+
+// persist writes what the agent is about to apply to the state file. A
+// file that fails a write is dropped (closed and deleted), so that a
+// restart cannot roll the datapath back from it.
+func (a *Agent) persist(put []*spokev1.Resource, remove []string) {
+	if a.store == nil || len(put)+len(remove) == 0 {
+		return
 	}
-	maps.Copy(rejected, failed)
-	var applied []*spokev1.Resource
+	err := a.store.Update(put, remove)
+	if err == nil {
+		return
+	}
+	a.opts.Metrics.stateWriteError()
+	path := a.store.Path()
+	a.store.Close()
+	a.store = nil
+	rmErr := os.Remove(path)
+	a.log.Error("writing state file; running without it (a restart resyncs from the control plane)", "err", err, "path", path, "removed", rmErr == nil)
+}
+
+// commit records what the datapath accepted, and takes back from the state
+// file what it rejected. It returns the resources and removals now held.
+func (a *Agent) commit(good []*spokev1.Resource, remove []string, failed map[string]error) (applied []*spokev1.Resource, removed []string) {
+	var revertPut []*spokev1.Resource
+	var revertRemove []string
+	a.mu.Lock()
 	for _, r := range good {
-		if _, ok := failed[r.GetName()]; !ok {
+		name := r.GetName()
+		if _, bad := failed[name]; !bad {
 			applied = append(applied, r)
-			a.cached[r.GetName()] = r
+			a.cached[name] = r
+		} else if old, ok := a.cached[name]; ok {
+			revertPut = append(revertPut, old)
+		} else {
+			revertRemove = append(revertRemove, name)
 		}
 	}
-	var removed []string
 	for _, name := range remove {
-		if _, ok := failed[name]; !ok {
+		if _, bad := failed[name]; !bad {
 			removed = append(removed, name)
 			delete(a.cached, name)
+		} else {
+			revertPut = append(revertPut, a.cached[name])
 		}
 	}
-	if a.opts.OnApplied != nil {
-		a.opts.OnApplied(applied, removed)
-	}
-	if a.store != nil && (len(applied) > 0 || len(removed) > 0) {
-		if err := a.store.Update(applied, removed); err != nil {
-			a.log.Error("writing state file; the datapath is programmed, a restart will resync", "err", err)
-			a.opts.Metrics.stateWriteError()
-		}
-	}
-	a.opts.Metrics.applied(time.Since(start))
+	a.mu.Unlock()
+	a.persist(revertPut, revertRemove)
+	return applied, removed
+}
+
+// answer builds the ACK, or the NACK naming the rejected resources.
+func (a *Agent) answer(nonce string, rejected map[string]error) *spokev1.StreamViewsRequest {
 	ack := &spokev1.StreamViewsRequest{ResponseNonce: nonce}
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if len(rejected) == 0 {
 		a.acks++
-		return ack, nil
+		return ack
 	}
 	a.nacks++
 	a.opts.Metrics.nacked()
@@ -368,7 +469,7 @@ func (a *Agent) handle(ctx context.Context, resp *spokev1.StreamViewsResponse) (
 	a.lastNack = msg
 	a.log.Warn("rejecting part of a response; keeping the last good state", "nonce", nonce, "rejected", len(names), "error", msg)
 	ack.Error = &spokev1.Rejection{Message: msg, ResourceNames: names}
-	return ack, nil
+	return ack
 }
 
 // decodeAll decodes resources into the datapath's types. good are the

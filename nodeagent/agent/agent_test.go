@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -19,6 +20,7 @@ import (
 	"github.com/spoke-proxy/spoke/controlplane/server"
 	"github.com/spoke-proxy/spoke/controlplane/store"
 	"github.com/spoke-proxy/spoke/datapath"
+	"github.com/spoke-proxy/spoke/datapath/fault"
 	"github.com/spoke-proxy/spoke/datapath/memory"
 	"github.com/spoke-proxy/spoke/nodeagent/agent"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
@@ -232,13 +234,19 @@ func TestRestartProgramsFromStateBeforeConnecting(t *testing.T) {
 
 func TestRejectedServiceKeepsLastGoodState(t *testing.T) {
 	cp := startControlPlane(t, "127.0.0.1:0", newStore(t, svc("web", "10.96.0.10", "10.244.1.5")))
-	dp := memory.New(memory.Options{MaxServices: 1})
-	a := newAgent(t, cp.addr, filepath.Join(t.TempDir(), "state.db"), dp)
+	dp := memory.New(memory.Options{})
+	faulty := fault.Wrap(dp)
+	a, err := agent.New(agent.Options{NodeName: "node-1", Conn: dial(t, cp.addr), Datapath: faulty,
+		StatePath: filepath.Join(t.TempDir(), "state.db"), Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
 	run(t, a)
 	synced(t, cp, a)
 
-	// The datapath has room for one service: a second one is rejected, and
+	// The datapath finds the second service invalid: it is rejected, and
 	// the update of the first one in the same response still applies.
+	faulty.FailApply("default/api", fmt.Errorf("%w default/api: cannot be expressed", datapath.ErrInvalid), -1)
 	set(t, cp.store, svc("web", "10.96.0.10", "10.244.1.6"), svc("api", "10.96.0.11", "10.244.2.5"))
 	eventually(t, "the control plane sees the NACK", func() bool {
 		st := nodeStatus(t, cp)
@@ -251,7 +259,7 @@ func TestRejectedServiceKeepsLastGoodState(t *testing.T) {
 	if _, ok := ns.GetNacked()[0].GetVersions()["default/api"]; !ok || len(ns.GetNacked()[0].GetVersions()) != 1 {
 		t.Fatalf("nacked versions %v, want default/api alone", ns.GetNacked()[0].GetVersions())
 	}
-	if !strings.Contains(ns.GetNacked()[0].GetMessage(), "table full") {
+	if !strings.Contains(ns.GetNacked()[0].GetMessage(), "cannot be expressed") {
 		t.Fatalf("NACK message %q does not say why", ns.GetNacked()[0].GetMessage())
 	}
 	if v := trace(dp, "10.96.0.10:80"); v.Backend.String() != "10.244.1.6:8080" {

@@ -16,6 +16,7 @@ type Metrics struct {
 	driftTotal       prometheus.Counter
 	stateWriteErrors prometheus.Counter
 	corruptStates    prometheus.Counter
+	unusableStates   prometheus.Counter
 }
 
 // NewMetrics registers an agent's metrics with reg.
@@ -51,8 +52,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "spoke", Subsystem: "agent", Name: "corrupt_state_files_total",
 			Help: "State files found corrupt and moved aside.",
 		}),
+		unusableStates: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "spoke", Subsystem: "agent", Name: "state_file_unavailable_total",
+			Help: "Starts without the state file because of an I/O or permission error.",
+		}),
 	}
-	reg.MustRegister(m.connectedGauge, m.resourcesTotal, m.nacksTotal, m.applyDuration, m.driftTotal, m.stateWriteErrors, m.corruptStates)
+	reg.MustRegister(m.connectedGauge, m.resourcesTotal, m.nacksTotal, m.applyDuration, m.driftTotal, m.stateWriteErrors, m.corruptStates, m.unusableStates)
 	return m
 }
 
@@ -100,5 +105,11 @@ func (m *Metrics) stateWriteError() {
 func (m *Metrics) corruptState() {
 	if m != nil {
 		m.corruptStates.Inc()
+	}
+}
+
+func (m *Metrics) stateUnavailable() {
+	if m != nil {
+		m.unusableStates.Inc()
 	}
 }

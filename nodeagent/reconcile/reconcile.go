@@ -1,7 +1,18 @@
 // Package reconcile keeps a datapath equal to the agent's desired state:
 // it applies changes as they come, isolates the services a datapath
-// rejects, and periodically reads the datapath back to repair drift (a
-// service someone else changed or removed).
+// rejects as invalid, retries the ones that failed for a transient reason,
+// and periodically reads the datapath back to repair drift (a service
+// someone else changed or removed).
+//
+// Only an error that wraps datapath.ErrInvalid is the service's fault. Any
+// other error (ENOMEM, a failed netlink call, a full table that frees
+// later) leaves the service desired and the datapath marked dirty; the run
+// loop retries it with backoff, without waiting for a new version.
+//
+// Repair removes services the desired state does not name only after
+// MarkSynced: before the agent's first sync with the control plane the
+// desired state may be incomplete (a lost state file), and emptying the
+// datapath then would be the opposite of static stability.
 package reconcile
 
 import (
@@ -18,33 +29,47 @@ import (
 
 // Reconciler drives one datapath. It is safe for concurrent use.
 type Reconciler struct {
-	dp datapath.Datapath
+	dp   datapath.Datapath
+	kick chan struct{} // a failed write asks the run loop for a sooner retry
 
 	mu        sync.Mutex
 	node      *datapath.Node
 	desired   map[string]*datapath.Service
 	lastDrift []string
-	dirty     bool // a kernel error may have left the datapath half-updated
+	dirty     bool // a failed write left the datapath behind the desired state
+	synced    bool // the desired state is complete: repair may remove
 }
 
 // New returns a Reconciler with an empty desired state.
 func New(dp datapath.Datapath) *Reconciler {
-	return &Reconciler{dp: dp, desired: map[string]*datapath.Service{}}
+	return &Reconciler{dp: dp, desired: map[string]*datapath.Service{}, kick: make(chan struct{}, 1)}
 }
 
 // Datapath returns the datapath the reconciler drives.
 func (r *Reconciler) Datapath() datapath.Datapath { return r.dp }
 
+// MarkSynced records that the desired state is complete (the agent has
+// synced with the control plane): from now on Repair removes services it
+// does not name.
+func (r *Reconciler) MarkSynced() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.synced = true
+}
+
 // Apply adds the upserted services to the desired state, removes the named
-// ones, and programs the datapath. A service the datapath rejects keeps its
-// previous desired state and is returned in failed with its error. err is
-// set when the node could not be set; failed services are not an error.
+// ones, and programs the datapath. A service the datapath rejects as
+// invalid keeps its previous desired state and is returned in failed with
+// its error. A service that fails for another reason is desired all the
+// same and retried by Run. err is set when the node is invalid.
 func (r *Reconciler) Apply(ctx context.Context, node *datapath.Node, upsert []*datapath.Service, remove []string) (failed map[string]error, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if node != nil {
-		if err := r.dp.SetNode(ctx, *node); err != nil {
+		if err := r.dp.SetNode(ctx, *node); errors.Is(err, datapath.ErrInvalid) {
 			return nil, fmt.Errorf("setting node: %w", err)
+		} else if err != nil {
+			r.markDirty()
 		}
 		n := *node
 		r.node = &n
@@ -52,41 +77,58 @@ func (r *Reconciler) Apply(ctx context.Context, node *datapath.Node, upsert []*d
 	if len(upsert) == 0 && len(remove) == 0 {
 		return nil, nil
 	}
-	if err := r.dp.Apply(ctx, upsert, remove); err == nil {
-		r.commit(upsert, remove)
-		return nil, nil
-	} else if !errors.Is(err, datapath.ErrInvalid) && !errors.Is(err, datapath.ErrFull) {
-		r.dirty = true
-	}
-	// The batch failed: apply one by one to find the services at fault.
 	failed = map[string]error{}
-	if len(remove) > 0 {
-		if err := r.dp.Apply(ctx, nil, remove); err != nil {
-			for _, k := range remove {
-				failed[k] = err
-			}
-			r.dirty = true
-		} else {
-			r.commit(nil, remove)
-		}
+	if err := r.dp.Apply(ctx, upsert, remove); err != nil {
+		failed = r.applyEach(ctx, upsert, remove)
 	}
-	for _, s := range upsert {
-		if err := r.dp.Apply(ctx, []*datapath.Service{s}, nil); err != nil {
-			failed[s.Key] = err
-			continue
-		}
-		r.commit([]*datapath.Service{s}, nil)
-	}
-	return failed, nil
-}
-
-func (r *Reconciler) commit(upsert []*datapath.Service, remove []string) {
 	for _, k := range remove {
 		delete(r.desired, k)
 	}
 	for _, s := range upsert {
-		r.desired[s.Key] = s
+		if _, bad := failed[s.Key]; !bad {
+			r.desired[s.Key] = s
+		}
 	}
+	return failed, nil
+}
+
+// applyEach applies a batch that failed as a whole one service at a time,
+// to find the services at fault. It returns the invalid ones; any other
+// failure marks the datapath dirty.
+func (r *Reconciler) applyEach(ctx context.Context, upsert []*datapath.Service, remove []string) (invalid map[string]error) {
+	invalid = map[string]error{}
+	if len(remove) > 0 {
+		if err := r.dp.Apply(ctx, nil, remove); err != nil {
+			r.markDirty()
+		}
+	}
+	for _, s := range upsert {
+		err := r.dp.Apply(ctx, []*datapath.Service{s}, nil)
+		switch {
+		case errors.Is(err, datapath.ErrInvalid):
+			invalid[s.Key] = err
+		case err != nil:
+			r.markDirty()
+		}
+	}
+	return invalid
+}
+
+// markDirty records that the datapath is behind and wakes the run loop.
+func (r *Reconciler) markDirty() {
+	r.dirty = true
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Dirty reports whether a failed write left the datapath behind the
+// desired state, to be retried.
+func (r *Reconciler) Dirty() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.dirty
 }
 
 // Desired returns the keys of the desired services.
@@ -104,7 +146,8 @@ func (r *Reconciler) LastDrift() []string {
 }
 
 // Repair reads the datapath back and programs what differs from the
-// desired state. It returns the differences it found.
+// desired state. It returns the differences it found. Before MarkSynced a
+// service the desired state does not name is reported and kept.
 func (r *Reconciler) Repair(ctx context.Context) ([]string, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -112,9 +155,28 @@ func (r *Reconciler) Repair(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading back the datapath: %w", err)
 	}
-	var drift []string
-	var upsert []*datapath.Service
-	var remove []string
+	drift, upsert, remove := r.diff(actual)
+	r.lastDrift = drift
+	if r.node != nil {
+		if err := r.dp.SetNode(ctx, *r.node); err != nil {
+			return drift, fmt.Errorf("setting node: %w", err)
+		}
+	}
+	r.dirty = false
+	if len(upsert) == 0 && len(remove) == 0 {
+		return drift, nil
+	}
+	if err := r.dp.Apply(ctx, upsert, remove); err != nil {
+		invalid := r.applyEach(ctx, upsert, remove)
+		if r.dirty || len(invalid) > 0 {
+			return drift, fmt.Errorf("repairing %d services: %w", len(upsert)+len(remove), err)
+		}
+	}
+	return drift, nil
+}
+
+// diff compares the datapath with the desired state.
+func (r *Reconciler) diff(actual map[string]*datapath.Service) (drift []string, upsert []*datapath.Service, remove []string) {
 	for k, want := range r.desired {
 		got, ok := actual[k]
 		switch {
@@ -127,27 +189,18 @@ func (r *Reconciler) Repair(ctx context.Context) ([]string, error) {
 		}
 	}
 	for k := range actual {
-		if _, ok := r.desired[k]; !ok {
-			drift = append(drift, "unexpected "+k)
-			remove = append(remove, k)
+		if _, ok := r.desired[k]; ok {
+			continue
 		}
+		if !r.synced {
+			drift = append(drift, "unexpected "+k+" (kept until the first sync)")
+			continue
+		}
+		drift = append(drift, "unexpected "+k)
+		remove = append(remove, k)
 	}
 	slices.Sort(drift)
-	r.lastDrift = drift
-	if r.node != nil {
-		if err := r.dp.SetNode(ctx, *r.node); err != nil {
-			return drift, fmt.Errorf("setting node: %w", err)
-		}
-	}
-	if len(upsert) == 0 && len(remove) == 0 {
-		r.dirty = false
-		return drift, nil
-	}
-	if err := r.dp.Apply(ctx, upsert, remove); err != nil {
-		return drift, fmt.Errorf("repairing %d services: %w", len(upsert)+len(remove), err)
-	}
-	r.dirty = false
-	return drift, nil
+	return drift, upsert, remove
 }
 
 // Run repairs drift every interval, and sooner, with backoff, after a
@@ -155,27 +208,34 @@ func (r *Reconciler) Repair(ctx context.Context) ([]string, error) {
 func (r *Reconciler) Run(ctx context.Context, interval time.Duration, onRepair func(drift []string, err error)) {
 	const minRetry, maxRetry = 100 * time.Millisecond, 30 * time.Second
 	retry := minRetry
-	wait := interval
+	timer := time.NewTimer(interval)
+	defer timer.Stop()
+	next := time.Now().Add(interval)
 	for {
-		r.mu.Lock()
-		if r.dirty {
-			wait = min(wait, retry)
-		}
-		r.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(wait):
+		case <-r.kick:
+			// A write failed: retry soon, unless a repair is due sooner.
+			if time.Until(next) > retry {
+				timer.Reset(retry)
+				next = time.Now().Add(retry)
+			}
+			continue
+		case <-timer.C:
 		}
 		drift, err := r.Repair(ctx)
 		if onRepair != nil {
 			onRepair(drift, err)
 		}
-		if err != nil {
+		wait := interval
+		if err != nil || r.Dirty() {
 			wait = retry
 			retry = min(2*retry, maxRetry)
-			continue
+		} else {
+			retry = minRetry
 		}
-		retry, wait = minRetry, interval
+		timer.Reset(wait)
+		next = time.Now().Add(wait)
 	}
 }

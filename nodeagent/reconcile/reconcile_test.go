@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/spoke-proxy/spoke/datapath"
+	"github.com/spoke-proxy/spoke/datapath/fault"
 	"github.com/spoke-proxy/spoke/datapath/memory"
 	"github.com/spoke-proxy/spoke/nodeagent/reconcile"
 )
@@ -46,6 +48,7 @@ func TestRepairFixesDrift(t *testing.T) {
 	defer cancel()
 	dp := memory.New(memory.Options{})
 	r := reconcile.New(dp)
+	r.MarkSynced()
 	if _, err := r.Apply(ctx, nil, []*datapath.Service{service("ns/a", "10.96.0.1"), service("ns/b", "10.96.0.2")}, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -72,5 +75,61 @@ func TestRepairFixesDrift(t *testing.T) {
 	}
 	if drift, err := r.Repair(ctx); err != nil || len(drift) != 0 {
 		t.Fatalf("second repair found %v, %v", drift, err)
+	}
+}
+
+// A transient failure (ENOMEM, a failed netlink call) is not the service's
+// fault: the service stays desired and the run loop retries it soon, not
+// after the drift-check interval.
+func TestTransientFailureIsRetriedSoon(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	mem := memory.New(memory.Options{})
+	dp := fault.Wrap(mem)
+	r := reconcile.New(dp)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.Run(ctx, time.Hour, nil)
+	}()
+	defer func() { cancel(); <-done }()
+	dp.FailApply("ns/a", syscall.ENOMEM, 2)
+	failed, err := r.Apply(ctx, nil, []*datapath.Service{service("ns/a", "10.96.0.1")}, nil)
+	if err != nil || len(failed) != 0 {
+		t.Fatalf("a transient failure was rejected: %v, %v", failed, err)
+	}
+	if got := r.Desired(); len(got) != 1 || got[0] != "ns/a" {
+		t.Fatalf("desired %v, want ns/a", got)
+	}
+	for mem.Len() != 1 {
+		if ctx.Err() != nil {
+			t.Fatal("the service was not retried within 10s (drift interval 1h)")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Before the first sync the desired state may be incomplete (no state
+// file): repair must not remove what the datapath holds.
+func TestRepairRemovesNothingBeforeSync(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	dp := memory.New(memory.Options{})
+	if err := dp.Apply(ctx, []*datapath.Service{service("ns/pinned", "10.96.0.1")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	r := reconcile.New(dp)
+	if _, err := r.Repair(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if dp.Len() != 1 {
+		t.Fatal("repair before the first sync emptied the datapath")
+	}
+	r.MarkSynced()
+	if _, err := r.Repair(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if dp.Len() != 0 {
+		t.Fatal("repair after the sync kept a service nobody wants")
 	}
 }

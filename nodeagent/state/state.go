@@ -5,7 +5,9 @@
 // CRC-32C of its payload, and the file carries a schema version. Open
 // reports a file it cannot trust with ErrCorrupt; OpenOrReset moves such a
 // file aside and starts empty, so a bad file costs a resync, never a crash
-// loop.
+// loop. A file the system will not let us read or write (EACCES, EROFS,
+// EIO, ENOSPC) is not corrupt: Open reports it with ErrUnavailable and
+// nothing is moved, so the file is still there once the fault is fixed.
 //
 // Caveats: the file is a cache of what the control plane sent, not a source
 // of truth; a failed write loses nothing the next resync does not restore.
@@ -19,6 +21,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -40,8 +43,14 @@ var (
 	crcTable        = crc32.MakeTable(crc32.Castagnoli)
 )
 
-// ErrCorrupt marks a state file that cannot be trusted.
-var ErrCorrupt = errors.New("corrupt state file")
+// Errors callers branch on.
+var (
+	// ErrCorrupt marks a state file that cannot be trusted.
+	ErrCorrupt = errors.New("corrupt state file")
+	// ErrUnavailable marks a state file the system would not let us read or
+	// write: an I/O or permission error, not a property of its content.
+	ErrUnavailable = errors.New("state file unavailable")
+)
 
 // Store is an open state file.
 type Store struct {
@@ -69,7 +78,7 @@ func Open(path string) (s *Store, err error) {
 		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("opening state file %s: locked by another process: %w", path, err)
 		}
-		return nil, fmt.Errorf("opening state file %s: %w: %w", path, ErrCorrupt, err)
+		return nil, fmt.Errorf("opening state file %s: %w: %w", path, classify(err), err)
 	}
 	s = &Store{db: db, path: path}
 	if err := s.init(); err != nil {
@@ -118,9 +127,19 @@ func (s *Store) init() error {
 		return nil
 	})
 	if err != nil && !errors.Is(err, ErrCorrupt) {
-		return fmt.Errorf("%w: initialising: %w", ErrCorrupt, err)
+		return fmt.Errorf("%w: initialising: %w", classify(err), err)
 	}
 	return err
+}
+
+// classify tells an error of the system (a syscall failed: permissions, a
+// read-only or full file system, a failing disk) from one of the file's
+// content.
+func classify(err error) error {
+	if _, ok := errors.AsType[syscall.Errno](err); ok {
+		return ErrUnavailable
+	}
+	return ErrCorrupt
 }
 
 // Path returns the file's path.

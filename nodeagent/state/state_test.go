@@ -1,12 +1,15 @@
 package state
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
@@ -159,4 +162,49 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("decoding a re-encoded value: %v", err)
 		}
 	})
+}
+
+// asNobody runs f on a thread whose file-system identity is nobody's, so a
+// root test process meets the EACCES an agent without rights to its file
+// meets. The thread is discarded afterwards.
+func asNobody(t *testing.T, f func()) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to switch the file-system user")
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		unix.Setfsgid(65534)
+		unix.Setfsuid(65534)
+		f()
+	}()
+	<-done
+}
+
+// A file the agent may not read is not corrupt: it stays where it is and
+// the error says it is unavailable.
+func TestUnreadableFileIsNotMovedAside(t *testing.T) {
+	s, path := openTemp(t)
+	if err := s.Update([]*spokev1.Resource{resource("a", "v1")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var moved string
+	asNobody(t, func() { _, moved, err = OpenOrReset(path) })
+	if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrCorrupt) {
+		t.Fatalf("opening an unreadable file: %v, want ErrUnavailable", err)
+	}
+	if moved != "" {
+		t.Fatalf("an unreadable file was moved aside to %s", moved)
+	}
+	after, err := os.ReadFile(path)
+	if err != nil || !bytes.Equal(before, after) {
+		t.Fatalf("the file changed or went away: %v", err)
+	}
 }
