@@ -74,6 +74,7 @@ type Agent struct {
 	restored       bool
 	restoredCount  int
 	cacheAppliedAt time.Time
+	updatedAt      time.Time // the datapath was last programmed or verified
 	connected      bool
 	connectedAt    time.Time
 	received       uint64
@@ -138,6 +139,7 @@ func (a *Agent) Restore(ctx context.Context) error {
 	a.restored = true
 	a.restoredCount = restored
 	a.cacheAppliedAt = time.Now()
+	a.updatedAt = a.cacheAppliedAt
 	a.mu.Unlock()
 	a.log.Info("datapath programmed from state file", "resources", restored)
 	return nil
@@ -210,6 +212,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		go a.rec.Run(ctx, a.opts.RepairInterval, func(drift []string, err error) {
 			if err != nil {
 				a.log.Warn("drift repair failed", "err", err)
+			} else {
+				a.markUpdated()
 			}
 			if len(drift) > 0 {
 				a.log.Warn("datapath drifted; repaired", "differences", drift)
@@ -340,6 +344,9 @@ func (a *Agent) handle(ctx context.Context, resp *spokev1.StreamViewsResponse) (
 		for _, name := range remove {
 			failed[name] = err
 		}
+	}
+	if err == nil {
+		a.markUpdated()
 	}
 	maps.Copy(rejected, failed)
 	applied, removed := a.commit(good, remove, failed)
