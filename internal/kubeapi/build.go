@@ -47,8 +47,8 @@ func Build(ctx context.Context) (Binaries, error) {
 // order of names. A binary is rebuilt only when its module's go.mod, go.sum
 // or main.go change; a file lock in the cache directory keeps concurrent
 // callers (parallel test packages, several targets) from building at the
-// same time. A module that requires k8s.io/kubernetes is built with that
-// version stamped into k8s.io/component-base/version, so the binary reports
+// same time. A module that requires k8s.io/kubernetes (or k8s.io/kubectl) is
+// built with that Kubernetes version stamped into k8s.io/component-base/version, so the binary reports
 // it (kubelet registers its node with it).
 func BuildComponents(ctx context.Context, names ...string) ([]string, error) {
 	root, err := repoRoot()
@@ -102,7 +102,7 @@ func goBuild(ctx context.Context, moduleDir, dst string) error {
 	// -buildvcs=false: the binary does not need the checkout's VCS state,
 	// and reading it fails in some CI checkouts.
 	args := []string{"build", "-buildvcs=false"}
-	if v := requiredVersion(filepath.Join(moduleDir, "go.mod"), "k8s.io/kubernetes"); v != "" {
+	if v := kubernetesVersion(filepath.Join(moduleDir, "go.mod")); v != "" {
 		args = append(args, "-ldflags", versionLDFlags(v))
 	}
 	cmd := exec.CommandContext(ctx, "go", append(args, "-o", tmp, ".")...)
@@ -179,6 +179,9 @@ func lockFile(ctx context.Context, path string) (func(), error) {
 	}, nil
 }
 
+// CacheDir returns the directory the binaries are cached in: see cacheDir.
+func CacheDir() (string, error) { return cacheDir() }
+
 // cacheDir is $SPOKE_CACHE_DIR, or spoke/ under the user cache directory
 // ($XDG_CACHE_HOME or ~/.cache).
 func cacheDir() (string, error) {
@@ -250,6 +253,19 @@ func requiredVersion(path, mod string) string {
 		if len(f) >= 2 && f[0] == mod {
 			return f[1]
 		}
+	}
+	return ""
+}
+
+// kubernetesVersion returns the Kubernetes release a hack module builds: the
+// k8s.io/kubernetes version it requires, or for kubectl, which needs only
+// the published staging modules, v1.Y.Z for k8s.io/kubectl v0.Y.Z.
+func kubernetesVersion(gomod string) string {
+	if v := requiredVersion(gomod, "k8s.io/kubernetes"); v != "" {
+		return v
+	}
+	if v, ok := strings.CutPrefix(requiredVersion(gomod, "k8s.io/kubectl"), "v0."); ok {
+		return "v1." + v
 	}
 	return ""
 }
