@@ -125,5 +125,16 @@ SIM_FLAGS ?= --scenario churn --nodes 1000
 sim:
 	$(GO) run ./scale-sim $(SIM_FLAGS)
 
+## bench-kube-proxy: Spoke's agent (eBPF) against real kube-proxy v1.36.3 in
+## its nftables and iptables modes, side by side on network-namespace nodes
+## against one real API server; the last line is a JSON object of ratios
+## (BENCH_FLAGS=-quick for a smoke test; go run ./hack/bench-kube-proxy -h).
+.PHONY: bench-kube-proxy
+BENCH_PACKAGES := nftables iptables
+BENCH_FLAGS ?=
+bench-kube-proxy: build
+	$(MAKE) deps DEBIAN_PACKAGES="$(BENCH_PACKAGES)"
+	$(GO) run ./hack/bench-kube-proxy -bin $(BIN) $(BENCH_FLAGS)
+
 clean:
 	rm -rf $(BIN)
