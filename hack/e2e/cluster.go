@@ -27,9 +27,9 @@ type cluster struct {
 }
 
 // startCluster runs `make cluster` and waits for its READY line.
-func startCluster(ctx context.Context, log *slog.Logger) (*cluster, error) {
-	log.Info("starting make cluster (the first build takes many minutes)")
-	cmd := exec.Command("make", "cluster")
+func startCluster(ctx context.Context, flags string, log *slog.Logger) (*cluster, error) {
+	log.Info("starting make cluster (the first build takes many minutes)", "flags", flags)
+	cmd := exec.Command("make", "cluster", "CLUSTER_FLAGS="+flags)
 	cmd.Stderr = os.Stderr
 	// Its own process group: stop() interrupts make and everything under
 	// it, as Ctrl-C does.

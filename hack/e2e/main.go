@@ -43,6 +43,8 @@ type options struct {
 	timeout    time.Duration
 	dryRun     bool
 	focus      string
+	// clusterFlags are make cluster's CLUSTER_FLAGS when this command runs it.
+	clusterFlags string
 }
 
 func main() {
@@ -54,6 +56,8 @@ func main() {
 	flag.DurationVar(&o.timeout, "timeout", 2*time.Hour, "suite timeout")
 	flag.BoolVar(&o.dryRun, "dry-run", false, "list the selected specs without running them (no cluster)")
 	flag.StringVar(&o.focus, "focus", focus, "regular expression of the specs to run")
+	// Three nodes give three zones, which the Traffic Distribution specs need.
+	flag.StringVar(&o.clusterFlags, "cluster-flags", "-nodes=3", "make cluster's CLUSTER_FLAGS, when it runs make cluster")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -91,7 +95,7 @@ func run(ctx context.Context, o options, log *slog.Logger) (code int, err error)
 		}
 		kubeconfig = o.kubeconfig
 		if kubeconfig == "" {
-			c, err := startCluster(ctx, log)
+			c, err := startCluster(ctx, o.clusterFlags, log)
 			if err != nil {
 				return 0, err
 			}
