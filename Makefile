@@ -6,11 +6,11 @@ GO ?= go
 BIN := $(CURDIR)/bin
 GOLANGCI_LINT_VERSION := v2.15.0
 GOLANGCI_LINT := $(BIN)/tools/golangci-lint-$(GOLANGCI_LINT_VERSION)
-DEBIAN_PACKAGES := clang llvm libbpf-dev bpftool iproute2 qemu-system-x86 busybox-static kmod cpio
+DEBIAN_PACKAGES := clang llvm libbpf-dev bpftool iproute2 qemu-system-x86 busybox-static kmod cpio mmdebstrap
 FUZZTIME ?= 10s
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build images generate lint test test-unit test-vm test-fuzz fuzz local local-check sim deps tools clean
+.PHONY: all build images generate lint test test-unit test-vm test-fuzz fuzz local local-check e2e sim deps tools clean
 
 all: build
 
@@ -118,6 +118,16 @@ local: deps build
 ## outside to every demo service; prints a summary, cleans up, exits 0 or 1.
 local-check: deps build
 	flock $(LOCAL_LOCK) $(GO) run ./hack/local -bin $(BIN) -check
+
+## e2e: Kubernetes' own [sig-network] service-proxy tests (e2e.test v1.36.3:
+## Services, Conntrack, EndpointSlice, Endpoints, Networking Granular Checks:
+## Services, Traffic Distribution, Topology Hints) against make cluster, or
+## against the cluster KUBECONFIG names; skips only hack/e2e/skip.txt. JUnit in
+## bin/e2e-report; the last line is "e2e: P passed, F failed, S skipped, T
+## total". E2E_FLAGS="-dry-run" lists the selected tests without a cluster.
+E2E_FLAGS ?=
+e2e: deps
+	$(GO) run ./hack/e2e -report-dir $(BIN)/e2e-report $(E2E_FLAGS)
 
 ## sim: the scale simulator (SIM_FLAGS="--scenario churn --nodes 5000 ...";
 ## go run ./scale-sim -h lists them).

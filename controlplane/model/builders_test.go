@@ -104,6 +104,12 @@ func endpointSlice(name, svc string, family discoveryv1.AddressType, ports []dis
 	}
 }
 
+// withLabel sets a label on an EndpointSlice.
+func withLabel(es *discoveryv1.EndpointSlice, key, value string) *discoveryv1.EndpointSlice {
+	es.Labels[key] = value
+	return es
+}
+
 // Endpoint states.
 const (
 	ready              = "ready"

@@ -35,8 +35,9 @@
 //     node ports, external IPs and load-balancer IPs does; traffic from the
 //     node itself to those still reaches every endpoint (kube-proxy's
 //     short-circuit, ServicePort.external_from_node).
-//   - Skipped: ExternalName and headless services, and services whose
-//     service-proxy-name label names another proxy.
+//   - Skipped: ExternalName and headless services, services whose
+//     service-proxy-name label names another proxy, and EndpointSlices
+//     labelled service.kubernetes.io/headless (whatever the service).
 //
 // Caveats: invalid parts of the input are skipped and reported as
 // *InputError, so a view may be partial where the input was invalid.

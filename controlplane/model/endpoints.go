@@ -34,7 +34,12 @@ type parsedSlice struct {
 func parseSlices(in []*discoveryv1.EndpointSlice, served families, report func(*discoveryv1.EndpointSlice, error)) []parsedSlice {
 	sorted := make([]*discoveryv1.EndpointSlice, 0, len(in))
 	for _, es := range in {
-		if es != nil {
+		// Slices labelled headless are for DNS only; kube-proxy ignores
+		// them even when their service has a cluster IP.
+		if es == nil {
+			continue
+		}
+		if _, headless := es.Labels[corev1.IsHeadlessService]; !headless {
 			sorted = append(sorted, es)
 		}
 	}

@@ -625,6 +625,19 @@ func TestComputeSkips(t *testing.T) {
 		svc:  service("web", ip4, port("http", corev1.ProtocolTCP, 80, 0), label(model.ServiceProxyNameLabel, "other")),
 		opts: model.Options{ProxyName: "spoke"},
 	}, {
+		name: "EndpointSlices labelled headless are ignored",
+		svc:  service("web", ip4, port("http", corev1.ProtocolTCP, 80, 0)),
+		slices: []*discoveryv1.EndpointSlice{
+			withLabel(endpointSlice("web-1", "web", v4, httpTCP, endpoint("10.244.1.5", "node-a", ready)), corev1.IsHeadlessService, ""),
+			endpointSlice("web-2", "web", v4, httpTCP, endpoint("10.244.1.6", "node-a", ready)),
+		},
+		want: `
+			default
+			  ips 10.96.0.10
+			  port "http" TCP 80
+			    internal reject: 10.244.1.6:8080
+			`,
+	}, {
 		name: "labelled for this proxy",
 		svc:  service("web", ip4, port("http", corev1.ProtocolTCP, 80, 0), label(model.ServiceProxyNameLabel, "spoke")),
 		opts: model.Options{ProxyName: "spoke"},

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/mod/modfile"
 )
 
 const (
@@ -42,10 +44,18 @@ func Build(ctx context.Context) (Binaries, error) {
 	return Binaries{Etcd: paths[0], KubeAPIServer: paths[1]}, nil
 }
 
-// BuildComponents compiles the modules hack/NAME (each a go.mod, go.sum and
-// main.go) into the cache directory and returns the binaries' paths in the
-// order of names. A binary is rebuilt only when its module's go.mod, go.sum
-// or main.go change; a file lock in the cache directory keeps concurrent
+// BuildComponents compiles the modules hack/NAME into the cache directory and
+// returns the binaries' paths in the order of names. A module is a go.mod and
+// go.sum with one of:
+//   - a main.go: its package is built (go build);
+//   - only _test.go files: its test binary is built (go test -c), as for
+//     Kubernetes' e2e.test;
+//   - no Go files and one tool directive in go.mod: that main package of a
+//     dependency is built, statically (CGO_ENABLED=0) so that it runs in any
+//     container image, for commands that cannot be imported.
+//
+// A binary is rebuilt only when its module's go.mod, go.sum or Go files
+// change; a file lock in the cache directory keeps concurrent
 // callers (parallel test packages, several targets) from building at the
 // same time. A module that requires k8s.io/kubernetes (or k8s.io/kubectl) is
 // built with that Kubernetes version stamped into k8s.io/component-base/version, so the binary reports
@@ -99,20 +109,28 @@ func goBuild(ctx context.Context, moduleDir, dst string) error {
 	tmp := fmt.Sprintf("%s.tmp%d", dst, os.Getpid())
 	defer os.Remove(tmp)
 
+	mod, err := parseGoMod(moduleDir)
+	if err != nil {
+		return err
+	}
+	verb, pkg, env, err := buildTarget(moduleDir, mod)
+	if err != nil {
+		return err
+	}
 	// -buildvcs=false: the binary does not need the checkout's VCS state,
 	// and reading it fails in some CI checkouts.
-	args := []string{"build", "-buildvcs=false"}
-	if v := kubernetesVersion(filepath.Join(moduleDir, "go.mod")); v != "" {
+	args := append(verb, "-buildvcs=false")
+	if v := kubernetesVersion(mod); v != "" {
 		args = append(args, "-ldflags", versionLDFlags(v))
 	}
-	cmd := exec.CommandContext(ctx, "go", append(args, "-o", tmp, ".")...)
+	cmd := exec.CommandContext(ctx, "go", append(args, "-o", tmp, pkg)...)
 	cmd.Dir = moduleDir
 	// The hack modules are separate modules: a go.work above them must not
 	// pull them into a workspace.
-	cmd.Env = append(os.Environ(), "GOWORK=off")
+	cmd.Env = append(append(os.Environ(), "GOWORK=off"), env...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("go build in %s: %w\n%s", moduleDir, err, bytes.TrimSpace(out))
+		return fmt.Errorf("go %s in %s: %w\n%s", verb[0], moduleDir, err, bytes.TrimSpace(out))
 	}
 	if err := os.Rename(tmp, dst); err != nil {
 		return fmt.Errorf("installing binary: %w", err)
@@ -120,11 +138,39 @@ func goBuild(ctx context.Context, moduleDir, dst string) error {
 	return nil
 }
 
+// buildTarget says how to build the module in dir, whose go.mod is mod: the
+// go subcommand, the package to build and any environment it needs (see
+// BuildComponents).
+func buildTarget(dir string, mod *modfile.File) (verb []string, pkg string, env []string, err error) {
+	goFiles, err := filepath.Glob(filepath.Join(dir, "*.go"))
+	if err != nil {
+		return nil, "", nil, err
+	}
+	tests, _ := filepath.Glob(filepath.Join(dir, "*_test.go"))
+	switch {
+	case len(goFiles) > len(tests):
+		return []string{"build"}, ".", nil, nil
+	case len(tests) > 0:
+		return []string{"test", "-c"}, ".", nil, nil
+	case len(mod.Tool) != 1:
+		return nil, "", nil, fmt.Errorf("module %s has no Go files and %d tool directives, want 1", dir, len(mod.Tool))
+	}
+	return []string{"build"}, mod.Tool[0].Path, []string{"CGO_ENABLED=0"}, nil
+}
+
 // moduleHash identifies a hack module's build inputs: its go.mod, go.sum and
-// main.go, which pin every dependency version.
+// Go files, which pin every dependency version.
 func moduleHash(dir string) (string, error) {
+	goFiles, err := filepath.Glob(filepath.Join(dir, "*.go"))
+	if err != nil {
+		return "", err
+	}
+	names := []string{"go.mod", "go.sum"}
+	for _, f := range goFiles {
+		names = append(names, filepath.Base(f))
+	}
 	h := sha256.New()
-	for _, name := range []string{"go.mod", "go.sum", "main.go"} {
+	for _, name := range names {
 		b, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
 			return "", fmt.Errorf("hashing build inputs: %w", err)
@@ -179,11 +225,13 @@ func lockFile(ctx context.Context, path string) (func(), error) {
 	}, nil
 }
 
-// CacheDir returns the directory the binaries are cached in: see cacheDir.
-func CacheDir() (string, error) { return cacheDir() }
+// CacheDir is the directory BuildComponents builds into, where other built
+// artefacts belong too: $SPOKE_CACHE_DIR, or spoke/ under the user cache
+// directory ($XDG_CACHE_HOME or ~/.cache).
+func CacheDir() (string, error) {
+	return cacheDir()
+}
 
-// cacheDir is $SPOKE_CACHE_DIR, or spoke/ under the user cache directory
-// ($XDG_CACHE_HOME or ~/.cache).
 func cacheDir() (string, error) {
 	if dir := os.Getenv(CacheDirEnv); dir != "" {
 		return dir, nil
@@ -241,17 +289,22 @@ func modulePath(path string) string {
 	return ""
 }
 
-// requiredVersion returns the version of module mod that the go.mod file at
-// path requires, or "" if it does not.
-func requiredVersion(path, mod string) string {
+// parseGoMod reads the go.mod file of the module in dir.
+func parseGoMod(dir string) (*modfile.File, error) {
+	path := filepath.Join(dir, "go.mod")
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return ""
+		return nil, err
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(strings.TrimPrefix(strings.TrimSpace(line), "require "))
-		if len(f) >= 2 && f[0] == mod {
-			return f[1]
+	return modfile.Parse(path, b, nil)
+}
+
+// requiredVersion returns the version of module mod that f requires, or ""
+// if it does not.
+func requiredVersion(f *modfile.File, mod string) string {
+	for _, r := range f.Require {
+		if r.Mod.Path == mod {
+			return r.Mod.Version
 		}
 	}
 	return ""
@@ -260,7 +313,7 @@ func requiredVersion(path, mod string) string {
 // kubernetesVersion returns the Kubernetes release a hack module builds: the
 // k8s.io/kubernetes version it requires, or for kubectl, which needs only
 // the published staging modules, v1.Y.Z for k8s.io/kubectl v0.Y.Z.
-func kubernetesVersion(gomod string) string {
+func kubernetesVersion(gomod *modfile.File) string {
 	if v := requiredVersion(gomod, "k8s.io/kubernetes"); v != "" {
 		return v
 	}

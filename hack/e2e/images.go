@@ -1,0 +1,253 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/spoke-proxy/spoke/internal/kubeapi"
+)
+
+// The Debian root filesystem of the agnhost and nginx images: upstream's
+// agnhost is Alpine with these tools, which the tests run through
+// `kubectl exec` (sh, curl, wget, nc, nslookup/dig, ip, timeout).
+const (
+	debianSuite = "bookworm"
+	// Bump when the image recipes below change, to rebuild cached images.
+	imageRecipe = "1"
+)
+
+var rootfsPackages = []string{"bash", "bind9-dnsutils", "curl", "wget", "netcat-openbsd", "iproute2", "iputils-ping", "procps", "nginx-light"}
+
+// The images the selected specs run, by the names e2e.test v1.36.3 gives
+// them (test/utils/image/manifest.go), so that no KUBE_TEST_REPO_LIST is
+// needed and kubelet finds them without pulling (the tags are not :latest).
+const (
+	agnhostImage    = "registry.k8s.io/e2e-test-images/agnhost:2.63.0"
+	nginxImage      = "registry.k8s.io/e2e-test-images/nginx:1.15-4"
+	busyboxImage    = "registry.k8s.io/e2e-test-images/busybox:1.37.0-1"
+	regressionImage = "registry.k8s.io/e2e-test-images/regression-issue-74839:1.4"
+)
+
+// imageSpec is an image: an optional base layer (a root filesystem tarball)
+// and a layer of files, links and directories.
+type imageSpec struct {
+	ref        string
+	base       string            // root filesystem tarball, or ""
+	files      map[string]string // path in the image -> file on the host
+	symlinks   map[string]string // path in the image -> target
+	dirs       []string
+	entrypoint []string
+	cmd        []string
+}
+
+// buildImages writes the test images as docker-save tarballs in the cache
+// and returns their paths. The Debian root filesystem (mmdebstrap) is built
+// once and kept.
+func buildImages(ctx context.Context, t tools, log *slog.Logger) ([]string, error) {
+	cache, err := cacheDir()
+	if err != nil {
+		return nil, err
+	}
+	rootfs, err := debianRootfs(ctx, cache, log)
+	if err != nil {
+		return nil, err
+	}
+	busybox, applets, err := busyboxApplets(ctx)
+	if err != nil {
+		return nil, err
+	}
+	specs := []imageSpec{
+		{
+			ref: agnhostImage, base: rootfs,
+			files:      map[string]string{"/agnhost": t.agnhost},
+			symlinks:   map[string]string{"/agnhost-2": "agnhost"},
+			dirs:       []string{"/uploads"},
+			entrypoint: []string{"/agnhost"}, cmd: []string{"pause"},
+		},
+		{ref: nginxImage, base: rootfs, entrypoint: []string{"nginx", "-g", "daemon off;"}},
+		{ref: busyboxImage, files: map[string]string{"/bin/busybox": busybox}, symlinks: applets, cmd: []string{"sh"}},
+		{ref: regressionImage, files: map[string]string{"/regression-issue-74839": t.regression}, entrypoint: []string{"/regression-issue-74839"}},
+	}
+	var tars []string
+	for _, s := range specs {
+		path := filepath.Join(cache, "e2e-images", imageFileName(s))
+		if _, err := os.Stat(path); err != nil {
+			log.Info("writing image", "ref", s.ref)
+			if err := writeImage(path, s); err != nil {
+				return nil, fmt.Errorf("image %s: %w", s.ref, err)
+			}
+		}
+		tars = append(tars, path)
+	}
+	return tars, nil
+}
+
+// imageFileName names an image tarball by its inputs, which are themselves
+// named by content (the cache's binaries and root filesystem).
+func imageFileName(s imageSpec) string {
+	h := sha256.New()
+	fmt.Fprintln(h, imageRecipe, s.ref, s.base, s.entrypoint, s.cmd, s.dirs)
+	for _, m := range []map[string]string{s.files, s.symlinks} {
+		for _, k := range sortedKeys(m) {
+			fmt.Fprintln(h, k, m[k])
+		}
+	}
+	base := strings.NewReplacer("/", "_", ":", "_").Replace(s.ref[strings.LastIndex(s.ref, "/")+1:])
+	return base + "-" + hex.EncodeToString(h.Sum(nil))[:12] + ".tar"
+}
+
+// debianRootfs builds a Debian minbase root filesystem with rootfsPackages
+// into the cache, once.
+func debianRootfs(ctx context.Context, cache string, log *slog.Logger) (string, error) {
+	h := sha256.Sum256([]byte(debianSuite + " " + strings.Join(rootfsPackages, ",")))
+	path := filepath.Join(cache, "e2e-rootfs-"+debianSuite+"-"+hex.EncodeToString(h[:])[:12]+".tar")
+	if _, err := os.Stat(path); err == nil {
+		return path, nil
+	}
+	if _, err := exec.LookPath("mmdebstrap"); err != nil {
+		return "", fmt.Errorf("mmdebstrap is needed for the test images' root filesystem (apt-get install mmdebstrap): %w", err)
+	}
+	log.Info("building the Debian root filesystem of the test images", "packages", rootfsPackages)
+	if err := os.MkdirAll(cache, 0o755); err != nil {
+		return "", err
+	}
+	tmp := path + ".tmp"
+	cmd := exec.CommandContext(ctx, "mmdebstrap", "--variant=minbase", "--include="+strings.Join(rootfsPackages, ","), debianSuite, tmp)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("mmdebstrap: %w\n%s", err, out)
+	}
+	return path, os.Rename(tmp, path)
+}
+
+// busyboxApplets returns the host's static busybox (Debian's busybox-static)
+// and a link in /bin for each of its applets.
+func busyboxApplets(ctx context.Context) (string, map[string]string, error) {
+	path, err := exec.LookPath("busybox")
+	if err != nil {
+		return "", nil, fmt.Errorf("busybox is needed for the busybox image (apt-get install busybox-static): %w", err)
+	}
+	if path, err = filepath.EvalSymlinks(path); err != nil {
+		return "", nil, err
+	}
+	out, err := exec.CommandContext(ctx, path, "--list").Output()
+	if err != nil {
+		return "", nil, fmt.Errorf("busybox --list: %w", err)
+	}
+	links := map[string]string{}
+	for _, a := range strings.Fields(string(out)) {
+		if a != "busybox" {
+			links["/bin/"+a] = "busybox"
+		}
+	}
+	return path, links, nil
+}
+
+// writeImage writes s as a docker-save tarball that `ctr images import`
+// reads, atomically.
+func writeImage(path string, s imageSpec) error {
+	img := empty.Image
+	if s.base != "" {
+		base, err := tarball.LayerFromFile(s.base)
+		if err != nil {
+			return err
+		}
+		if img, err = mutate.AppendLayers(img, base); err != nil {
+			return err
+		}
+	}
+	layer, err := filesLayer(s)
+	if err != nil {
+		return err
+	}
+	if img, err = mutate.AppendLayers(img, layer); err != nil {
+		return err
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return err
+	}
+	cfg = cfg.DeepCopy()
+	cfg.OS, cfg.Architecture = "linux", "amd64"
+	cfg.Config = v1.Config{
+		Entrypoint: s.entrypoint,
+		Cmd:        s.cmd,
+		Env:        []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+	}
+	if img, err = mutate.ConfigFile(img, cfg); err != nil {
+		return err
+	}
+	tag, err := name.NewTag(s.ref)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := tarball.WriteToFile(tmp, tag, img); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// filesLayer is a layer holding s's files, symlinks and directories.
+func filesLayer(s imageSpec) (v1.Layer, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, d := range s.dirs {
+		if err := tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o755, Typeflag: tar.TypeDir}); err != nil {
+			return nil, err
+		}
+	}
+	for _, dst := range sortedKeys(s.files) {
+		b, err := os.ReadFile(s.files[dst])
+		if err != nil {
+			return nil, err
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(dst, "/"), Mode: 0o755, Size: int64(len(b)), Typeflag: tar.TypeReg}); err != nil {
+			return nil, err
+		}
+		if _, err := tw.Write(b); err != nil {
+			return nil, err
+		}
+	}
+	for _, dst := range sortedKeys(s.symlinks) {
+		if err := tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(dst, "/"), Linkname: s.symlinks[dst], Mode: 0o777, Typeflag: tar.TypeSymlink}); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(buf.Bytes())), nil
+	})
+}
+
+func sortedKeys(m map[string]string) []string {
+	return slices.Sorted(maps.Keys(m))
+}
+
+func cacheDir() (string, error) {
+	return kubeapi.CacheDir()
+}

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"archive/tar"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+func TestWriteImage(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "tool")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "img.tar")
+	spec := imageSpec{
+		ref:        busyboxImage,
+		files:      map[string]string{"/bin/busybox": bin},
+		symlinks:   map[string]string{"/bin/sh": "busybox"},
+		dirs:       []string{"/uploads"},
+		entrypoint: []string{"/bin/busybox"},
+		cmd:        []string{"sh"},
+	}
+	if err := writeImage(path, spec); err != nil {
+		t.Fatal(err)
+	}
+	tag, err := name.NewTag(busyboxImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := tarball.ImageFromPath(path, &tag)
+	if err != nil {
+		t.Fatalf("reading the image back by its tag: %v", err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.OS != "linux" || cfg.Architecture != "amd64" || !slices.Equal(cfg.Config.Entrypoint, spec.entrypoint) || !slices.Equal(cfg.Config.Cmd, spec.cmd) {
+		t.Errorf("config = %s/%s %q %q", cfg.OS, cfg.Architecture, cfg.Config.Entrypoint, cfg.Config.Cmd)
+	}
+	layers, err := img.Layers()
+	if err != nil || len(layers) != 1 {
+		t.Fatalf("layers = %d, %v; want 1", len(layers), err)
+	}
+	rc, err := layers[0].Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	got := map[string]string{}
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[h.Name] = string(rune(h.Typeflag)) + h.Linkname
+	}
+	want := map[string]string{"uploads/": string(rune(tar.TypeDir)), "bin/busybox": string(rune(tar.TypeReg)), "bin/sh": string(rune(tar.TypeSymlink)) + "busybox"}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("layer entry %s = %q, want %q (all: %q)", k, got[k], v, got)
+		}
+	}
+}
