@@ -1,7 +1,6 @@
 package healthcheck
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -121,7 +120,7 @@ func (s *Server) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for port, srv := range s.servers {
-		srv.Shutdown(context.Background())
+		srv.Close()
 		delete(s.servers, port)
 	}
 }
