@@ -46,6 +46,7 @@ type config struct {
 	authMode       string
 	audience       string
 	agentAccounts  string
+	limits         server.Limits
 }
 
 func main() {
@@ -67,6 +68,12 @@ func main() {
 	flag.StringVar(&c.authMode, "agent-auth", "tokenreview", "how agents are bound to nodes: tokenreview (their pod-bound ServiceAccount token), or none (trust the node name they send; tests only)")
 	flag.StringVar(&c.audience, "agent-token-audience", "spoke-controlplane", "audience agents' tokens must be issued for")
 	flag.StringVar(&c.agentAccounts, "agent-service-accounts", "kube-system/spoke-agent", "comma-separated namespace/name of the agents' ServiceAccounts")
+	flag.DurationVar(&c.limits.FirstRequestTimeout, "first-request-timeout", 10*time.Second, "end an agent stream whose first request has not arrived in this time")
+	flag.IntVar(&c.limits.MaxPendingPerPeer, "max-pending-streams-per-peer", 16, "streams of one address without an identity yet; -1 for no limit")
+	flag.IntVar(&c.limits.MaxPending, "max-pending-streams", 1024, "streams without an identity yet; -1 for no limit")
+	flag.IntVar(&c.limits.MaxStreams, "max-streams", 100_000, "streams served at once; -1 for no limit")
+	flag.Float64Var(&c.limits.NewStreamsPerSecond, "new-streams-per-second", 2000, "rate of new streams (a token bucket); -1 for no limit")
+	flag.IntVar(&c.limits.NewStreamsBurst, "new-streams-burst", 5000, "burst of new streams")
 	flag.BoolVar(&c.profiling, "profiling", false, "serve /debug/pprof/ on the metrics address")
 	flag.Parse()
 
@@ -128,7 +135,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	cp, err := app.New(app.Options{
 		Client: client, Authenticator: authn, GRPCListener: lis, HTTPListener: httpLis, GRPCOptions: grpcOpts,
 		Model: model.Options{ProxyName: c.proxyName}, Window: c.window, MaxDelay: c.maxDelay,
-		AckTimeout: c.ackTimeout, MaxResponseBytes: c.maxResponseMiB << 20, Profiling: c.profiling, Logger: log,
+		AckTimeout: c.ackTimeout, MaxResponseBytes: c.maxResponseMiB << 20, Limits: c.limits, Profiling: c.profiling, Logger: log,
 	})
 	if err != nil {
 		return err
