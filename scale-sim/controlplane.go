@@ -100,7 +100,7 @@ func (p *processCP) start() error {
 		"-ack-timeout", p.s.ackTimeout.String(), "-proxy-name", cluster.ProxyName,
 		"-kube-api-qps", "1000", "-kube-api-burst", "2000", "-log-level", "warn",
 		// The fake nodes have no pods and no ServiceAccount tokens.
-		"-agent-auth", "none", "-profiling",
+		"-agent-auth", "none", "-insecure", "-profiling",
 		// Every simulated agent connects from one address, all at once.
 		"-max-pending-streams-per-peer=-1", "-max-pending-streams=-1", "-new-streams-per-second=-1")
 	cmd.Stdout, cmd.Stderr = logFile, logFile

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -38,6 +39,7 @@ type config struct {
 	ackTimeout     time.Duration
 	tlsCert        string
 	tlsKey         string
+	insecure       bool
 	logLevel       string
 	logFormat      string
 	apiQPS         float64
@@ -58,7 +60,8 @@ func main() {
 	flag.DurationVar(&c.window, "debounce-window", 100*time.Millisecond, "quiet time that ends a burst of API changes")
 	flag.DurationVar(&c.maxDelay, "debounce-max-delay", time.Second, "longest a change waits for its burst to end")
 	flag.DurationVar(&c.ackTimeout, "ack-timeout", time.Minute, "disconnect an agent that has not acknowledged a response in this time")
-	flag.StringVar(&c.tlsCert, "tls-cert-file", "", "serving certificate of the gRPC services; plaintext when empty")
+	flag.StringVar(&c.tlsCert, "tls-cert-file", "", "serving certificate of the gRPC services; required unless -insecure")
+	flag.BoolVar(&c.insecure, "insecure", false, "serve gRPC in plaintext (tests and local demos only)")
 	flag.StringVar(&c.tlsKey, "tls-key-file", "", "key of -tls-cert-file")
 	flag.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	flag.StringVar(&c.logFormat, "log-format", "text", "text or json")
@@ -91,6 +94,10 @@ func main() {
 }
 
 func run(ctx context.Context, c config, log *slog.Logger) error {
+	grpcOpts, err := c.transport(log)
+	if err != nil {
+		return err
+	}
 	restConfig, err := loadConfig(c.kubeconfig)
 	if err != nil {
 		return err
@@ -102,16 +109,6 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		return fmt.Errorf("creating API client: %w", err)
 	}
 
-	var grpcOpts []grpc.ServerOption
-	if c.tlsCert != "" {
-		creds, err := credentials.NewServerTLSFromFile(c.tlsCert, c.tlsKey)
-		if err != nil {
-			return fmt.Errorf("loading TLS certificate: %w", err)
-		}
-		grpcOpts = append(grpcOpts, grpc.Creds(creds))
-	} else {
-		log.Warn("serving gRPC in plaintext: set -tls-cert-file outside tests")
-	}
 	lis, err := net.Listen("tcp", c.grpcAddr)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", c.grpcAddr, err)
@@ -157,4 +154,22 @@ func loadConfig(kubeconfig string) (*rest.Config, error) {
 		return nil, fmt.Errorf("loading kubeconfig %s: %w", kubeconfig, err)
 	}
 	return cfg, nil
+}
+
+// transport returns the server options that secure the gRPC services: TLS
+// from -tls-cert-file, or plaintext with -insecure only.
+func (c config) transport(log *slog.Logger) ([]grpc.ServerOption, error) {
+	switch {
+	case c.insecure:
+		log.Warn("serving gRPC in plaintext (-insecure)")
+	case c.tlsCert == "":
+		return nil, errors.New("refusing to serve without TLS: set -tls-cert-file and -tls-key-file, or -insecure for tests")
+	default:
+		creds, err := credentials.NewServerTLSFromFile(c.tlsCert, c.tlsKey)
+		if err != nil {
+			return nil, fmt.Errorf("loading TLS certificate: %w", err)
+		}
+		return []grpc.ServerOption{grpc.Creds(creds)}, nil
+	}
+	return nil, nil
 }
