@@ -22,6 +22,7 @@ import (
 
 	"github.com/spoke-proxy/spoke/controlplane/app"
 	"github.com/spoke-proxy/spoke/controlplane/model"
+	"github.com/spoke-proxy/spoke/controlplane/server"
 	"github.com/spoke-proxy/spoke/scale-sim/cluster"
 )
 
@@ -99,7 +100,9 @@ func (p *processCP) start() error {
 		"-ack-timeout", p.s.ackTimeout.String(), "-proxy-name", cluster.ProxyName,
 		"-kube-api-qps", "1000", "-kube-api-burst", "2000", "-log-level", "warn",
 		// The fake nodes have no pods and no ServiceAccount tokens.
-		"-agent-auth", "none", "-profiling")
+		"-agent-auth", "none", "-insecure", "-profiling",
+		// Every simulated agent connects from one address, all at once.
+		"-max-pending-streams-per-peer=-1", "-max-pending-streams=-1", "-new-streams-per-second=-1")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -187,6 +190,8 @@ func (p *inprocCP) start() error {
 	cp, err := app.New(app.Options{
 		Client: client, GRPCListener: lis, Model: model.Options{ProxyName: cluster.ProxyName},
 		Window: p.s.window, MaxDelay: p.s.maxDelay, AckTimeout: p.s.ackTimeout,
+		// Every simulated agent connects from one address, all at once.
+		Limits: server.Limits{MaxPendingPerPeer: -1, MaxPending: -1, NewStreamsPerSecond: -1},
 		Logger: p.s.log.With("component", "controlplane"),
 	})
 	if err != nil {

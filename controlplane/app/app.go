@@ -44,6 +44,9 @@ type Options struct {
 	Window, MaxDelay time.Duration
 	AckTimeout       time.Duration
 	MaxResponseBytes int
+	// Limits bound what agent streams cost before they are bound to a
+	// node; see server.Limits.
+	Limits server.Limits
 	// Profiling serves net/http/pprof under /debug/pprof/ on the HTTP
 	// listener.
 	Profiling bool
@@ -78,7 +81,7 @@ func New(opts Options) (*ControlPlane, error) {
 	}
 	c.Server = server.New(server.Options{
 		Store: c.Store, Authenticator: opts.Authenticator, AckTimeout: opts.AckTimeout,
-		MaxResponseBytes: opts.MaxResponseBytes, Registerer: c.Registry,
+		MaxResponseBytes: opts.MaxResponseBytes, Limits: opts.Limits, Registerer: c.Registry,
 		Logger: opts.Logger.With("component", "server"),
 	})
 	c.grpc = grpcserver.New(c.Registry, append(server.ServerOptions(), opts.GRPCOptions...)...)

@@ -80,7 +80,7 @@ func New(opts Options) (*TokenReviewer, error) {
 }
 
 // NodeName returns the node of the pod the stream's token is bound to.
-func (r *TokenReviewer) NodeName(ctx context.Context, _ string) (string, error) {
+func (r *TokenReviewer) NodeName(ctx context.Context) (string, error) {
 	token, err := bearerToken(ctx)
 	if err != nil {
 		return "", err

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/spoke-proxy/spoke/controlplane/store"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
@@ -21,17 +22,18 @@ var ErrUnauthenticated = errors.New("unauthenticated")
 
 // Authenticator binds a stream to the node whose view it may receive.
 type Authenticator interface {
-	// NodeName returns the node of the stream's peer. claimed is the name
-	// the agent sent; an authenticating implementation ignores it.
-	NodeName(ctx context.Context, claimed string) (string, error)
+	// NodeName returns the node of the stream's peer from the credentials
+	// in ctx (gRPC metadata, TLS peer), before any request is read. An
+	// empty name lets the agent name its node in its first request.
+	NodeName(ctx context.Context) (string, error)
 }
 
 // ClaimedNode trusts the node name the agent sends. It is for tests and
 // for clusters where the stream is otherwise protected.
 type ClaimedNode struct{}
 
-// NodeName implements Authenticator.
-func (ClaimedNode) NodeName(_ context.Context, claimed string) (string, error) { return claimed, nil }
+// NodeName implements Authenticator: the agent names its node.
+func (ClaimedNode) NodeName(context.Context) (string, error) { return "", nil }
 
 // Options configure a Server.
 type Options struct {
@@ -47,6 +49,8 @@ type Options struct {
 	// MaxConcurrentSyncs bounds the streams whose first request (every
 	// version the agent holds) is read and compared at once. 0 means 32.
 	MaxConcurrentSyncs int
+	// Limits bound what streams cost before they are bound to a node.
+	Limits Limits
 	// Registerer receives the server's metrics; none when nil.
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
@@ -61,7 +65,8 @@ type Server struct {
 	metrics *metrics
 	log     *slog.Logger
 
-	syncs *semaphore.Weighted
+	syncs     *semaphore.Weighted
+	admission *admission
 
 	mu    sync.Mutex
 	conns map[string]*conn // by node name
@@ -90,19 +95,39 @@ func New(opts Options) *Server {
 		opts.MaxConcurrentSyncs = 32
 	}
 	return &Server{
-		opts:    opts,
-		syncs:   semaphore.NewWeighted(int64(opts.MaxConcurrentSyncs)),
-		metrics: newMetrics(opts.Registerer),
-		log:     opts.Logger,
-		conns:   make(map[string]*conn),
+		opts:      opts,
+		admission: newAdmission(opts.Limits),
+		syncs:     semaphore.NewWeighted(int64(opts.MaxConcurrentSyncs)),
+		metrics:   newMetrics(opts.Registerer),
+		log:       opts.Logger,
+		conns:     make(map[string]*conn),
 	}
 }
 
 // ServerOptions returns the gRPC server options the stream needs: the codec
-// that sends pre-encoded responses.
+// that sends pre-encoded responses; few streams per connection (an agent
+// needs one); and connections that end after a while, with a grace period
+// for the stream in progress, so that agents spread again over the
+// replicas after a failover. Keepalive enforcement is internal/grpcserver's.
 func ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{grpc.ForceServerCodecV2(newRawCodec())}
+	return []grpc.ServerOption{
+		grpc.ForceServerCodecV2(newRawCodec()),
+		grpc.MaxConcurrentStreams(maxStreamsPerConnection),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time: keepaliveTime, Timeout: keepaliveTimeout,
+			MaxConnectionAge: maxConnectionAge, MaxConnectionAgeGrace: maxConnectionAgeGrace,
+		}),
+	}
 }
+
+// Connection limits; keepalive times as internal/grpcserver sets them.
+const (
+	maxStreamsPerConnection = 16
+	maxConnectionAge        = 30 * time.Minute
+	maxConnectionAgeGrace   = time.Minute
+	keepaliveTime           = 30 * time.Second
+	keepaliveTimeout        = 10 * time.Second
+)
 
 // Register registers both services on g.
 func (s *Server) Register(g *grpc.Server) {

@@ -26,6 +26,7 @@ type fixture struct {
 	store  *store.Store
 	server *server.Server
 	conn   *grpc.ClientConn
+	addr   string
 }
 
 func start(t *testing.T, opts server.Options) *fixture {
@@ -41,12 +42,25 @@ func start(t *testing.T, opts server.Options) *fixture {
 	}
 	go g.Serve(lis)
 	t.Cleanup(g.Stop)
-	f.conn, err = grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	f.addr = lis.Addr().String()
+	f.conn = f.connFrom(t, "127.0.0.1")
+	return f
+}
+
+// connFrom returns a connection to the server from the local address ip
+// (any of 127.0.0.0/8), which the server sees as the peer's address.
+func (f *fixture) connFrom(t *testing.T, ip string) *grpc.ClientConn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return d.DialContext(ctx, "tcp", addr)
+		}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { f.conn.Close() })
-	return f
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 func svc(ns, name string, endpoints ...string) *spokev1.Service {
@@ -95,7 +109,12 @@ type client struct {
 
 func (f *fixture) dial(ctx context.Context, t *testing.T, node string, held map[string]string) *client {
 	t.Helper()
-	s, err := spokev1.NewViewServiceClient(f.conn).StreamViews(ctx)
+	return dialOn(ctx, t, f.conn, node, held)
+}
+
+func dialOn(ctx context.Context, t *testing.T, conn *grpc.ClientConn, node string, held map[string]string) *client {
+	t.Helper()
+	s, err := spokev1.NewViewServiceClient(conn).StreamViews(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

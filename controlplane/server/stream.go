@@ -18,17 +18,24 @@ import (
 type viewStream = grpc.BidiStreamingServer[spokev1.StreamViewsRequest, spokev1.StreamViewsResponse]
 
 // StreamViews implements spokev1.ViewServiceServer. A stream goes through
-// a handshake (the first request, bound to a node), then runs a receive
-// pump and a send loop beside the session that settles acknowledgements
-// and sends the node's view, as go-control-plane's server does.
+// a handshake (admitted, authenticated, its first request read and bound
+// to a node), then runs a receive pump and a send loop beside the session
+// that settles acknowledgements and sends the node's view, as
+// go-control-plane's server does.
 func (s *Server) StreamViews(stream viewStream) error {
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
+	t, reason, err := s.admission.admit(ctx)
+	if err != nil {
+		s.metrics.rejectedStreams.WithLabelValues(reason).Inc()
+		return err
+	}
+	defer t.done()
 	c := newConn("", cancel)
 	if p, ok := peer.FromContext(ctx); ok {
 		c.peer = p.Addr.String()
 	}
-	sess, err := s.handshake(ctx, stream, c)
+	sess, err := s.handshake(ctx, stream, c, t)
 	if err != nil {
 		return err
 	}
@@ -39,13 +46,31 @@ func (s *Server) StreamViews(stream viewStream) error {
 	return sess.run(ctx)
 }
 
-// handshake reads and checks the first request, binds the stream to a node
-// and computes the first delta. The first request carries every version
-// the agent holds: it is read only once the store holds a whole view, and
-// only by a bounded number of streams at a time, so that thousands of
-// agents reconnecting to a starting control plane do not all sit decoded
-// in memory at once.
-func (s *Server) handshake(ctx context.Context, stream viewStream, c *conn) (*session, error) {
+// handshake authenticates the stream, reads and checks its first request,
+// binds it to a node and computes the first delta. The identity comes from
+// the stream's metadata, before anything is read or waited for. The first
+// request carries every version the agent holds: it is read only once the
+// store holds a whole view, and only by a bounded number of streams at a
+// time (sync slots), so that thousands of agents reconnecting to a
+// starting control plane do not all sit decoded in memory at once. A
+// stream that names its own node (ClaimedNode) has no identity before its
+// first request, so it takes a slot only after that request arrived.
+func (s *Server) handshake(ctx context.Context, stream viewStream, c *conn, t *ticket) (*session, error) {
+	node, err := s.authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var first *spokev1.StreamViewsRequest
+	if node == "" {
+		if first, err = s.firstRequest(ctx, stream); err != nil {
+			return nil, err
+		}
+		node = first.GetNodeName()
+	}
+	if node == "" {
+		return nil, status.Error(codes.InvalidArgument, "no node name")
+	}
+	t.bound()
 	select {
 	case <-s.opts.Store.Ready():
 	case <-ctx.Done():
@@ -55,13 +80,12 @@ func (s *Server) handshake(ctx context.Context, stream viewStream, c *conn) (*se
 		return nil, err
 	}
 	defer s.syncs.Release(1)
-	first, err := stream.Recv()
-	if err != nil {
-		return nil, err
+	if first == nil {
+		if first, err = s.firstRequest(ctx, stream); err != nil {
+			return nil, err
+		}
 	}
-	if c.node, err = s.bind(ctx, first); err != nil {
-		return nil, err
-	}
+	c.node = node
 	s.attach(c)
 	log := s.log.With("node", c.node, "peer", c.peer)
 	log.Info("agent connected", "held", len(first.GetInitialResourceVersions()))
@@ -76,25 +100,52 @@ func (s *Server) handshake(ctx context.Context, stream viewStream, c *conn) (*se
 	return &session{s: s, c: c, log: log, sub: sub, firstRev: delta.Rev, queue: s.split(delta), target: delta.Rev}, nil
 }
 
-// bind checks the first request and returns the node the stream serves.
-func (s *Server) bind(ctx context.Context, first *spokev1.StreamViewsRequest) (string, error) {
-	if err := validateFirst(first); err != nil {
-		s.metrics.rejectedStreams.WithLabelValues("invalid").Inc()
-		return "", status.Error(codes.InvalidArgument, err.Error())
-	}
-	node, err := s.opts.Authenticator.NodeName(ctx, first.GetNodeName())
+// authenticate returns the node of the stream's credentials, or "" when
+// the Authenticator lets the agent name its node.
+func (s *Server) authenticate(ctx context.Context) (string, error) {
+	node, err := s.opts.Authenticator.NodeName(ctx)
 	switch {
 	case errors.Is(err, ErrUnauthenticated):
 		s.metrics.rejectedStreams.WithLabelValues("unauthenticated").Inc()
-		s.log.Warn("refusing an agent stream", "claimed_node", first.GetNodeName(), "err", err)
+		s.log.Warn("refusing an agent stream", "peer", peerHost(ctx), "err", err)
 		return "", status.Errorf(codes.Unauthenticated, "binding stream to a node: %v", err)
 	case err != nil:
 		s.metrics.rejectedStreams.WithLabelValues("auth_unavailable").Inc()
 		return "", status.Errorf(codes.Unavailable, "binding stream to a node: %v", err)
-	case node == "":
-		return "", status.Error(codes.InvalidArgument, "no node name")
 	}
 	return node, nil
+}
+
+// firstRequest reads and checks the stream's first request, which must
+// arrive within the first-request timeout.
+func (s *Server) firstRequest(ctx context.Context, stream viewStream) (*spokev1.StreamViewsRequest, error) {
+	type result struct {
+		req *spokev1.StreamViewsRequest
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		req, err := stream.Recv()
+		ch <- result{req, err}
+	}()
+	timer := time.NewTimer(s.admission.limits.FirstRequestTimeout)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		s.metrics.rejectedStreams.WithLabelValues("first_request_timeout").Inc()
+		return nil, status.Errorf(codes.DeadlineExceeded, "no first request within %s", s.admission.limits.FirstRequestTimeout)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case r := <-ch:
+		if r.err != nil {
+			return nil, r.err
+		}
+		if err := validateFirst(r.req); err != nil {
+			s.metrics.rejectedStreams.WithLabelValues("invalid").Inc()
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		return r.req, nil
+	}
 }
 
 // receive pumps the agent's requests into a channel until the stream ends

@@ -163,7 +163,7 @@ func run(ctx context.Context, bin string, check bool, log *slog.Logger) (err err
 	}
 	if err := procs.start("controlplane", filepath.Join(bin, "spoke-controlplane"),
 		"-kubeconfig", kubeconfig, "-grpc-address", cpAddr, "-metrics-address", fmt.Sprintf("127.0.0.1:%d", metricsPort),
-		"-debounce-window", "50ms", "-agent-auth", "none"); err != nil {
+		"-debounce-window", "50ms", "-agent-auth", "none", "-insecure"); err != nil {
 		return err
 	}
 
@@ -180,7 +180,7 @@ func run(ctx context.Context, bin string, check bool, log *slog.Logger) (err err
 			}
 		})
 		args := append([]string{"--net=" + n.ns.Path(), "--", filepath.Join(bin, "spoke-agent"),
-			"-node-name", n.name, "-controlplane", cpAddr, "-token-file", "",
+			"-node-name", n.name, "-controlplane", cpAddr, "-insecure",
 			"-state-file", filepath.Join(dir, n.name+".db"),
 			"-inspect-address", addr + ":18001", "-healthz-address", addr + ":10256", "-metrics-address", addr + ":10249",
 		}, flags...)

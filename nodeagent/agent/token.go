@@ -16,8 +16,6 @@ import (
 // read again when it changes.
 type TokenFile struct {
 	Path string
-	// AllowInsecure permits sending the token without TLS, for tests.
-	AllowInsecure bool
 
 	mu      sync.Mutex
 	token   string
@@ -45,4 +43,5 @@ func (f *TokenFile) GetRequestMetadata(context.Context, ...string) (map[string]s
 }
 
 // RequireTransportSecurity implements credentials.PerRPCCredentials.
-func (f *TokenFile) RequireTransportSecurity() bool { return !f.AllowInsecure }
+// The token is never sent in plaintext.
+func (f *TokenFile) RequireTransportSecurity() bool { return true }

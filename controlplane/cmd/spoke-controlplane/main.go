@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -38,6 +39,7 @@ type config struct {
 	ackTimeout     time.Duration
 	tlsCert        string
 	tlsKey         string
+	insecure       bool
 	logLevel       string
 	logFormat      string
 	apiQPS         float64
@@ -46,6 +48,7 @@ type config struct {
 	authMode       string
 	audience       string
 	agentAccounts  string
+	limits         server.Limits
 }
 
 func main() {
@@ -57,7 +60,8 @@ func main() {
 	flag.DurationVar(&c.window, "debounce-window", 100*time.Millisecond, "quiet time that ends a burst of API changes")
 	flag.DurationVar(&c.maxDelay, "debounce-max-delay", time.Second, "longest a change waits for its burst to end")
 	flag.DurationVar(&c.ackTimeout, "ack-timeout", time.Minute, "disconnect an agent that has not acknowledged a response in this time")
-	flag.StringVar(&c.tlsCert, "tls-cert-file", "", "serving certificate of the gRPC services; plaintext when empty")
+	flag.StringVar(&c.tlsCert, "tls-cert-file", "", "serving certificate of the gRPC services; required unless -insecure")
+	flag.BoolVar(&c.insecure, "insecure", false, "serve gRPC in plaintext (tests and local demos only)")
 	flag.StringVar(&c.tlsKey, "tls-key-file", "", "key of -tls-cert-file")
 	flag.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	flag.StringVar(&c.logFormat, "log-format", "text", "text or json")
@@ -67,6 +71,12 @@ func main() {
 	flag.StringVar(&c.authMode, "agent-auth", "tokenreview", "how agents are bound to nodes: tokenreview (their pod-bound ServiceAccount token), or none (trust the node name they send; tests only)")
 	flag.StringVar(&c.audience, "agent-token-audience", "spoke-controlplane", "audience agents' tokens must be issued for")
 	flag.StringVar(&c.agentAccounts, "agent-service-accounts", "kube-system/spoke-agent", "comma-separated namespace/name of the agents' ServiceAccounts")
+	flag.DurationVar(&c.limits.FirstRequestTimeout, "first-request-timeout", 10*time.Second, "end an agent stream whose first request has not arrived in this time")
+	flag.IntVar(&c.limits.MaxPendingPerPeer, "max-pending-streams-per-peer", 16, "streams of one address without an identity yet; -1 for no limit")
+	flag.IntVar(&c.limits.MaxPending, "max-pending-streams", 1024, "streams without an identity yet; -1 for no limit")
+	flag.IntVar(&c.limits.MaxStreams, "max-streams", 100_000, "streams served at once; -1 for no limit")
+	flag.Float64Var(&c.limits.NewStreamsPerSecond, "new-streams-per-second", 2000, "rate of new streams (a token bucket); -1 for no limit")
+	flag.IntVar(&c.limits.NewStreamsBurst, "new-streams-burst", 5000, "burst of new streams")
 	flag.BoolVar(&c.profiling, "profiling", false, "serve /debug/pprof/ on the metrics address")
 	flag.Parse()
 
@@ -84,6 +94,10 @@ func main() {
 }
 
 func run(ctx context.Context, c config, log *slog.Logger) error {
+	grpcOpts, err := c.transport(log)
+	if err != nil {
+		return err
+	}
 	restConfig, err := loadConfig(c.kubeconfig)
 	if err != nil {
 		return err
@@ -95,16 +109,6 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		return fmt.Errorf("creating API client: %w", err)
 	}
 
-	var grpcOpts []grpc.ServerOption
-	if c.tlsCert != "" {
-		creds, err := credentials.NewServerTLSFromFile(c.tlsCert, c.tlsKey)
-		if err != nil {
-			return fmt.Errorf("loading TLS certificate: %w", err)
-		}
-		grpcOpts = append(grpcOpts, grpc.Creds(creds))
-	} else {
-		log.Warn("serving gRPC in plaintext: set -tls-cert-file outside tests")
-	}
 	lis, err := net.Listen("tcp", c.grpcAddr)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", c.grpcAddr, err)
@@ -128,7 +132,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	cp, err := app.New(app.Options{
 		Client: client, Authenticator: authn, GRPCListener: lis, HTTPListener: httpLis, GRPCOptions: grpcOpts,
 		Model: model.Options{ProxyName: c.proxyName}, Window: c.window, MaxDelay: c.maxDelay,
-		AckTimeout: c.ackTimeout, MaxResponseBytes: c.maxResponseMiB << 20, Profiling: c.profiling, Logger: log,
+		AckTimeout: c.ackTimeout, MaxResponseBytes: c.maxResponseMiB << 20, Limits: c.limits, Profiling: c.profiling, Logger: log,
 	})
 	if err != nil {
 		return err
@@ -150,4 +154,22 @@ func loadConfig(kubeconfig string) (*rest.Config, error) {
 		return nil, fmt.Errorf("loading kubeconfig %s: %w", kubeconfig, err)
 	}
 	return cfg, nil
+}
+
+// transport returns the server options that secure the gRPC services: TLS
+// from -tls-cert-file, or plaintext with -insecure only.
+func (c config) transport(log *slog.Logger) ([]grpc.ServerOption, error) {
+	switch {
+	case c.insecure:
+		log.Warn("serving gRPC in plaintext (-insecure)")
+	case c.tlsCert == "":
+		return nil, errors.New("refusing to serve without TLS: set -tls-cert-file and -tls-key-file, or -insecure for tests")
+	default:
+		creds, err := credentials.NewServerTLSFromFile(c.tlsCert, c.tlsKey)
+		if err != nil {
+			return nil, fmt.Errorf("loading TLS certificate: %w", err)
+		}
+		return []grpc.ServerOption{grpc.Creds(creds)}, nil
+	}
+	return nil, nil
 }

@@ -33,6 +33,7 @@ type config struct {
 	nodeName       string
 	controlPlane   string
 	caFile         string
+	insecure       bool
 	tokenFile      string
 	stateFile      string
 	datapath       datapathFlags
@@ -53,7 +54,8 @@ func main() {
 	}
 	flag.StringVar(&c.nodeName, "node-name", host, "name of this node (default $NODE_NAME, else the hostname)")
 	flag.StringVar(&c.controlPlane, "controlplane", "spoke-controlplane.kube-system.svc:18000", "address of the control plane's gRPC service")
-	flag.StringVar(&c.caFile, "tls-ca-file", "", "CA bundle to verify the control plane; plaintext when empty")
+	flag.StringVar(&c.caFile, "tls-ca-file", "", "CA bundle to verify the control plane; required unless -insecure")
+	flag.BoolVar(&c.insecure, "insecure", false, "connect to the control plane in plaintext, sending no token (tests and local demos only)")
 	flag.StringVar(&c.tokenFile, "token-file", "/var/run/secrets/spoke/token", "projected ServiceAccount token presented to the control plane; empty sends none")
 	flag.StringVar(&c.stateFile, "state-file", "/var/lib/spoke/state.db", "bbolt file of applied views; empty keeps none")
 	c.datapath.register(flag.CommandLine)
@@ -97,17 +99,9 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		return fmt.Errorf("opening the %s datapath: %w", c.datapath.name, err)
 	}
 	defer closeDatapath()
-	creds := insecure.NewCredentials()
-	if c.caFile != "" {
-		if creds, err = credentials.NewClientTLSFromFile(c.caFile, ""); err != nil {
-			return fmt.Errorf("loading CA bundle: %w", err)
-		}
-	} else {
-		log.Warn("connecting to the control plane in plaintext: set -tls-ca-file outside tests")
-	}
-	dialOpts := append(agent.DialOptions(), grpc.WithTransportCredentials(creds))
-	if c.tokenFile != "" {
-		dialOpts = append(dialOpts, grpc.WithPerRPCCredentials(&agent.TokenFile{Path: c.tokenFile, AllowInsecure: c.caFile == ""}))
+	dialOpts, err := c.transport(log)
+	if err != nil {
+		return err
 	}
 	conn, err := grpc.NewClient(c.controlPlane, dialOpts...)
 	if err != nil {
@@ -183,4 +177,27 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		return nil
 	})
 	return eg.Wait()
+}
+
+// transport returns the dial options that secure the control-plane
+// connection: TLS verified with -tls-ca-file, and the token sent only over
+// it. Plaintext needs -insecure and never carries the token.
+func (c config) transport(log *slog.Logger) ([]grpc.DialOption, error) {
+	opts := agent.DialOptions()
+	switch {
+	case c.insecure:
+		log.Warn("connecting to the control plane in plaintext (-insecure); no token is sent")
+		return append(opts, grpc.WithTransportCredentials(insecure.NewCredentials())), nil
+	case c.caFile == "":
+		return nil, errors.New("refusing to connect without TLS: set -tls-ca-file, or -insecure for tests")
+	}
+	creds, err := credentials.NewClientTLSFromFile(c.caFile, "")
+	if err != nil {
+		return nil, fmt.Errorf("loading CA bundle: %w", err)
+	}
+	opts = append(opts, grpc.WithTransportCredentials(creds))
+	if c.tokenFile != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(&agent.TokenFile{Path: c.tokenFile}))
+	}
+	return opts, nil
 }

@@ -146,7 +146,7 @@ func TestKilledAgentDropsNoFlow(t *testing.T) {
 	})
 	agent := &agentProcess{t: t, healthz: freeAddr(t)}
 	agent.args = []string{
-		"-node-name", "node-1", "-controlplane", lis.Addr().String(), "-token-file", "",
+		"-node-name", "node-1", "-controlplane", lis.Addr().String(), "-insecure",
 		"-datapath", "ebpf", "-bpf-pin-path", opts.PinPath, "-cgroup-root", opts.CgroupPath,
 		"-devices", testnet.ExternalDevice, "-devices-netns", opts.NetNS,
 		"-state-file", filepath.Join(t.TempDir(), "state.db"),
