@@ -57,8 +57,8 @@ func Build(ctx context.Context) (Binaries, error) {
 // A binary is rebuilt only when its module's go.mod, go.sum or Go files
 // change; a file lock in the cache directory keeps concurrent
 // callers (parallel test packages, several targets) from building at the
-// same time. A module that requires k8s.io/kubernetes is built with that
-// version stamped into k8s.io/component-base/version, so the binary reports
+// same time. A module that requires k8s.io/kubernetes (or k8s.io/kubectl) is
+// built with that Kubernetes version stamped into k8s.io/component-base/version, so the binary reports
 // it (kubelet registers its node with it).
 func BuildComponents(ctx context.Context, names ...string) ([]string, error) {
 	root, err := repoRoot()
@@ -120,7 +120,7 @@ func goBuild(ctx context.Context, moduleDir, dst string) error {
 	// -buildvcs=false: the binary does not need the checkout's VCS state,
 	// and reading it fails in some CI checkouts.
 	args := append(verb, "-buildvcs=false")
-	if v := requiredVersion(mod, "k8s.io/kubernetes"); v != "" {
+	if v := kubernetesVersion(mod); v != "" {
 		args = append(args, "-ldflags", versionLDFlags(v))
 	}
 	cmd := exec.CommandContext(ctx, "go", append(args, "-o", tmp, pkg)...)
@@ -225,13 +225,11 @@ func lockFile(ctx context.Context, path string) (func(), error) {
 	}, nil
 }
 
-// CacheDir is the directory BuildComponents builds into, where other built
-// artefacts belong too: $SPOKE_CACHE_DIR, or spoke/ under the user cache
-// directory ($XDG_CACHE_HOME or ~/.cache).
-func CacheDir() (string, error) {
-	return cacheDir()
-}
+// CacheDir returns the directory the binaries are cached in: see cacheDir.
+func CacheDir() (string, error) { return cacheDir() }
 
+// cacheDir is $SPOKE_CACHE_DIR, or spoke/ under the user cache directory
+// ($XDG_CACHE_HOME or ~/.cache).
 func cacheDir() (string, error) {
 	if dir := os.Getenv(CacheDirEnv); dir != "" {
 		return dir, nil
@@ -306,6 +304,19 @@ func requiredVersion(f *modfile.File, mod string) string {
 		if r.Mod.Path == mod {
 			return r.Mod.Version
 		}
+	}
+	return ""
+}
+
+// kubernetesVersion returns the Kubernetes release a hack module builds: the
+// k8s.io/kubernetes version it requires, or for kubectl, which needs only
+// the published staging modules, v1.Y.Z for k8s.io/kubectl v0.Y.Z.
+func kubernetesVersion(f *modfile.File) string {
+	if v := requiredVersion(f, "k8s.io/kubernetes"); v != "" {
+		return v
+	}
+	if v, ok := strings.CutPrefix(requiredVersion(f, "k8s.io/kubectl"), "v0."); ok {
+		return "v1." + v
 	}
 	return ""
 }

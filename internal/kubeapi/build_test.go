@@ -90,3 +90,20 @@ func TestRequiredVersion(t *testing.T) {
 		t.Errorf("requiredVersion(k8s.io/none) = %q, want empty", got)
 	}
 }
+
+func TestKubernetesVersion(t *testing.T) {
+	cases := map[string]string{
+		"module m\n\nrequire (\n\tk8s.io/component-base v0.36.3\n\tk8s.io/kubernetes v1.36.3\n)\n": "v1.36.3",
+		"module m\n\nrequire (\n\tk8s.io/component-base v0.36.3\n\tk8s.io/kubectl v0.36.3\n)\n":    "v1.36.3",
+		"module m\n\nrequire go.etcd.io/etcd/server/v3 v3.6.8\n":                                   "",
+	}
+	for gomod, want := range cases {
+		mod, err := parseGoMod(writeModule(t, map[string]string{"go.mod": gomod}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := kubernetesVersion(mod); got != want {
+			t.Errorf("kubernetesVersion(%q) = %q, want %q", gomod, got, want)
+		}
+	}
+}

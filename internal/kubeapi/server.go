@@ -55,6 +55,10 @@ type Options struct {
 	// the defaults: a single-valued flag given here overrides the default,
 	// a list-valued one (--disable-admission-plugins) adds to it.
 	ExtraAPIServerArgs []string
+	// WithServiceAccounts keeps the ServiceAccount admission plugin on, for
+	// a cluster whose kube-controller-manager creates every namespace's
+	// "default" ServiceAccount (pods then get their token volume).
+	WithServiceAccounts bool
 }
 
 // Server is a running etcd and kube-apiserver pair. Its methods are safe for
@@ -117,7 +121,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	// bind them; try again with new ones if that happens.
 	const attempts = 3
 	for i := 1; ; i++ {
-		err := s.startProcesses(ctx, opts.ExtraAPIServerArgs)
+		err := s.startProcesses(ctx, opts.ExtraAPIServerArgs, opts.WithServiceAccounts)
 		if err == nil {
 			return s, nil
 		}
@@ -129,7 +133,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	}
 }
 
-func (s *Server) startProcesses(ctx context.Context, extraArgs []string) error {
+func (s *Server) startProcesses(ctx context.Context, extraArgs []string, serviceAccounts bool) error {
 	ports, err := freePorts(3)
 	if err != nil {
 		return err
@@ -158,14 +162,14 @@ func (s *Server) startProcesses(ctx context.Context, extraArgs []string) error {
 		return err
 	}
 
-	s.apiserverArgs = append(s.defaultAPIServerArgs(ports[2]), extraArgs...)
+	s.apiserverArgs = append(s.defaultAPIServerArgs(ports[2], serviceAccounts), extraArgs...)
 	return s.startAPIServer(ctx)
 }
 
 // defaultAPIServerArgs is the smallest command line that gives a working
 // API server without controllers: see doc.go for what is missing.
-func (s *Server) defaultAPIServerArgs(port int) []string {
-	return []string{
+func (s *Server) defaultAPIServerArgs(port int, serviceAccounts bool) []string {
+	args := []string{
 		"--etcd-servers=" + s.EtcdURL,
 		"--bind-address=127.0.0.1",
 		// Without it kube-apiserver looks for a non-loopback host address,
@@ -182,9 +186,6 @@ func (s *Server) defaultAPIServerArgs(port int) []string {
 		"--api-audiences=" + ServiceAccountIssuer,
 		"--service-account-key-file=" + filepath.Join(s.DataDir, "sa.pub"),
 		"--service-account-signing-key-file=" + filepath.Join(s.DataDir, "sa.key"),
-		// Needs the "default" ServiceAccount that kube-controller-manager
-		// creates: without it no Pod could be created.
-		"--disable-admission-plugins=ServiceAccount",
 		// The "kubernetes" Service's endpoint would be 127.0.0.1, which
 		// Endpoints validation rejects; keep it without endpoints.
 		"--endpoint-reconciler-type=none",
@@ -196,6 +197,12 @@ func (s *Server) defaultAPIServerArgs(port int) []string {
 		// as in real clusters.
 		"--allow-privileged=true",
 	}
+	if !serviceAccounts {
+		// Needs the "default" ServiceAccount that kube-controller-manager
+		// creates: without it no Pod could be created.
+		args = append(args, "--disable-admission-plugins=ServiceAccount")
+	}
+	return args
 }
 
 func (s *Server) startAPIServer(ctx context.Context) error {
