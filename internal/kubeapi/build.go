@@ -151,7 +151,8 @@ func buildTarget(dir string, mod *modfile.File) (verb []string, pkg string, env 
 	case len(goFiles) > len(tests):
 		return []string{"build"}, ".", nil, nil
 	case len(tests) > 0:
-		return []string{"test", "-c"}, ".", nil, nil
+		// Vetting a dependency's tests is of no use here.
+		return []string{"test", "-c", "-vet=off"}, ".", nil, nil
 	case len(mod.Tool) != 1:
 		return nil, "", nil, fmt.Errorf("module %s has no Go files and %d tool directives, want 1", dir, len(mod.Tool))
 	}
