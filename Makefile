@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := clang llvm libbpf-dev bpftool iproute2 qemu-system-x86 busybo
 FUZZTIME ?= 10s
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build images generate lint test test-unit test-vm test-fuzz fuzz local local-check e2e sim deps tools clean
+.PHONY: all build images generate lint test test-unit test-vm test-fuzz fuzz local local-check cluster cluster-check e2e sim deps tools clean
 
 all: build
 
@@ -118,6 +118,32 @@ local: deps build
 ## outside to every demo service; prints a summary, cleans up, exits 0 or 1.
 local-check: deps build
 	flock $(LOCAL_LOCK) $(GO) run ./hack/local -bin $(BIN) -check
+
+## cluster: a real Kubernetes cluster with Spoke as its only service proxy:
+## kube-apiserver, etcd, kube-controller-manager and kube-scheduler on the
+## host, two nodes (network namespaces, each with its own containerd and
+## kubelet, zones zone-a and zone-b), Spoke deployed from deploy/ with
+## kustomize (images from make images if present), CoreDNS behind kube-dns.
+## Prints "READY kubeconfig=PATH nodes=N"; Ctrl-C or SIGTERM (to the
+## spoke-cluster process) removes everything. Everything is built from Go
+## modules into ~/.cache/spoke (about half an hour on 2 cores the first time).
+# One cluster at a time on a machine: its names and addresses are fixed. The
+# shell holds the lock and is replaced by the cluster, so signals reach it.
+CLUSTER_LOCK ?= /tmp/spoke-cluster.lock
+CLUSTER_FLAGS ?=
+cluster: build-cluster
+	@exec 9>$(CLUSTER_LOCK); flock 9; exec $(BIN)/spoke-cluster $(CLUSTER_FLAGS)
+
+## cluster-check: the same cluster, then a pod on node-1 reaches by DNS name a
+## service whose only backend is on node-2, and its NodePort answers from the
+## host; cleans up and exits 0 or 1.
+cluster-check: build-cluster
+	@exec 9>$(CLUSTER_LOCK); flock 9; exec $(BIN)/spoke-cluster -check $(CLUSTER_FLAGS)
+
+.PHONY: build-cluster
+build-cluster:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/spoke-cluster ./hack/cluster
 
 ## e2e: Kubernetes' own [sig-network] service-proxy tests (e2e.test v1.36.3:
 ## Services, Conntrack, EndpointSlice, Endpoints, Networking Granular Checks:

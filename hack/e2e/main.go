@@ -117,6 +117,10 @@ func run(ctx context.Context, o options, log *slog.Logger) (code int, err error)
 	if err != nil {
 		return 0, err
 	}
+	if o.dryRun {
+		fmt.Printf("e2e: %d tests selected (dry run)\n", s.passed)
+		return 0, nil
+	}
 	for _, f := range s.failedNames {
 		fmt.Println("FAILED:", f)
 	}

@@ -41,8 +41,12 @@ func runSuite(ctx context.Context, o options, t tools, kubeconfig string, skips 
 }
 
 func ginkgoArgs(o options, skips []skip) []string {
+	procs := o.procs
+	if o.dryRun {
+		procs = 1 // ginkgo dry-runs only in series
+	}
 	args := []string{
-		"--procs", fmt.Sprint(o.procs),
+		"--procs", fmt.Sprint(procs),
 		"--timeout", o.timeout.String(),
 		"--focus", o.focus,
 		"--no-color",

@@ -151,7 +151,8 @@ func buildTarget(dir string, mod *modfile.File) (verb []string, pkg string, env 
 	case len(goFiles) > len(tests):
 		return []string{"build"}, ".", nil, nil
 	case len(tests) > 0:
-		return []string{"test", "-c"}, ".", nil, nil
+		// Vetting a dependency's tests is of no use here.
+		return []string{"test", "-c", "-vet=off"}, ".", nil, nil
 	case len(mod.Tool) != 1:
 		return nil, "", nil, fmt.Errorf("module %s has no Go files and %d tool directives, want 1", dir, len(mod.Tool))
 	}
@@ -225,13 +226,11 @@ func lockFile(ctx context.Context, path string) (func(), error) {
 	}, nil
 }
 
-// CacheDir is the directory BuildComponents builds into, where other built
-// artefacts belong too: $SPOKE_CACHE_DIR, or spoke/ under the user cache
-// directory ($XDG_CACHE_HOME or ~/.cache).
-func CacheDir() (string, error) {
-	return cacheDir()
-}
+// CacheDir returns the directory the binaries are cached in: see cacheDir.
+func CacheDir() (string, error) { return cacheDir() }
 
+// cacheDir is $SPOKE_CACHE_DIR, or spoke/ under the user cache directory
+// ($XDG_CACHE_HOME or ~/.cache).
 func cacheDir() (string, error) {
 	if dir := os.Getenv(CacheDirEnv); dir != "" {
 		return dir, nil
@@ -313,11 +312,11 @@ func requiredVersion(f *modfile.File, mod string) string {
 // kubernetesVersion returns the Kubernetes release a hack module builds: the
 // k8s.io/kubernetes version it requires, or for kubectl, which needs only
 // the published staging modules, v1.Y.Z for k8s.io/kubectl v0.Y.Z.
-func kubernetesVersion(gomod *modfile.File) string {
-	if v := requiredVersion(gomod, "k8s.io/kubernetes"); v != "" {
+func kubernetesVersion(f *modfile.File) string {
+	if v := requiredVersion(f, "k8s.io/kubernetes"); v != "" {
 		return v
 	}
-	if v, ok := strings.CutPrefix(requiredVersion(gomod, "k8s.io/kubectl"), "v0."); ok {
+	if v, ok := strings.CutPrefix(requiredVersion(f, "k8s.io/kubectl"), "v0."); ok {
 		return "v1." + v
 	}
 	return ""

@@ -31,7 +31,7 @@ func TestBuildTarget(t *testing.T) {
 	}{
 		{name: "command", files: map[string]string{"go.mod": goMod, "main.go": "package main\n"}, verb: []string{"build"}, pkg: "."},
 		{name: "command with tests", files: map[string]string{"go.mod": goMod, "main.go": "package main\n", "main_test.go": "package main\n"}, verb: []string{"build"}, pkg: "."},
-		{name: "test binary", files: map[string]string{"go.mod": goMod, "e2e_test.go": "package e2e\n"}, verb: []string{"test", "-c"}, pkg: "."},
+		{name: "test binary", files: map[string]string{"go.mod": goMod, "e2e_test.go": "package e2e\n"}, verb: []string{"test", "-c", "-vet=off"}, pkg: "."},
 		{name: "tool", files: map[string]string{"go.mod": goMod + "\ntool example.com/dep/cmd/x\n"}, verb: []string{"build"}, pkg: "example.com/dep/cmd/x", env: []string{"CGO_ENABLED=0"}},
 		{name: "no Go files, no tool", files: map[string]string{"go.mod": goMod}, wantErr: true},
 		{name: "two tools", files: map[string]string{"go.mod": goMod + "\ntool (\n\texample.com/a\n\texample.com/b\n)\n"}, wantErr: true},
