@@ -45,15 +45,18 @@ const (
 )
 
 func (p Protocol) String() string {
-	switch p {
-	case TCP:
-		return "TCP"
-	case UDP:
-		return "UDP"
-	case SCTP:
-		return "SCTP"
+	return Name(p, "Protocol", protocolNames[:])
+}
+
+var protocolNames = [...]string{TCP: "TCP", UDP: "UDP", SCTP: "SCTP"}
+
+// Name returns names[v], or "KIND(v)" for a value without a name: the
+// String method of a small enumeration.
+func Name[T ~uint8](v T, kind string, names []string) string {
+	if int(v) < len(names) && names[v] != "" {
+		return names[v]
 	}
-	return fmt.Sprintf("Protocol(%d)", uint8(p))
+	return fmt.Sprintf("%s(%d)", kind, uint8(v))
 }
 
 // NoEndpoints is what happens to a new connection no endpoint can take.

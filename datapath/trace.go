@@ -16,15 +16,9 @@ const (
 	FromOutside
 )
 
-func (o Origin) String() string {
-	switch o {
-	case FromNode:
-		return "node"
-	case FromOutside:
-		return "outside"
-	}
-	return fmt.Sprintf("Origin(%d)", uint8(o))
-}
+func (o Origin) String() string { return Name(o, "Origin", originNames[:]) }
+
+var originNames = [...]string{FromNode: "node", FromOutside: "outside"}
 
 // Packet is the first packet of a connection, as a tracer sees it.
 type Packet struct {
@@ -54,19 +48,9 @@ const (
 	Discard
 )
 
-func (a Action) String() string {
-	switch a {
-	case Pass:
-		return "pass"
-	case Forward:
-		return "forward"
-	case Refuse:
-		return "reject"
-	case Discard:
-		return "drop"
-	}
-	return fmt.Sprintf("Action(%d)", uint8(a))
-}
+func (a Action) String() string { return Name(a, "Action", actionNames[:]) }
+
+var actionNames = [...]string{Pass: "pass", Forward: "forward", Refuse: "reject", Discard: "drop"}
 
 // Verdict is the outcome of tracing one packet.
 type Verdict struct {

@@ -20,6 +20,7 @@ import (
 	"github.com/spoke-proxy/spoke/datapath"
 	"github.com/spoke-proxy/spoke/nodeagent/view"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
+	"github.com/spoke-proxy/spoke/scale-sim/tracker"
 )
 
 // report is a run's figures.
@@ -89,8 +90,23 @@ func (s *sim) finish(ctx context.Context) (*report, error) {
 		f["controlplane_figures_are_its_own"] = u.Own
 	}
 	maps.Copy(f, s.extra)
-
 	r := &report{fields: f, notes: s.notes}
+	s.tabulate(r, u, &h, convergence{checked, mismatched, held, pairs, examples})
+	return r, nil
+}
+
+// convergence is what finish found when it compared the nodes' datapaths
+// with the control plane's and the simulator's own views.
+type convergence struct {
+	checked, mismatched int
+	held, pairs         int64
+	examples            []string
+}
+
+// tabulate adds the table for people to a report whose fields are set.
+func (s *sim) tabulate(r *report, u usage, h *tracker.Histogram, c convergence) {
+	f, changes := r.fields, s.changes.Load()
+	checked, mismatched, held, pairs, examples := c.checked, c.mismatched, c.held, c.pairs, c.examples
 	add := func(k, v string) { r.table = append(r.table, [2]string{k, v}) }
 	add("scenario", s.c.scenario)
 	add("cluster", fmt.Sprintf("%d nodes in %d zones, %d services × %d endpoints (%.0f%% Local, %.0f%% zone-hinted)",
@@ -118,7 +134,6 @@ func (s *sim) finish(ctx context.Context) (*report, error) {
 		r.notes = append(r.notes, "mismatch: "+e)
 	}
 	add("load average start / end", fmt.Sprintf("%.2f / %.2f (2 cores)", s.loadStart[0], f["load_average_end"]))
-	return r, nil
 }
 
 func (s *sim) phases() int {

@@ -111,6 +111,20 @@ func New(opts Options) (*Datapath, error) {
 	return d, nil
 }
 
+// lock takes the datapath's lock unless ctx is done or the datapath is
+// closed; the caller unlocks d.mu.
+func (d *Datapath) lock(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return errClosed
+	}
+	return nil
+}
+
 // Close releases the datapath's file descriptors. Everything pinned stays
 // attached and keeps forwarding; New adopts it again.
 func (d *Datapath) Close() error {
@@ -144,14 +158,10 @@ func (d *Datapath) SetNode(ctx context.Context, node datapath.Node) error {
 	if len(node.Addresses) > d.sizes[lbMapNodes] {
 		return &FullError{Map: lbMapNodes, Need: len(node.Addresses), Size: d.sizes[lbMapNodes]}
 	}
-	if err := ctx.Err(); err != nil {
+	if err := d.lock(ctx); err != nil {
 		return err
 	}
-	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.closed {
-		return errClosed
-	}
 	want := map[lbNodeKey]uint32{}
 	for _, a := range node.Addresses {
 		want[lbNodeKey{Addr: toAddr(a)}] = 1
@@ -317,16 +327,39 @@ func (d *Datapath) Apply(ctx context.Context, upsert []*datapath.Service, remove
 			return err
 		}
 	}
-	if err := ctx.Err(); err != nil {
+	if err := d.lock(ctx); err != nil {
 		return err
 	}
-	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.closed {
-		return errClosed
-	}
 	st := d.state
+	updates, p, err := planUpdates(st, upsert, remove)
+	if err != nil {
+		return err
+	}
+	if err := d.checkOwners(updates); err != nil {
+		return err
+	}
+	c, refs := diff(st, updates, p)
+	if err := d.checkRoom(c); err != nil {
+		return err
+	}
+	if err := d.write(c); err != nil {
+		// The maps are somewhere between before and after: read them back.
+		if rerr := d.reload(); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+		return err
+	}
+	d.commit(updates, c, refs)
+	st.next = p.next
+	st.unswept = false
+	return nil
+}
 
+// planUpdates plans, without touching the kernel, what each upserted and
+// removed service owns afterwards. The last upsert of a key wins; a key
+// both upserted and removed is upserted.
+func planUpdates(st *state, upsert []*datapath.Service, remove []string) ([]update, *planner, error) {
 	desired := map[string]*datapath.Service{}
 	var order []string
 	for _, s := range upsert {
@@ -356,15 +389,17 @@ func (d *Datapath) Apply(ctx context.Context, upsert []*datapath.Service, remove
 		}
 		var err error
 		if u.after, err = plan(u.id, u.svc, p); err != nil {
-			return err
+			return nil, nil, err
 		}
 		updates = append(updates, u)
 	}
+	return updates, p, nil
+}
 
-	if err := d.checkOwners(updates); err != nil {
-		return err
-	}
-
+// diff computes, without touching the kernel, the writes that take the
+// maps from st to the planned updates, and how each backend's count of
+// slots naming it changes.
+func diff(st *state, updates []update, p *planner) (*changes, map[uint32]int) {
 	c := newChanges()
 	refs := map[uint32]int{}
 	for _, u := range updates {
@@ -408,21 +443,7 @@ func (d *Datapath) Apply(ctx context.Context, upsert []*datapath.Service, remove
 		}
 	}
 	c.backends.grow -= len(c.backends.del)
-
-	if err := d.checkRoom(c); err != nil {
-		return err
-	}
-	if err := d.write(c); err != nil {
-		// The maps are somewhere between before and after: read them back.
-		if rerr := d.reload(); rerr != nil {
-			return errors.Join(err, rerr)
-		}
-		return err
-	}
-	d.commit(updates, c, refs)
-	st.next = p.next
-	st.unswept = false
-	return nil
+	return c, refs
 }
 
 // checkOwners refuses an Apply that would let two services claim one

@@ -9,13 +9,8 @@ import (
 
 // dump is every configuration map, read at once.
 type dump struct {
-	meta      map[uint32]lbSvcInfo
-	ports     map[lbPortKey]lbPortInfo
-	addrs     map[lbAddrKey]lbAddr
-	frontends map[lbSvcKey]lbSvcVal
-	slots     map[lbSlotKey]lbSlotVal
-	ranges    map[lbRangeKey]uint32
-	backends  map[uint32]lbBackend
+	owned
+	backends map[uint32]lbBackend
 }
 
 func readDump(m *lbMaps) (*dump, error) {

@@ -3,6 +3,8 @@ package ebpf
 import (
 	"fmt"
 	"path/filepath"
+
+	"github.com/spoke-proxy/spoke/datapath"
 )
 
 // TCMode chooses how the tc programs are attached to devices.
@@ -19,17 +21,9 @@ const (
 	TCClsact
 )
 
-func (m TCMode) String() string {
-	switch m {
-	case TCAuto:
-		return "auto"
-	case TCX:
-		return "tcx"
-	case TCClsact:
-		return "clsact"
-	}
-	return fmt.Sprintf("TCMode(%d)", uint8(m))
-}
+func (m TCMode) String() string { return datapath.Name(m, "TCMode", tcModeNames[:]) }
+
+var tcModeNames = [...]string{TCAuto: "auto", TCX: "tcx", TCClsact: "clsact"}
 
 // Defaults for Options.
 const (

@@ -175,120 +175,147 @@ func decode(ss *serviceState, backends map[uint32]lbBackend) *datapath.Service {
 		AffinityTimeout:     time.Duration(info.AffinityNs),
 		HealthCheckNodePort: info.HealthNodePort,
 	}
-
-	type positioned[T any] struct {
-		pos uint32
-		v   T
+	if !decodeAddrs(ss, s) {
+		return nil
 	}
+	if s.SourceRanges, ok = decodeRanges(ss); !ok {
+		return nil
+	}
+	groups, ok := decodePorts(ss, info, s, backends)
+	if !ok || !programsExactly(ss, s, groups) || s.Validate() != nil {
+		return nil
+	}
+	return s
+}
+
+// positioned is a value read back with its position in its list.
+type positioned[T any] struct {
+	pos uint32
+	v   T
+}
+
+// inOrder returns the values of l by position, or false when the positions
+// are not 0, 1, 2, ...; an empty l is nil.
+func inOrder[T any](l []positioned[T]) ([]T, bool) {
+	if len(l) == 0 {
+		return nil, true
+	}
+	slices.SortFunc(l, func(a, b positioned[T]) int { return cmp.Compare(a.pos, b.pos) })
+	out := make([]T, len(l))
+	for i, p := range l {
+		if p.pos != uint32(i) {
+			return nil, false
+		}
+		out[i] = p.v
+	}
+	return out, true
+}
+
+// decodeAddrs reads a service's cluster, external and load-balancer
+// addresses back into s.
+func decodeAddrs(ss *serviceState, s *datapath.Service) bool {
 	var lists [4][]positioned[netip.Addr]
 	for k, a := range ss.entries.addrs {
 		if k.Kind < kindCluster || k.Kind > kindLB {
-			return nil
+			return false
 		}
 		lists[k.Kind] = append(lists[k.Kind], positioned[netip.Addr]{uint32(k.Pos), fromAddr(a)})
 	}
-	addrs := func(kind int) ([]netip.Addr, bool) {
-		l := lists[kind]
-		if len(l) == 0 {
-			return nil, true
-		}
-		slices.SortFunc(l, func(a, b positioned[netip.Addr]) int { return cmp.Compare(a.pos, b.pos) })
-		out := make([]netip.Addr, len(l))
-		for i, p := range l {
-			if p.pos != uint32(i) {
-				return nil, false
-			}
-			out[i] = p.v
-		}
-		return out, true
-	}
 	var ok1, ok2, ok3 bool
-	s.ClusterIPs, ok1 = addrs(kindCluster)
-	s.ExternalIPs, ok2 = addrs(kindExternal)
-	s.LoadBalancerIPs, ok3 = addrs(kindLB)
-	if !ok1 || !ok2 || !ok3 {
-		return nil
-	}
+	s.ClusterIPs, ok1 = inOrder(lists[kindCluster])
+	s.ExternalIPs, ok2 = inOrder(lists[kindExternal])
+	s.LoadBalancerIPs, ok3 = inOrder(lists[kindLB])
+	return ok1 && ok2 && ok3
+}
 
+// decodeRanges reads a service's source ranges back.
+func decodeRanges(ss *serviceState) ([]netip.Prefix, bool) {
 	var ranges []positioned[netip.Prefix]
 	for k, pos := range ss.entries.ranges {
 		p, err := fromRangeKey(k)
 		if err != nil {
-			return nil
+			return nil, false
 		}
 		ranges = append(ranges, positioned[netip.Prefix]{pos, p})
 	}
-	slices.SortFunc(ranges, func(a, b positioned[netip.Prefix]) int { return cmp.Compare(a.pos, b.pos) })
-	for i, r := range ranges {
-		if r.pos != uint32(i) {
-			return nil
-		}
-		s.SourceRanges = append(s.SourceRanges, r.v)
-	}
+	return inOrder(ranges)
+}
 
+// decodePorts reads a service's ports back into s, and returns each port's
+// slot groups.
+func decodePorts(ss *serviceState, info lbSvcInfo, s *datapath.Service, backends map[uint32]lbBackend) ([][6]uint32, bool) {
 	if len(ss.entries.ports) != int(info.Nports) {
-		return nil
+		return nil, false
 	}
 	s.Ports = make([]datapath.Port, info.Nports)
 	groups := make([][6]uint32, info.Nports)
 	for k, pi := range ss.entries.ports {
 		if k.Idx >= uint32(info.Nports) {
-			return nil
+			return nil, false
 		}
-		proto, err := fromProto(pi.Proto)
-		if err != nil {
-			return nil
-		}
-		p := datapath.Port{
-			Name:     getString(pi.Name[:], int(pi.NameLen)),
-			Protocol: proto,
-			Port:     fromPort(pi.Port),
-			NodePort: fromPort(pi.NodePort),
-		}
-		set := func(idx int) (*datapath.Backends, bool) {
-			return decodeSet(ss.entries.slots, pi.Groups[idx*2], pi.Groups[idx*2+1], backends)
-		}
-		internal, ok := set(setInternal)
+		p, ok := decodePort(ss, pi, backends)
 		if !ok {
-			return nil
+			return nil, false
 		}
-		p.Internal = *internal
-		if pi.Sets&setsExternal != 0 {
-			if p.External, ok = set(setExternal); !ok {
-				return nil
-			}
-		}
-		if pi.Sets&setsFromNode != 0 {
-			if p.ExternalFromNode, ok = set(setFromNode); !ok {
-				return nil
-			}
-		}
-		s.Ports[k.Idx] = p
+		s.Ports[k.Idx] = *p
 		groups[k.Idx] = pi.Groups
 	}
+	return groups, true
+}
 
-	// The forwarding entries must be exactly what the decoded service
-	// programs.
+// decodePort reads one port and its backend sets back.
+func decodePort(ss *serviceState, pi lbPortInfo, backends map[uint32]lbBackend) (*datapath.Port, bool) {
+	proto, err := fromProto(pi.Proto)
+	if err != nil {
+		return nil, false
+	}
+	p := &datapath.Port{
+		Name:     getString(pi.Name[:], int(pi.NameLen)),
+		Protocol: proto,
+		Port:     fromPort(pi.Port),
+		NodePort: fromPort(pi.NodePort),
+	}
+	set := func(idx int) (*datapath.Backends, bool) {
+		return decodeSet(ss.entries.slots, pi.Groups[idx*2], pi.Groups[idx*2+1], backends)
+	}
+	internal, ok := set(setInternal)
+	if !ok {
+		return nil, false
+	}
+	p.Internal = *internal
+	if pi.Sets&setsExternal != 0 {
+		if p.External, ok = set(setExternal); !ok {
+			return nil, false
+		}
+	}
+	if pi.Sets&setsFromNode != 0 {
+		if p.ExternalFromNode, ok = set(setFromNode); !ok {
+			return nil, false
+		}
+	}
+	return p, true
+}
+
+// programsExactly reports whether the forwarding entries and the slots'
+// affinity are exactly what the decoded service programs.
+func programsExactly(ss *serviceState, s *datapath.Service, groups [][6]uint32) bool {
 	want := map[lbSvcKey]lbSvcVal{}
 	for i := range s.Ports {
 		proto, _ := toProto(s.Ports[i].Protocol)
 		if err := planFrontends(want, ss.id, s, &s.Ports[i], proto, groups[i]); err != nil {
-			return nil
+			return false
 		}
 	}
 	if !maps.Equal(want, ss.entries.frontends) {
-		return nil
+		return false
 	}
 	affinity := affinitySeconds(s.AffinityTimeout)
 	for k, v := range ss.entries.slots {
 		if k.Slot == 0 && v.Affinity != affinity {
-			return nil
+			return false
 		}
 	}
-	if s.Validate() != nil {
-		return nil
-	}
-	return s
+	return true
 }
 
 // decodeSet reads one backend set from its IPv4 and IPv6 groups.

@@ -68,6 +68,19 @@ type checkFailed int
 
 func (n checkFailed) Error() string { return fmt.Sprintf("%d connections failed", int(n)) }
 
+// local is one run of the local cluster: what it started, in the order it
+// is stopped.
+type local struct {
+	bin, dir string
+	log      *slog.Logger
+	procs    *processes
+	// cleanups run after the processes stop, before the network goes.
+	cleanups []func()
+	nodes    []*node
+	backends []*pod
+	clients  map[string]*pod
+}
+
 func run(ctx context.Context, bin string, check bool, log *slog.Logger) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("run as root: the nodes are network namespaces and the datapath is eBPF")
@@ -97,20 +110,60 @@ func run(ctx context.Context, bin string, check bool, log *slog.Logger) (err err
 	}
 	// Processes stop first, then each node's datapath is removed, then the
 	// network.
-	procs := &processes{log: log, dir: dir}
-	var cleanups []func()
+	l := &local{bin: bin, dir: dir, log: log, procs: &processes{log: log, dir: dir}, nodes: nodeList, clients: map[string]*pod{}}
 	defer func() {
-		procs.stopAll()
-		for _, f := range cleanups {
+		l.procs.stopAll()
+		for _, f := range l.cleanups {
 			f()
 		}
 	}()
+	if err := l.startPods(ctx, topo); err != nil {
+		return err
+	}
+	api, kubeconfig, err := l.startAPI(ctx)
+	if api != nil {
+		defer api.Stop()
+	}
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(api.RESTConfig())
+	if err != nil {
+		return err
+	}
+	cpAddr, err := l.startControlPlane(kubeconfig)
+	if err != nil {
+		return err
+	}
+	agentAddrs, err := l.startAgents(cpAddr)
+	if err != nil {
+		return err
+	}
+	services, err := createDemo(ctx, client, nodeList, l.backends)
+	if err != nil {
+		return err
+	}
+	if err := l.waitProgrammed(ctx, agentAddrs, services); err != nil {
+		return err
+	}
+	if check {
+		return l.check(ctx, services)
+	}
+	fmt.Printf("READY controlplane=%s kubeconfig=%s agents=%s\n", cpAddr, kubeconfig, strings.Join(agentAddrs, ","))
+	l.hint(cpAddr, agentAddrs, services)
+	select {
+	case <-ctx.Done():
+	case err := <-l.procs.exited:
+		return err
+	}
+	log.Info("stopping")
+	return nil
+}
 
-	// Backend pods on node-2 and node-3: a client on node-1 reaches them
-	// only through other nodes. Every node has a client pod.
-	var backends []*pod
-	clients := map[string]*pod{}
-	for _, n := range nodeList {
+// startPods starts backend pods on node-2 and node-3 (a client on node-1
+// reaches them only through other nodes) and a client pod on every node.
+func (l *local) startPods(ctx context.Context, topo *topology) error {
+	for _, n := range l.nodes {
 		if n.index > 1 {
 			p, err := topo.addPod(n, fmt.Sprintf("web-%d", n.index), 10)
 			if err != nil {
@@ -120,121 +173,120 @@ func run(ctx context.Context, bin string, check bool, log *slog.Logger) (err err
 			if err != nil {
 				return err
 			}
-			err = procs.startCmd(p.name, cmd)
+			err = l.procs.startCmd(p.name, cmd)
 			done()
 			if err != nil {
 				return err
 			}
-			backends = append(backends, p)
+			l.backends = append(l.backends, p)
 		}
 		c, err := topo.addPod(n, "client", clientPod)
 		if err != nil {
 			return err
 		}
-		clients[n.name] = c
+		l.clients[n.name] = c
 	}
+	return nil
+}
 
-	log.Info("building (first time: several minutes) and starting kube-apiserver and etcd")
+// startAPI starts kube-apiserver and etcd and writes a kubeconfig for them.
+func (l *local) startAPI(ctx context.Context) (*kubeapi.Server, string, error) {
+	l.log.Info("building (first time: several minutes) and starting kube-apiserver and etcd")
 	startCtx, cancel := context.WithTimeout(ctx, 20*time.Minute)
 	defer cancel()
-	api, err := kubeapi.Start(startCtx, kubeapi.Options{DataDir: filepath.Join(dir, "apiserver")})
+	api, err := kubeapi.Start(startCtx, kubeapi.Options{DataDir: filepath.Join(l.dir, "apiserver")})
 	if err != nil {
-		return err
+		return nil, "", err
 	}
-	defer api.Stop()
-	kubeconfig := filepath.Join(dir, "kubeconfig")
-	if err := api.WriteKubeconfig(kubeconfig); err != nil {
-		return err
-	}
-	client, err := kubernetes.NewForConfig(api.RESTConfig())
-	if err != nil {
-		return err
-	}
+	kubeconfig := filepath.Join(l.dir, "kubeconfig")
+	return api, kubeconfig, api.WriteKubeconfig(kubeconfig)
+}
 
-	// The control plane listens on the host's end of the node network.
+// startControlPlane starts the control plane on the host's end of the node
+// network and returns its address.
+func (l *local) startControlPlane(kubeconfig string) (string, error) {
 	cpPort, err := freePort(hostAddr.Addr().String())
 	if err != nil {
-		return err
+		return "", err
 	}
 	cpAddr := net.JoinHostPort(hostAddr.Addr().String(), fmt.Sprint(cpPort))
 	metricsPort, err := freePort("127.0.0.1")
 	if err != nil {
-		return err
+		return "", err
 	}
-	if err := procs.start("controlplane", filepath.Join(bin, "spoke-controlplane"),
+	return cpAddr, l.procs.start("controlplane", filepath.Join(l.bin, "spoke-controlplane"),
 		"-kubeconfig", kubeconfig, "-grpc-address", cpAddr, "-metrics-address", fmt.Sprintf("127.0.0.1:%d", metricsPort),
-		"-debounce-window", "50ms", "-agent-auth", "none", "-insecure"); err != nil {
-		return err
-	}
+		"-debounce-window", "50ms", "-agent-auth", "none", "-insecure")
+}
 
-	// One agent per node, inside the node's network namespace.
+// startAgents starts one agent per node, inside the node's network
+// namespace, and returns their inspection addresses.
+func (l *local) startAgents(cpAddr string) ([]string, error) {
 	var agentAddrs []string
-	for _, n := range nodeList {
+	for _, n := range l.nodes {
 		addr := nodeAddr(n.index).String()
 		agentAddrs = append(agentAddrs, addr+":18001")
 		flags := agentDatapathFlags(n)
-		cleanups = append(cleanups, func() {
-			out, err := exec.Command("nsenter", append([]string{"--net=" + n.ns.Path(), "--", filepath.Join(bin, "spoke-agent"), "-cleanup"}, flags...)...).CombinedOutput()
+		l.cleanups = append(l.cleanups, func() {
+			out, err := exec.Command("nsenter", append([]string{"--net=" + n.ns.Path(), "--", filepath.Join(l.bin, "spoke-agent"), "-cleanup"}, flags...)...).CombinedOutput()
 			if err != nil {
-				log.Warn("removing the datapath", "node", n.name, "err", err, "output", string(out))
+				l.log.Warn("removing the datapath", "node", n.name, "err", err, "output", string(out))
 			}
 		})
-		args := append([]string{"--net=" + n.ns.Path(), "--", filepath.Join(bin, "spoke-agent"),
+		args := append([]string{"--net=" + n.ns.Path(), "--", filepath.Join(l.bin, "spoke-agent"),
 			"-node-name", n.name, "-controlplane", cpAddr, "-insecure",
-			"-state-file", filepath.Join(dir, n.name+".db"),
+			"-state-file", filepath.Join(l.dir, n.name+".db"),
 			"-inspect-address", addr + ":18001", "-healthz-address", addr + ":10256", "-metrics-address", addr + ":10249",
 		}, flags...)
-		if err := procs.start(n.name, "nsenter", args...); err != nil {
-			return err
+		if err := l.procs.start(n.name, "nsenter", args...); err != nil {
+			return nil, err
 		}
 	}
-
-	cleanups = append(cleanups, func() {
+	l.cleanups = append(l.cleanups, func() {
 		if err := os.Remove(pinRoot); err != nil && !errors.Is(err, os.ErrNotExist) {
-			log.Warn("removing the pin folder", "err", err)
+			l.log.Warn("removing the pin folder", "err", err)
 		}
 	})
+	return agentAddrs, nil
+}
 
-	services, err := createDemo(ctx, client, nodeList, backends)
-	if err != nil {
-		return err
-	}
+// waitProgrammed waits until every agent has programmed every demo
+// service.
+func (l *local) waitProgrammed(ctx context.Context, agentAddrs []string, services []*demoService) error {
 	waitCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	for _, addr := range agentAddrs {
 		for _, s := range services {
 			if err := waitProgrammed(waitCtx, addr, demoNamespace+"/"+s.name); err != nil {
-				return fmt.Errorf("agent %s: %w (logs in %s)", addr, err, dir)
+				return fmt.Errorf("agent %s: %w (logs in %s)", addr, err, l.dir)
 			}
 		}
 	}
+	return nil
+}
 
-	if check {
-		cs := checks(nodeList, services)
-		failed := runChecks(ctx, os.Stdout, cs, clients)
-		fmt.Printf("local-check: %d of %d connections went where they must, from %d nodes and from outside, to %d services (%s)\n",
-			len(cs)-failed, len(cs), len(nodeList), len(services), kinds(services))
-		if failed > 0 {
-			return checkFailed(failed)
-		}
-		return nil
+// check sends a connection from every node and from outside to every demo
+// service and prints a summary.
+func (l *local) check(ctx context.Context, services []*demoService) error {
+	cs := checks(l.nodes, services)
+	failed := runChecks(ctx, os.Stdout, cs, l.clients)
+	fmt.Printf("local-check: %d of %d connections went where they must, from %d nodes and from outside, to %d services (%s)\n",
+		len(cs)-failed, len(cs), len(l.nodes), len(services), kinds(services))
+	if failed > 0 {
+		return checkFailed(failed)
 	}
+	return nil
+}
 
-	fmt.Printf("READY controlplane=%s kubeconfig=%s agents=%s\n", cpAddr, kubeconfig, strings.Join(agentAddrs, ","))
+// hint logs commands to try against the running cluster.
+func (l *local) hint(cpAddr string, agentAddrs []string, services []*demoService) {
 	web := services[0]
-	log.Info("demo services programmed on every node; try:",
+	l.log.Info("demo services programmed on every node; try:",
 		"list", "go tool grpcurl -plaintext "+cpAddr+" list",
 		"nodes", "go tool grpcurl -plaintext "+cpAddr+" spoke.v1.ControlPlaneInspectionService/ListNodes",
 		"agent", "go tool grpcurl -plaintext "+agentAddrs[0]+" spoke.v1.AgentInspectionService/GetState",
 		"nodeport", fmt.Sprintf("curl http://%s:%d/", nodeAddr(1), services[2].nodePort),
-		"clusterip", fmt.Sprintf("nsenter --net=%s sh -c 'echo $$ > %s/cgroup.procs && curl http://%s:%d/'", clients["node-1"].ns.Path(), nodeList[0].cgroup, web.clusterIP, web.port))
-	select {
-	case <-ctx.Done():
-	case err := <-procs.exited:
-		return err
-	}
-	log.Info("stopping")
-	return nil
+		"clusterip", fmt.Sprintf("nsenter --net=%s sh -c 'echo $$ > %s/cgroup.procs && curl http://%s:%d/'", l.clients["node-1"].ns.Path(), l.nodes[0].cgroup, web.clusterIP, web.port))
 }
 
 // agentDatapathFlags are the eBPF flags of a node's agent, the same for

@@ -37,19 +37,9 @@ const (
 	TimedOut
 )
 
-func (o Outcome) String() string {
-	switch o {
-	case Reached:
-		return "reached"
-	case Refused:
-		return "refused"
-	case Unreachable:
-		return "unreachable"
-	case TimedOut:
-		return "timed out"
-	}
-	return fmt.Sprintf("Outcome(%d)", uint8(o))
-}
+func (o Outcome) String() string { return datapath.Name(o, "Outcome", outcomeNames[:]) }
+
+var outcomeNames = [...]string{Reached: "reached", Refused: "refused", Unreachable: "unreachable", TimedOut: "timed out"}
 
 // Result is what a probe saw.
 type Result struct {
