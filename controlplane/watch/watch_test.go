@@ -251,3 +251,55 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name, label string) flo
 	}
 	return 0
 }
+
+// A watch that fails for longer than the stall bound makes the watcher
+// unhealthy (the replica's /readyz), and healthy again once it recovers.
+func TestStalledWatchIsReported(t *testing.T) {
+	api := kubeapi.ForTest(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	cfg := api.RESTConfig()
+	cfg.WarningHandler = rest.NoWarnings{}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := store.New()
+	w, err := New(Options{Client: client, Store: st, StallBound: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	select {
+	case <-st.Ready():
+	case <-ctx.Done():
+		t.Fatal("store never became ready")
+	}
+	if err := w.Healthy(); err != nil {
+		t.Fatalf("synced watcher unhealthy: %v", err)
+	}
+
+	restarted := make(chan error, 1)
+	go func() { restarted <- api.Restart(ctx) }()
+	var stalled error
+	for stalled == nil {
+		select {
+		case err := <-restarted:
+			t.Fatalf("the API server restarted (%v) and no stall was reported", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+		stalled = w.Healthy()
+	}
+	t.Logf("during the outage: %v", stalled)
+	if err := <-restarted; err != nil {
+		t.Fatal(err)
+	}
+	for w.Healthy() != nil {
+		if ctx.Err() != nil {
+			t.Fatalf("still unhealthy after the API server came back: %v", w.Healthy())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
