@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := clang llvm libbpf-dev bpftool iproute2 qemu-system-x86 busybo
 FUZZTIME ?= 10s
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build generate lint test test-unit test-vm test-fuzz fuzz local local-check cluster cluster-check sim deps tools clean
+.PHONY: all build images generate lint test test-unit test-vm test-fuzz fuzz local local-check cluster cluster-check sim deps tools clean
 
 all: build
 
@@ -26,6 +26,23 @@ deps:
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./controlplane/cmd/... ./nodeagent/cmd/...
+
+# Images are tagged with the version from git and stamped with the commit's
+# time, so one commit gives one digest.
+IMAGE_VERSION ?= $(shell git describe --tags --always --dirty)
+IMAGE_REPOSITORY ?= ghcr.io/spoke-proxy
+IMAGE_ARCH ?= $(shell $(GO) env GOARCH)
+IMAGE_BIN := $(BIN)/images/linux-$(IMAGE_ARCH)
+
+## images: build the control plane's and the agent's images from static
+## binaries into bin/images/spoke-{controlplane,agent}.tar (no daemon, no
+## registry); prints each image's name and digest.
+images:
+	@mkdir -p $(IMAGE_BIN)
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(IMAGE_ARCH) $(GO) build -trimpath -o $(IMAGE_BIN)/ ./controlplane/cmd/spoke-controlplane ./nodeagent/cmd/spoke-agent
+	$(GO) run ./hack/images -bin $(IMAGE_BIN) -out $(BIN)/images -arch $(IMAGE_ARCH) \
+		-repository $(IMAGE_REPOSITORY) -version $(IMAGE_VERSION) \
+		-revision $$(git rev-parse HEAD) -created $$(git log -1 --format=%ct)
 
 ## generate: regenerate the wire API (and BPF objects) from their sources.
 generate:

@@ -68,6 +68,7 @@ type Agent struct {
 	restored       bool
 	restoredCount  int
 	cacheAppliedAt time.Time
+	updatedAt      time.Time // the datapath was last programmed or verified
 	connected      bool
 	connectedAt    time.Time
 	received       uint64
@@ -146,6 +147,7 @@ func (a *Agent) Restore(ctx context.Context) error {
 	}
 	a.restored = true
 	a.cacheAppliedAt = time.Now()
+	a.updatedAt = a.cacheAppliedAt
 	a.log.Info("datapath programmed from state file", "resources", a.restoredCount)
 	return nil
 }
@@ -169,6 +171,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		go a.rec.Run(ctx, a.opts.RepairInterval, func(drift []string, err error) {
 			if err != nil {
 				a.log.Warn("drift repair failed", "err", err)
+			} else {
+				a.markUpdated()
 			}
 			if len(drift) > 0 {
 				a.log.Warn("datapath drifted; repaired", "differences", drift)
@@ -323,6 +327,9 @@ func (a *Agent) handle(ctx context.Context, resp *spokev1.StreamViewsResponse) (
 			rejected[r.GetName()] = err
 		}
 		good, remove = nil, nil
+	}
+	if err == nil {
+		a.updatedAt = time.Now()
 	}
 	maps.Copy(rejected, failed)
 	var applied []*spokev1.Resource

@@ -23,24 +23,47 @@ func (a *Agent) Register(g *grpc.Server) {
 	spokev1.RegisterAgentInspectionServiceServer(g, a)
 }
 
-// HealthzHandler answers as kube-proxy's /healthz does: 200 with the time of
-// the last update once the datapath holds the agent's state, 503 before.
+// HealthzHandler answers as kube-proxy's /healthz does: the time the
+// datapath was last programmed or verified and the current time, with 200
+// while the agent is Healthy and 503 otherwise.
 func (a *Agent) HealthzHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		a.mu.Lock()
-		ready, last := a.restored, a.cacheAppliedAt
-		a.mu.Unlock()
+		healthy, last := a.health(time.Now())
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("X-Content-Type-Options", "nosniff")
-		if !ready {
+		if !healthy {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
 		json.NewEncoder(w).Encode(struct {
 			LastUpdated time.Time `json:"lastUpdated"`
 			CurrentTime time.Time `json:"currentTime"`
-			NodeHealthy bool      `json:"nodeHealthy"`
-		}{last, time.Now(), ready})
+		}{last, time.Now()})
 	})
+}
+
+// Healthy reports whether the datapath holds the agent's state and, when
+// the drift check runs, was programmed or verified within two of its
+// intervals (kube-proxy's bound: twice its sync period). A lost control
+// plane alone does not make an agent unhealthy: it keeps forwarding.
+func (a *Agent) Healthy() bool {
+	healthy, _ := a.health(time.Now())
+	return healthy
+}
+
+func (a *Agent) health(now time.Time) (healthy bool, lastUpdated time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	healthy = a.restored
+	if bound := 2 * a.opts.RepairInterval; bound > 0 && now.Sub(a.updatedAt) > bound {
+		healthy = false
+	}
+	return healthy, a.updatedAt
+}
+
+func (a *Agent) markUpdated() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.updatedAt = time.Now()
 }
 
 // DialOptions are the gRPC options an agent's control-plane connection

@@ -26,6 +26,7 @@ import (
 	"github.com/spoke-proxy/spoke/internal/grpcserver"
 	"github.com/spoke-proxy/spoke/internal/logging"
 	"github.com/spoke-proxy/spoke/nodeagent/agent"
+	"github.com/spoke-proxy/spoke/nodeagent/healthcheck"
 )
 
 type config struct {
@@ -114,9 +115,14 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	}
 	defer conn.Close()
 
-	a, err := agent.New(agent.Options{
+	var a *agent.Agent
+	hcServer := healthcheck.New(healthcheck.Options{Healthy: func() bool { return a.Healthy() }})
+	defer hcServer.Close()
+	hc := newHealthChecks(hcServer, log)
+	a, err = agent.New(agent.Options{
 		NodeName: c.nodeName, Conn: conn, Datapath: dp, StatePath: c.stateFile,
 		RepairInterval: c.repairInterval, Metrics: agent.NewMetrics(reg), Logger: log,
+		OnApplied: hc.applied,
 	})
 	if err != nil {
 		return err
@@ -125,6 +131,11 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	// node forwards with its last known state even if nothing below works.
 	if err := a.Restore(ctx); err != nil {
 		return err
+	}
+	if st, err := a.GetState(ctx, nil); err != nil {
+		log.Warn("health-check node ports wait for the first update", "err", err)
+	} else {
+		hc.applied(st.GetCached(), nil)
 	}
 
 	g := grpcserver.New(reg)
@@ -139,6 +150,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	health.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	metrics := http.NewServeMux()
 	metrics.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	metrics.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, dp.Name()) })
 	servers := []*http.Server{
 		{Addr: c.healthzAddr, Handler: health, ReadHeaderTimeout: 10 * time.Second},
 		{Addr: c.metricsAddr, Handler: metrics, ReadHeaderTimeout: 10 * time.Second},
