@@ -121,7 +121,7 @@ local-check: deps build
 ## kube-apiserver, etcd, kube-controller-manager and kube-scheduler on the
 ## host, two nodes (network namespaces, each with its own containerd and
 ## kubelet, zones zone-a and zone-b), Spoke deployed from deploy/ with
-## kustomize (images from make images if present), CoreDNS behind kube-dns.
+## kustomize (the images of make images), CoreDNS behind kube-dns.
 ## Prints "READY kubeconfig=PATH nodes=N"; Ctrl-C or SIGTERM (to the
 ## spoke-cluster process) removes everything. Everything is built from Go
 ## modules into ~/.cache/spoke (about half an hour on 2 cores the first time).
@@ -129,13 +129,13 @@ local-check: deps build
 # shell holds the lock and is replaced by the cluster, so signals reach it.
 CLUSTER_LOCK ?= /tmp/spoke-cluster.lock
 CLUSTER_FLAGS ?=
-cluster: build-cluster
+cluster: images build-cluster
 	@exec 9>$(CLUSTER_LOCK); flock 9; exec $(BIN)/spoke-cluster $(CLUSTER_FLAGS)
 
 ## cluster-check: the same cluster, then a pod on node-1 reaches by DNS name a
 ## service whose only backend is on node-2, and its NodePort answers from the
 ## host; cleans up and exits 0 or 1.
-cluster-check: build-cluster
+cluster-check: images build-cluster
 	@exec 9>$(CLUSTER_LOCK); flock 9; exec $(BIN)/spoke-cluster -check $(CLUSTER_FLAGS)
 
 .PHONY: build-cluster
