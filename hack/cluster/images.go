@@ -132,7 +132,7 @@ func spokeImages(repo string) ([]string, error) {
 	for _, t := range spokeImageTars {
 		p := filepath.Join(repo, t)
 		if _, err := os.Stat(p); err != nil {
-			return nil, fmt.Errorf("Spoke's images: %w (run make images)", err)
+			return nil, fmt.Errorf("the images of make images: %w", err)
 		}
 		tars = append(tars, p)
 	}
