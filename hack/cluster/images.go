@@ -126,41 +126,15 @@ func clusterImages(ctx context.Context, repo, dir string, b binaries) ([]string,
 	return tars, nil
 }
 
-// spokeImages returns make images' tarballs, or builds stand-ins with the
-// same references (tag "dev") when they are missing.
-func spokeImages(ctx context.Context, repo, dir string) ([]string, error) {
+// spokeImages returns make images' tarballs.
+func spokeImages(repo string) ([]string, error) {
 	var tars []string
-	missing := false
 	for _, t := range spokeImageTars {
 		p := filepath.Join(repo, t)
 		if _, err := os.Stat(p); err != nil {
-			missing = true
-			break
+			return nil, fmt.Errorf("the images of make images: %w", err)
 		}
 		tars = append(tars, p)
-	}
-	if !missing {
-		return tars, nil
-	}
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+"/", "./controlplane/cmd/spoke-controlplane", "./nodeagent/cmd/spoke-agent")
-	cmd.Dir = repo
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("building Spoke: %w\n%s", err, out)
-	}
-	tars = nil
-	for _, c := range []struct{ name, user string }{{"spoke-controlplane", "65532:65532"}, {"spoke-agent", ""}} {
-		path := filepath.Join(dir, c.name+".tar")
-		spec := imageSpec{
-			ref:        "ghcr.io/spoke-proxy/" + c.name + ":dev",
-			files:      map[string]string{"/" + c.name: filepath.Join(dir, c.name)},
-			entrypoint: []string{"/" + c.name},
-			user:       c.user,
-		}
-		if err := writeImage(path, spec); err != nil {
-			return nil, err
-		}
-		tars = append(tars, path)
 	}
 	return tars, nil
 }

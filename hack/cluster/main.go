@@ -157,7 +157,7 @@ func (c *cluster) up(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	spokeTars, err := spokeImages(ctx, c.repo, imageDir)
+	spokeTars, err := spokeImages(c.repo)
 	if err != nil {
 		return err
 	}
