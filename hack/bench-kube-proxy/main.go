@@ -136,10 +136,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("run as root: the nodes are network namespaces, the datapaths nftables, iptables and eBPF")
 	}
-	b := &bench{cfg: cfg, log: log}
-	var idb [3]byte
-	rand.Read(idb[:])
-	b.id = "spkb" + hex.EncodeToString(idb[:])
+	b := &bench{cfg: cfg, log: log, id: newID()}
 	if b.bin, err = filepath.Abs(cfg.bin); err != nil {
 		return err
 	}
@@ -189,6 +186,13 @@ func run(ctx context.Context, cfg config, log *slog.Logger) (err error) {
 	}
 	res.print(os.Stdout, cfg)
 	return nil
+}
+
+// newID names a run's namespaces and cgroups, unique on the machine.
+func newID() string {
+	var idb [3]byte
+	rand.Read(idb[:])
+	return "spkb" + hex.EncodeToString(idb[:])
 }
 
 func (b *bench) connectAPI(api *kubeapi.Server) error {
