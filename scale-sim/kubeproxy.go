@@ -12,6 +12,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -123,8 +124,14 @@ func (c *countingWriter) Write(b []byte) (int, error) {
 type kubeProxies struct {
 	cancel context.CancelFunc
 	synced []cache.InformerSynced
+	// stores hold every node's services and endpoint slices.
+	stores []cache.Store
 	wg     sync.WaitGroup
 }
+
+// proxySelector is kube-proxy's label selector for services and endpoint
+// slices.
+const proxySelector = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
 
 func startKubeProxies(cfg *rest.Config, nodes []string) (*kubeProxies, error) {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -144,9 +151,8 @@ func startKubeProxies(cfg *rest.Config, nodes []string) (*kubeProxies, error) {
 			cancel()
 			return nil, fmt.Errorf("client of %s: %w", node, err)
 		}
-		selector := "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
 		svcFactory := informers.NewSharedInformerFactoryWithOptions(client, 0,
-			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector }))
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = proxySelector }))
 		nodeFactory := informers.NewSharedInformerFactoryWithOptions(client, 0,
 			informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 				o.FieldSelector = fields.OneTermEqualSelector("metadata.name", node).String()
@@ -159,6 +165,7 @@ func startKubeProxies(cfg *rest.Config, nodes []string) (*kubeProxies, error) {
 		for _, inf := range infs {
 			k.synced = append(k.synced, inf.HasSynced)
 		}
+		k.stores = append(k.stores, infs[0].GetStore(), infs[1].GetStore())
 		svcFactory.Start(ctx.Done())
 		nodeFactory.Start(ctx.Done())
 		k.wg.Go(func() {
@@ -172,6 +179,55 @@ func startKubeProxies(cfg *rest.Config, nodes []string) (*kubeProxies, error) {
 
 func (k *kubeProxies) WaitSynced(ctx context.Context) bool {
 	return cache.WaitForCacheSync(ctx.Done(), k.synced...)
+}
+
+// WaitCurrent waits until every node's informers hold the services and
+// endpoint slices the API server has now, at their current versions.
+func (k *kubeProxies) WaitCurrent(ctx context.Context, cfg *rest.Config) error {
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	svcs, err := client.CoreV1().Services("").List(ctx, metav1.ListOptions{LabelSelector: proxySelector})
+	if err != nil {
+		return err
+	}
+	slices, err := client.DiscoveryV1().EndpointSlices("").List(ctx, metav1.ListOptions{LabelSelector: proxySelector})
+	if err != nil {
+		return err
+	}
+	want := [2]map[string]string{{}, {}}
+	for i := range svcs.Items {
+		want[0][svcs.Items[i].Namespace+"/"+svcs.Items[i].Name] = svcs.Items[i].ResourceVersion
+	}
+	for i := range slices.Items {
+		want[1][slices.Items[i].Namespace+"/"+slices.Items[i].Name] = slices.Items[i].ResourceVersion
+	}
+	return wait.PollUntilContextCancel(ctx, 50*time.Millisecond, true, func(context.Context) (bool, error) {
+		for i, st := range k.stores {
+			if !holds(st, want[i%2]) {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+}
+
+// holds reports whether a store has exactly the objects of want (key to
+// resource version).
+func holds(st cache.Store, want map[string]string) bool {
+	keys := st.ListKeys()
+	if len(keys) != len(want) {
+		return false
+	}
+	for _, key := range keys {
+		obj, ok, _ := st.GetByKey(key)
+		m, isMeta := obj.(metav1.Object)
+		if !ok || !isMeta || want[key] != m.GetResourceVersion() {
+			return false
+		}
+	}
+	return true
 }
 
 func (k *kubeProxies) Stop() {

@@ -199,8 +199,14 @@ func (s *sim) scenarioAPIServerLoad(ctx context.Context) error {
 	perNodeInitial := proxy.down.Load()
 	spokeStart, perNodeStart := s.spokeProxy.down.Load(), proxy.down.Load()
 	s.measuredChurn(ctx, 1, "apiserver-load")
-	// Let the last watch events reach every informer.
-	time.Sleep(2 * time.Second)
+	// The last watch events reach every informer before the counters are
+	// read.
+	// Asked directly, not through the counting proxy.
+	currentCtx, cancelCurrent := context.WithTimeout(ctx, s.c.syncTimeout)
+	defer cancelCurrent()
+	if err := kp.WaitCurrent(currentCtx, s.api.RESTConfig()); err != nil {
+		return fmt.Errorf("the per-node informers did not catch up with the churn: %w", err)
+	}
 	spokeChurn, perNodeChurn := s.spokeProxy.down.Load()-spokeStart, proxy.down.Load()-perNodeStart
 	spokeTotal, perNodeTotal := s.spokeProxy.down.Load(), proxy.down.Load()
 	s.extra["apiserver_bytes_spoke"] = spokeTotal
