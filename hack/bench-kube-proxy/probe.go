@@ -126,7 +126,7 @@ func waitReachable(dst string, timeout time.Duration) (time.Time, error) {
 			return time.Now(), nil
 		}
 		if time.Now().After(deadline) {
-			return time.Time{}, fmt.Errorf("%s not reachable after %v (last: %v)", dst, timeout, err)
+			return time.Time{}, fmt.Errorf("%s not reachable after %v (last: %w)", dst, timeout, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -116,21 +116,3 @@ func (h histogram) quantile(q float64) float64 {
 	}
 	return lower
 }
-
-// gauge returns the sum of a counter or gauge family's values, or NaN.
-func gauge(fams map[string]*dto.MetricFamily, name string) float64 {
-	f, ok := fams[name]
-	if !ok {
-		return math.NaN()
-	}
-	v := 0.0
-	for _, m := range f.GetMetric() {
-		switch {
-		case m.GetCounter() != nil:
-			v += m.GetCounter().GetValue()
-		case m.GetGauge() != nil:
-			v += m.GetGauge().GetValue()
-		}
-	}
-	return v
-}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -31,7 +32,7 @@ func runSuite(ctx context.Context, o options, t tools, kubeconfig string, skips 
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGINT) }
 	cmd.WaitDelay = time.Minute
 	err := cmd.Run()
-	if _, ok := err.(*exec.ExitError); ok && ctx.Err() == nil {
+	if exitErr := (*exec.ExitError)(nil); errors.As(err, &exitErr) && ctx.Err() == nil {
 		return nil // failed specs
 	}
 	if err != nil {
