@@ -33,8 +33,7 @@ type Options struct {
 	Client kubernetes.Interface
 	// GRPCListener serves the view stream and inspection services.
 	GRPCListener net.Listener
-	// HTTPListener serves /metrics, /readyz (synced, and no watch stalled
-	// past WatchStallBound), /healthz and /livez (liveness); none when nil.
+	// HTTPListener serves /metrics, /healthz and /livez; none when nil.
 	HTTPListener net.Listener
 	// GRPCOptions are extra server options, such as TLS credentials.
 	GRPCOptions []grpc.ServerOption
@@ -43,9 +42,6 @@ type Options struct {
 	Model         model.Options
 	// Debounce window and maximum delay; see watch.Options.
 	Window, MaxDelay time.Duration
-	// WatchStallBound is how long a failing watch keeps the replica ready;
-	// see watch.Options.StallBound.
-	WatchStallBound  time.Duration
 	AckTimeout       time.Duration
 	MaxResponseBytes int
 	// Limits bound what agent streams cost before they are bound to a
@@ -77,7 +73,7 @@ func New(opts Options) (*ControlPlane, error) {
 	var err error
 	c.watcher, err = watch.New(watch.Options{
 		Client: opts.Client, Store: c.Store, Model: opts.Model,
-		Window: opts.Window, MaxDelay: opts.MaxDelay, StallBound: opts.WatchStallBound,
+		Window: opts.Window, MaxDelay: opts.MaxDelay,
 		Registerer: c.Registry, Logger: opts.Logger.With("component", "watch"),
 	})
 	if err != nil {
@@ -127,30 +123,17 @@ func (c *ControlPlane) Run(ctx context.Context) error {
 	return eg.Wait()
 }
 
-// Ready returns nil once the API watch has synced and while no watch has
-// been failing for longer than its stall bound: a replica that is not ready
-// serves views that may be stale.
-func (c *ControlPlane) Ready() error {
-	select {
-	case <-c.Store.Ready():
-	default:
-		return errors.New("waiting for the API watch to sync")
-	}
-	return c.watcher.Healthy()
-}
-
 func (c *ControlPlane) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(c.Registry, promhttp.HandlerOpts{}))
-	live := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
-	mux.HandleFunc("/livez", live)
-	mux.HandleFunc("/healthz", live)
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if err := c.Ready(); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
+	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		select {
+		case <-c.Store.Ready():
+			fmt.Fprintln(w, "ok")
+		default:
+			http.Error(w, "waiting for the API watch to sync", http.StatusServiceUnavailable)
 		}
-		fmt.Fprintln(w, "ok")
 	})
 	if c.opts.Profiling {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)

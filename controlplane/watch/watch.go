@@ -33,9 +33,6 @@ type Options struct {
 	// Window is the quiet time that ends a burst of changes; MaxDelay bounds
 	// how long a change waits. Defaults: 100ms and 1s.
 	Window, MaxDelay time.Duration
-	// StallBound is how long a watch may fail without progress before
-	// Healthy reports it; default 30s.
-	StallBound time.Duration
 	// Clock drives the debounce; the real clock when nil.
 	Clock      clock.Clock
 	Registerer prometheus.Registerer
@@ -52,7 +49,6 @@ type Watcher struct {
 	nodes    listerscorev1.NodeLister
 	slices   cache.Indexer
 	synced   []cache.InformerSynced
-	health   []*health
 	debounce *debouncer
 	// started bounds the trigger times that count: earlier ones belong to
 	// changes made before the watcher existed.
@@ -82,9 +78,6 @@ func New(opts Options) (*Watcher, error) {
 	if opts.Clock == nil {
 		opts.Clock = clock.RealClock{}
 	}
-	if opts.StallBound == 0 {
-		opts.StallBound = 30 * time.Second
-	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -109,21 +102,20 @@ func New(opts Options) (*Watcher, error) {
 	}
 	w.services, w.nodes, w.slices = svcInf.Lister(), nodeInf.Lister(), sliceInf.Informer().GetIndexer()
 	handlers := []struct {
-		name string
-		inf  cache.SharedIndexInformer
+		inf cache.SharedIndexInformer
 		cache.ResourceEventHandlerFuncs
 	}{
-		{"services", svcInf.Informer(), cache.ResourceEventHandlerFuncs{
+		{svcInf.Informer(), cache.ResourceEventHandlerFuncs{
 			AddFunc:    w.serviceChanged,
 			UpdateFunc: func(_, o any) { w.serviceChanged(o) },
 			DeleteFunc: w.serviceChanged,
 		}},
-		{"endpointslices", sliceInf.Informer(), cache.ResourceEventHandlerFuncs{
+		{sliceInf.Informer(), cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(o any) { w.sliceChanged(nil, o) },
 			UpdateFunc: w.sliceChanged,
 			DeleteFunc: func(o any) { w.sliceChanged(o, nil) },
 		}},
-		{"nodes", nodeInf.Informer(), cache.ResourceEventHandlerFuncs{
+		{nodeInf.Informer(), cache.ResourceEventHandlerFuncs{
 			AddFunc:    w.nodeChanged,
 			UpdateFunc: func(_, o any) { w.nodeChanged(o) },
 			DeleteFunc: w.nodeChanged,
@@ -134,11 +126,6 @@ func New(opts Options) (*Watcher, error) {
 			return nil, fmt.Errorf("adding event handler: %w", err)
 		}
 		w.synced = append(w.synced, h.inf.HasSynced)
-		hl, err := newHealth(h.name, h.inf)
-		if err != nil {
-			return nil, err
-		}
-		w.health = append(w.health, hl)
 	}
 	return w, nil
 }
@@ -156,20 +143,6 @@ func (w *Watcher) Run(ctx context.Context) error {
 	w.sync()
 	w.opts.Store.MarkReady()
 	w.debounce.Run(ctx, w.sync)
-	return nil
-}
-
-// Healthy returns nil while every watch works, or has failed for no longer
-// than the stall bound; otherwise an error naming the stalled watch. A
-// replica whose watch is stalled serves stale views: it must not take
-// agents.
-func (w *Watcher) Healthy() error {
-	now := time.Now()
-	for _, h := range w.health {
-		if err := h.stalled(now, w.opts.StallBound); err != nil {
-			return err
-		}
-	}
 	return nil
 }
 

@@ -55,7 +55,7 @@ func main() {
 	var c config
 	flag.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig file; in-cluster configuration when empty")
 	flag.StringVar(&c.grpcAddr, "grpc-address", ":18000", "address of the view stream and inspection gRPC services")
-	flag.StringVar(&c.metricsAddr, "metrics-address", ":9091", "address of /metrics, /readyz, /healthz and /livez")
+	flag.StringVar(&c.metricsAddr, "metrics-address", ":9091", "address of /metrics, /healthz and /livez")
 	flag.StringVar(&c.proxyName, "proxy-name", "spoke", "this proxy's name for the service.kubernetes.io/service-proxy-name label")
 	flag.DurationVar(&c.window, "debounce-window", 100*time.Millisecond, "quiet time that ends a burst of API changes")
 	flag.DurationVar(&c.maxDelay, "debounce-max-delay", time.Second, "longest a change waits for its burst to end")
