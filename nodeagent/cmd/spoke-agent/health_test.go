@@ -116,7 +116,7 @@ func TestAgentServesKubeProxyEndpoints(t *testing.T) {
 	agent := &agentProcess{t: t, healthz: freeAddr(t)}
 	metrics := freeAddr(t)
 	agent.args = []string{
-		"-node-name", "node-1", "-controlplane", lis.Addr().String(), "-token-file", "", "-datapath", "memory",
+		"-node-name", "node-1", "-controlplane", lis.Addr().String(), "-insecure", "-datapath", "memory",
 		"-state-file", filepath.Join(t.TempDir(), "state.db"), "-repair-interval", "1s",
 		"-healthz-address", agent.healthz, "-metrics-address", metrics, "-inspect-address", freeAddr(t),
 	}
