@@ -24,6 +24,7 @@ import (
 
 	"github.com/spoke-proxy/spoke/controlplane/app"
 	"github.com/spoke-proxy/spoke/datapath"
+	"github.com/spoke-proxy/spoke/datapath/fault"
 	"github.com/spoke-proxy/spoke/datapath/memory"
 	"github.com/spoke-proxy/spoke/internal/kubeapi"
 	"github.com/spoke-proxy/spoke/nodeagent/agent"
@@ -44,6 +45,7 @@ type node struct {
 	name      string
 	statePath string
 	dp        *memory.Datapath
+	faults    *fault.Datapath // dp, failing on request
 	agent     *agent.Agent
 	stop      func()
 }
@@ -85,11 +87,12 @@ func (c *cluster) startAgent(name string, opts memory.Options) *node {
 		c.agents[name] = n
 	}
 	n.dp = memory.New(opts)
+	n.faults = fault.Wrap(n.dp)
 	conn, err := grpc.NewClient(c.cpAddr, append(agent.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.agent, err = agent.New(agent.Options{NodeName: name, Conn: conn, Datapath: n.dp, StatePath: n.statePath,
+	n.agent, err = agent.New(agent.Options{NodeName: name, Conn: conn, Datapath: n.faults, StatePath: n.statePath,
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 500 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -360,11 +363,10 @@ func TestEndToEnd(t *testing.T) {
 
 	t.Run("rejected response keeps last good state and is not resent", func(t *testing.T) {
 		n := c.agents["node-3"]
-		n.stop()
-		// Room for the node's current services only.
-		programmed, _ := n.dp.Programmed(ctx)
-		n = c.startAgent("node-3", memory.Options{MaxServices: len(programmed)})
 		c.inSync(n)
+		// The datapath finds the new service invalid.
+		n.faults.FailApply("default/extra", fmt.Errorf("%w: injected", datapath.ErrInvalid), -1)
+		defer n.faults.Clear()
 		if _, err := client.CoreV1().Services("default").Create(ctx, newService("default", "extra"), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
