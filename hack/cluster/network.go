@@ -24,7 +24,11 @@ import (
 // server's and the control plane's front addresses on that bridge. Each
 // node's pods live on a CNI bridge (cbr0) in the node, and every node (and
 // the host) routes the other nodes' pod CIDRs through their node
-// addresses. No namespace has a default route: nothing leaves the machine.
+// addresses. A pod's default route is its node's cbr0 address (the CNI
+// bridge's isDefaultGateway): the backends a ClusterIP is rewritten to may
+// be off the pod CIDRs (the API server's endpoint is on the host's
+// bridge). No node and not the host has a default route: nothing leaves the
+// machine.
 //
 //	host 192.168.220.254 (API server, control-plane front, NodePort clients)
 //	  └─ spkc-br0 ─┬─ node-1 eth0 192.168.220.1 ─ cbr0 10.246.1.1/24 ─ pods

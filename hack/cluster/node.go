@@ -170,6 +170,7 @@ const cniConfig = `{
       "type": "bridge",
       "bridge": "cbr0",
       "isGateway": true,
+      "isDefaultGateway": true,
       "ipMasq": false,
       "hairpinMode": true,
       "ipam": {
