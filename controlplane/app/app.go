@@ -44,6 +44,9 @@ type Options struct {
 	Window, MaxDelay time.Duration
 	AckTimeout       time.Duration
 	MaxResponseBytes int
+	// MaxViewBytes rejects services with a larger view; see
+	// store.Options.
+	MaxViewBytes int
 	// Limits bound what agent streams cost before they are bound to a
 	// node; see server.Limits.
 	Limits server.Limits
@@ -68,7 +71,11 @@ func New(opts Options) (*ControlPlane, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	c := &ControlPlane{opts: opts, Store: store.New(), Registry: prometheus.NewRegistry()}
+	c := &ControlPlane{opts: opts, Registry: prometheus.NewRegistry()}
+	c.Store = store.NewWithOptions(store.Options{
+		MaxViewBytes: opts.MaxViewBytes, Registerer: c.Registry,
+		Logger: opts.Logger.With("component", "store"),
+	})
 	c.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var err error
 	c.watcher, err = watch.New(watch.Options{

@@ -30,8 +30,8 @@ func (p part) encode(nonce string) [][]byte {
 }
 
 // split cuts a delta into responses no larger than the limit. A single
-// resource larger than the limit travels alone (the agent's receive limit
-// is set above the largest resource the model produces).
+// resource larger than the limit travels alone: the store publishes none
+// above spokev1.MaxViewBytes, so it still fits the agent's receive limit.
 func (s *Server) split(d store.Delta) []part {
 	limit := s.opts.MaxResponseBytes - spokev1.ResponseOverheadBytes
 	var parts []part

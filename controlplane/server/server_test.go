@@ -31,8 +31,10 @@ type fixture struct {
 
 func start(t *testing.T, opts server.Options) *fixture {
 	t.Helper()
-	f := &fixture{store: store.New()}
-	opts.Store = f.store
+	if opts.Store == nil {
+		opts.Store = store.New()
+	}
+	f := &fixture{store: opts.Store}
 	f.server = server.New(opts)
 	g := grpc.NewServer(server.ServerOptions()...)
 	f.server.Register(g)
@@ -409,6 +411,48 @@ func TestLargeViewIsSplit(t *testing.T) {
 	if responses < 2 {
 		t.Fatalf("a view larger than the limit came in %d response", responses)
 	}
+}
+
+// TestOversizedViewIsHeldBack runs an agent whose receive limit is small
+// against a store whose view limit is derived from it the way
+// spokev1.MaxViewBytes is from spokev1.MaxMessageBytes: the oversized
+// service never reaches the agent, which keeps receiving every other
+// update, and gets it once it shrinks.
+func TestOversizedViewIsHeldBack(t *testing.T) {
+	const recvLimit = 4 << 10
+	f := start(t, server.Options{Store: store.NewWithOptions(store.Options{MaxViewBytes: recvLimit - spokev1.ResponseOverheadBytes})})
+	ctx := testContext(t)
+	huge := make([]string, 1000)
+	for i := range huge {
+		huge[i] = fmt.Sprintf("10.1.%d.%d", i/256, i%256)
+	}
+	f.set(t, svc("a", "small", "10.0.0.1"), svc("a", "huge", huge...))
+	f.store.MarkReady()
+	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(recvLimit)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+
+	c := dialOn(ctx, t, conn, "node-1", nil)
+	resp := c.recv()
+	if got := names(resp); fmt.Sprint(got) != "[a/small]" {
+		t.Fatalf("initial response carries %v, want [a/small] without the oversized a/huge", got)
+	}
+	c.ack(resp)
+	f.set(t, svc("a", "other", "10.0.0.2"), svc("a", "huge", append(huge, "10.2.0.1")...))
+	resp = c.recv()
+	if got := names(resp); fmt.Sprint(got) != "[a/other]" {
+		t.Fatalf("delta carries %v, want [a/other]", got)
+	}
+	c.ack(resp)
+	f.set(t, svc("a", "huge", "10.0.0.3"))
+	resp = c.recv()
+	if got := names(resp); fmt.Sprint(got) != "[a/huge]" {
+		t.Fatalf("after a/huge shrank the delta carries %v, want [a/huge]", got)
+	}
+	c.ack(resp)
 }
 
 func TestSlowAgentDoesNotDelayOthers(t *testing.T) {

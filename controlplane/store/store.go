@@ -93,16 +93,21 @@ type Store struct {
 	subs       map[*Subscription]struct{}
 	ready      chan struct{}
 	readyOnce  sync.Once
+	limits     limits
 }
 
-// New returns an empty store that is not ready.
-func New() *Store {
+// New returns an empty store that is not ready, with default options.
+func New() *Store { return NewWithOptions(Options{}) }
+
+// NewWithOptions returns an empty store that is not ready.
+func NewWithOptions(opts Options) *Store {
 	return &Store{
 		services: make(map[string]*serviceEntry),
 		log:      list.New(),
 		nodes:    make(map[string]*nodeEntry),
 		subs:     make(map[*Subscription]struct{}),
 		ready:    make(chan struct{}),
+		limits:   newLimits(opts),
 	}
 }
 
@@ -172,6 +177,7 @@ func (s *Store) setService(name string, views *model.Views, rev uint64) (bool, e
 	e := s.services[name]
 	if e == nil {
 		if views == nil || views.Empty() {
+			s.limits.accept(name)
 			return false, nil
 		}
 		e = &serviceEntry{name: name, selRev: map[scope]uint64{}}
@@ -181,6 +187,7 @@ func (s *Store) setService(name string, views *model.Views, rev uint64) (bool, e
 	if views == nil {
 		views = &model.Views{}
 	}
+	largest := 0 // framed size of the largest new view
 	enc := func(old *Encoded, svc *spokev1.Service) (*Encoded, error) {
 		if svc == nil {
 			return nil, nil
@@ -193,6 +200,7 @@ func (s *Store) setService(name string, views *model.Views, rev uint64) (bool, e
 			return old, nil
 		}
 		n.Trigger = views.Trigger
+		largest = max(largest, len(n.Framed))
 		return n, nil
 	}
 	def, err := enc(e.def, views.Default)
@@ -230,6 +238,12 @@ func (s *Store) setService(name string, views *model.Views, rev uint64) (bool, e
 			continue
 		}
 		byNode[node] = v
+	}
+	if !s.limits.admit(name, largest) {
+		if e.elem == nil {
+			delete(s.services, name) // never published
+		}
+		return false, nil
 	}
 	changed = markSelection(e.selRev, 'z', e.byZone, byZone, rev) || changed
 	changed = markSelection(e.selRev, 'n', e.byNode, byNode, rev) || changed
@@ -450,6 +464,13 @@ func (s *Store) Since(node string, synced uint64, skip map[string]string) Delta 
 	}
 	sortDelta(&d)
 	return d
+}
+
+// Rejected returns the services whose views are held back, by name.
+func (s *Store) Rejected() []Rejection {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.limits.list()
 }
 
 // View returns a node's whole view, for inspection.

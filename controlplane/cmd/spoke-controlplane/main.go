@@ -26,6 +26,7 @@ import (
 	"github.com/spoke-proxy/spoke/controlplane/model"
 	"github.com/spoke-proxy/spoke/controlplane/server"
 	"github.com/spoke-proxy/spoke/internal/logging"
+	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
 
 type config struct {
@@ -45,6 +46,7 @@ type config struct {
 	apiQPS         float64
 	apiBurst       int
 	maxResponseMiB int
+	maxViewBytes   int
 	authMode       string
 	audience       string
 	agentAccounts  string
@@ -68,6 +70,7 @@ func main() {
 	flag.Float64Var(&c.apiQPS, "kube-api-qps", 50, "queries per second to the API server")
 	flag.IntVar(&c.apiBurst, "kube-api-burst", 100, "burst of queries to the API server")
 	flag.IntVar(&c.maxResponseMiB, "max-response-mib", 4, "split view responses larger than this")
+	flag.IntVar(&c.maxViewBytes, "max-view-bytes", spokev1.MaxViewBytes, "hold back a service whose encoded view is larger than this (at most the default, which every agent can receive)")
 	flag.StringVar(&c.authMode, "agent-auth", "tokenreview", "how agents are bound to nodes: tokenreview (their pod-bound ServiceAccount token), or none (trust the node name they send; tests only)")
 	flag.StringVar(&c.audience, "agent-token-audience", "spoke-controlplane", "audience agents' tokens must be issued for")
 	flag.StringVar(&c.agentAccounts, "agent-service-accounts", "kube-system/spoke-agent", "comma-separated namespace/name of the agents' ServiceAccounts")
@@ -94,6 +97,9 @@ func main() {
 }
 
 func run(ctx context.Context, c config, log *slog.Logger) error {
+	if c.maxViewBytes <= 0 || c.maxViewBytes > spokev1.MaxViewBytes {
+		return fmt.Errorf("-max-view-bytes %d: want 1 to %d, the most an agent can receive", c.maxViewBytes, spokev1.MaxViewBytes)
+	}
 	grpcOpts, err := c.transport(log)
 	if err != nil {
 		return err
@@ -132,7 +138,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	cp, err := app.New(app.Options{
 		Client: client, Authenticator: authn, GRPCListener: lis, HTTPListener: httpLis, GRPCOptions: grpcOpts,
 		Model: model.Options{ProxyName: c.proxyName}, Window: c.window, MaxDelay: c.maxDelay,
-		AckTimeout: c.ackTimeout, MaxResponseBytes: c.maxResponseMiB << 20, Limits: c.limits, Profiling: c.profiling, Logger: log,
+		AckTimeout: c.ackTimeout, MaxResponseBytes: c.maxResponseMiB << 20, MaxViewBytes: c.maxViewBytes, Limits: c.limits, Profiling: c.profiling, Logger: log,
 	})
 	if err != nil {
 		return err

@@ -12,4 +12,9 @@ const (
 	// ResponseOverheadBytes is room kept in every response for what is not
 	// a resource: the nonce and the framing.
 	ResponseOverheadBytes = 1 << 10
+	// MaxViewBytes is the largest framed resource the control plane sends:
+	// one at this size travels alone in a response with only its nonce, so
+	// it fits MaxMessageBytes. A larger view is rejected, never sent, since
+	// an agent could not decode the response to refuse it.
+	MaxViewBytes = MaxMessageBytes - ResponseOverheadBytes
 )
