@@ -42,7 +42,7 @@ type Options struct {
 	// Inspector authorizes the inspection service's calls; they are open
 	// to anyone who reaches GRPCListener when nil.
 	Inspector server.Inspector
-	Model         model.Options
+	Model     model.Options
 	// Debounce window and maximum delay; see watch.Options.
 	Window, MaxDelay time.Duration
 	AckTimeout       time.Duration

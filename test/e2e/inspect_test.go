@@ -42,7 +42,7 @@ func grantNodeViews(ctx context.Context, t *testing.T, client kubernetes.Interfa
 	t.Helper()
 	role := &rbacv1.ClusterRole{
 		ObjectMeta: metav1.ObjectMeta{Name: "spoke-nodeview-reader"},
-		Rules: []rbacv1.PolicyRule{{APIGroups: []string{auth.NodeViewsGroup}, Resources: []string{auth.NodeViewsResource}, Verbs: []string{"get", "list"}}},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{auth.NodeViewsGroup}, Resources: []string{auth.NodeViewsResource}, Verbs: []string{"get", "list"}}},
 	}
 	if _, err := client.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
