@@ -130,6 +130,7 @@ func TestManifestsApplyAndGrantLeastPrivilege(t *testing.T) {
 		{"list", "discovery.k8s.io", "endpointslices", true}, {"watch", "discovery.k8s.io", "endpointslices", true},
 		{"list", "", "nodes", true}, {"get", "", "pods", true},
 		{"create", "authentication.k8s.io", "tokenreviews", true}, {"create", "", "events", true},
+		{"create", "authorization.k8s.io", "subjectaccessreviews", true}, {"get", "spoke.io", "nodeviews", false},
 		{"list", "", "secrets", false}, {"get", "", "secrets", false}, {"update", "", "services", false},
 		{"delete", "discovery.k8s.io", "endpointslices", false}, {"list", "", "pods", false},
 		{"create", "", "serviceaccounts/token", false}, {"patch", "", "nodes", false},
@@ -137,5 +138,6 @@ func TestManifestsApplyAndGrantLeastPrivilege(t *testing.T) {
 	check("system:serviceaccount:kube-system:spoke-agent", []access{
 		{"list", "", "services", false}, {"list", "discovery.k8s.io", "endpointslices", false},
 		{"get", "", "pods", false}, {"list", "", "nodes", false}, {"get", "", "secrets", false},
+		{"get", "spoke.io", "nodeviews", false}, {"list", "spoke.io", "nodeviews", false},
 	})
 }

@@ -39,7 +39,10 @@ type Options struct {
 	GRPCOptions []grpc.ServerOption
 	// Authenticator binds streams to nodes; see server.Options.
 	Authenticator server.Authenticator
-	Model         model.Options
+	// Inspector authorizes the inspection service's calls; they are open
+	// to anyone who reaches GRPCListener when nil.
+	Inspector server.Inspector
+	Model     model.Options
 	// Debounce window and maximum delay; see watch.Options.
 	Window, MaxDelay time.Duration
 	AckTimeout       time.Duration
@@ -91,7 +94,11 @@ func New(opts Options) (*ControlPlane, error) {
 		MaxResponseBytes: opts.MaxResponseBytes, Limits: opts.Limits, Registerer: c.Registry,
 		Logger: opts.Logger.With("component", "server"),
 	})
-	c.grpc = grpcserver.New(c.Registry, append(server.ServerOptions(), opts.GRPCOptions...)...)
+	grpcOpts := append(server.ServerOptions(), opts.GRPCOptions...)
+	if opts.Inspector != nil {
+		grpcOpts = append(grpcOpts, grpc.ChainUnaryInterceptor(server.InspectionInterceptor(opts.Inspector)))
+	}
+	c.grpc = grpcserver.New(c.Registry, grpcOpts...)
 	c.Server.Register(c.grpc.Server)
 	c.grpc.Ready()
 	return c, nil

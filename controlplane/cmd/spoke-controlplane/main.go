@@ -123,20 +123,12 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", c.metricsAddr, err)
 	}
-	var authn server.Authenticator
-	switch c.authMode {
-	case "tokenreview":
-		if authn, err = auth.New(auth.Options{Client: client, Audience: c.audience, ServiceAccounts: strings.Split(c.agentAccounts, ",")}); err != nil {
-			return err
-		}
-	case "none":
-		log.Warn("agents are not authenticated: any client may read any node's view")
-		authn = server.ClaimedNode{}
-	default:
-		return fmt.Errorf("-agent-auth %q: want tokenreview or none", c.authMode)
+	authn, inspector, err := c.authentication(client, log)
+	if err != nil {
+		return err
 	}
 	cp, err := app.New(app.Options{
-		Client: client, Authenticator: authn, GRPCListener: lis, HTTPListener: httpLis, GRPCOptions: grpcOpts,
+		Client: client, Authenticator: authn, Inspector: inspector, GRPCListener: lis, HTTPListener: httpLis, GRPCOptions: grpcOpts,
 		Model: model.Options{ProxyName: c.proxyName}, Window: c.window, MaxDelay: c.maxDelay,
 		AckTimeout: c.ackTimeout, MaxResponseBytes: c.maxResponseMiB << 20, MaxViewBytes: c.maxViewBytes, Limits: c.limits, Profiling: c.profiling, Logger: log,
 	})
@@ -178,4 +170,23 @@ func (c config) transport(log *slog.Logger) ([]grpc.ServerOption, error) {
 		return []grpc.ServerOption{grpc.Creds(creds)}, nil
 	}
 	return nil, nil
+}
+
+// authentication returns what binds agents to nodes and what authorizes
+// inspection, as -agent-auth says.
+func (c config) authentication(client kubernetes.Interface, log *slog.Logger) (server.Authenticator, server.Inspector, error) {
+	switch c.authMode {
+	case "tokenreview":
+		authn, err := auth.New(auth.Options{Client: client, Audience: c.audience, ServiceAccounts: strings.Split(c.agentAccounts, ",")})
+		if err != nil {
+			return nil, nil, err
+		}
+		return authn, auth.NewInspector(authn), nil
+	case "none":
+		log.Warn("agents are not authenticated: any client may read any node's view")
+		log.Warn("inspection is not authorized: anyone who reaches the gRPC port may list nodes and read their views")
+		return server.ClaimedNode{}, nil, nil
+	default:
+		return nil, nil, fmt.Errorf("-agent-auth %q: want tokenreview or none", c.authMode)
+	}
 }

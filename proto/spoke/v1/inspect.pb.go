@@ -23,7 +23,13 @@ const (
 )
 
 type ListNodesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// page_size is the most nodes to return: 0 means 100, more than 1000 is
+	// cut to 1000.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token is the next_page_token of the previous page; empty for the
+	// first page.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -58,9 +64,25 @@ func (*ListNodesRequest) Descriptor() ([]byte, []int) {
 	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{0}
 }
 
+func (x *ListNodesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListNodesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListNodesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Nodes         []*NodeStatus          `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Nodes []*NodeStatus          `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// next_page_token asks for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -100,6 +122,13 @@ func (x *ListNodesResponse) GetNodes() []*NodeStatus {
 		return x.Nodes
 	}
 	return nil
+}
+
+func (x *ListNodesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 // NodeStatus is one agent stream as the control plane sees it.
@@ -692,10 +721,14 @@ var File_spoke_v1_inspect_proto protoreflect.FileDescriptor
 
 const file_spoke_v1_inspect_proto_rawDesc = "" +
 	"\n" +
-	"\x16spoke/v1/inspect.proto\x12\bspoke.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13spoke/v1/view.proto\"\x12\n" +
-	"\x10ListNodesRequest\"?\n" +
+	"\x16spoke/v1/inspect.proto\x12\bspoke.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13spoke/v1/view.proto\"N\n" +
+	"\x10ListNodesRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"g\n" +
 	"\x11ListNodesResponse\x12*\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x14.spoke.v1.NodeStatusR\x05nodes\"\xcd\x03\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x14.spoke.v1.NodeStatusR\x05nodes\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xcd\x03\n" +
 	"\n" +
 	"NodeStatus\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x1c\n" +

@@ -29,7 +29,8 @@ const (
 //
 // ControlPlaneInspectionService shows what the control plane serves.
 type ControlPlaneInspectionServiceClient interface {
-	// ListNodes lists the nodes with a connected or recently seen agent.
+	// ListNodes lists the nodes with a connected agent, by node name, one
+	// page at a time.
 	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
 	// GetNodeView returns the view the control plane computes for a node.
 	GetNodeView(ctx context.Context, in *GetNodeViewRequest, opts ...grpc.CallOption) (*GetNodeViewResponse, error)
@@ -69,7 +70,8 @@ func (c *controlPlaneInspectionServiceClient) GetNodeView(ctx context.Context, i
 //
 // ControlPlaneInspectionService shows what the control plane serves.
 type ControlPlaneInspectionServiceServer interface {
-	// ListNodes lists the nodes with a connected or recently seen agent.
+	// ListNodes lists the nodes with a connected agent, by node name, one
+	// page at a time.
 	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
 	// GetNodeView returns the view the control plane computes for a node.
 	GetNodeView(context.Context, *GetNodeViewRequest) (*GetNodeViewResponse, error)
