@@ -59,6 +59,13 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == hostnameCommand {
+		if err := hostnameExec(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "hostname-exec:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	nodes := flag.Int("nodes", 2, "number of nodes (each in zone-a, zone-b, ...)")
 	check := flag.Bool("check", false, "check DNS, a cross-node ClusterIP and a NodePort once ready, clean up and exit 0 or 1")
 	keep := flag.Bool("keep-logs", false, "keep "+workDir+"/logs after cleaning up")

@@ -276,8 +276,27 @@ func kubeletNS(args []string) error {
 	return syscall.Exec(args[1], args[1:], os.Environ())
 }
 
+// hostnameCommand is the subcommand that names the node in its own UTS
+// namespace (made by unshare -u) and execs containerd: hostNetwork pods share
+// their node's UTS namespace, and the e2e tests expect their hostname to be
+// the node's name, not the machine's.
+const hostnameCommand = "hostname-exec"
+
+// hostnameExec sets the hostname and execs the command. args: NAME COMMAND
+// [ARGS...].
+func hostnameExec(args []string) error {
+	if len(args) < 2 {
+		return errors.New("usage: hostname-exec NAME COMMAND [ARGS...]")
+	}
+	if err := unix.Sethostname([]byte(args[0])); err != nil {
+		return fmt.Errorf("setting the hostname: %w", err)
+	}
+	return syscall.Exec(args[1], args[1:], os.Environ())
+}
+
 // startContainerd writes the node's containerd and CNI configuration and
-// starts containerd in the node's network namespace.
+// starts containerd in the node's network namespace and a UTS namespace
+// named after the node.
 func (n *node) startContainerd(ctx context.Context, c *cluster) error {
 	data := map[string]string{
 		"Dir": n.dir, "Pause": pauseImage, "Runc": c.bins.runc, "CNI": c.bins.cniDir,
@@ -290,9 +309,14 @@ func (n *node) startContainerd(ctx context.Context, c *cluster) error {
 		return err
 	}
 	binDir := filepath.Dir(c.bins.containerd)
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
 	p, err := startProcess("containerd "+n.name, filepath.Join(c.logs, "containerd-"+n.name+".log"),
 		[]string{"PATH=" + binDir + ":" + os.Getenv("PATH")},
-		"nsenter", "--net="+n.netnsPath(), c.bins.containerd, "--config", filepath.Join(n.dir, "containerd.toml"))
+		"nsenter", "--net="+n.netnsPath(), "unshare", "-u",
+		self, hostnameCommand, n.name, c.bins.containerd, "--config", filepath.Join(n.dir, "containerd.toml"))
 	if err != nil {
 		return err
 	}

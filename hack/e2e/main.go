@@ -45,6 +45,8 @@ type options struct {
 	focus      string
 	// clusterFlags are make cluster's CLUSTER_FLAGS when this command runs it.
 	clusterFlags string
+	// numNodes is the cluster's node count, counted before the run.
+	numNodes int
 }
 
 func main() {
@@ -107,6 +109,9 @@ func run(ctx context.Context, o options, log *slog.Logger) (code int, err error)
 			kubeconfig = c.kubeconfig
 		}
 		if err := importImages(ctx, images, log); err != nil {
+			return 0, err
+		}
+		if o.numNodes, err = countNodes(ctx, t.kubectl, kubeconfig); err != nil {
 			return 0, err
 		}
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -89,5 +90,15 @@ func TestImageFileNameFollowsInputs(t *testing.T) {
 	}
 	if !strings.HasPrefix(imageFileName(a), "agnhost_2.63.0-") {
 		t.Errorf("file name %s", imageFileName(a))
+	}
+}
+
+func TestE2EArgsPassTheNodeCount(t *testing.T) {
+	args := e2eArgs(options{reportDir: "/r", numNodes: 3}, tools{}, "/k")
+	if !slices.Contains(args, "--num-nodes=3") {
+		t.Errorf("e2eArgs = %q, want --num-nodes=3", args)
+	}
+	if args := e2eArgs(options{reportDir: "/r"}, tools{}, ""); slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--num-nodes") }) {
+		t.Errorf("dry-run e2eArgs = %q, want no --num-nodes", args)
 	}
 }

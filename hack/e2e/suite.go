@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -71,8 +72,22 @@ func e2eArgs(o options, t tools, kubeconfig string) []string {
 	if kubeconfig != "" {
 		args = append(args, "--kubeconfig="+kubeconfig)
 	}
+	// Without it the skeleton provider leaves the node count at -1 and
+	// every spec that needs two nodes skips itself.
+	if o.numNodes > 0 {
+		args = append(args, fmt.Sprintf("--num-nodes=%d", o.numNodes))
+	}
 	if t.kubectl != "" {
 		args = append(args, "--kubectl-path="+t.kubectl)
 	}
 	return args
+}
+
+// countNodes returns the number of nodes of the cluster kubeconfig names.
+func countNodes(ctx context.Context, kubectl, kubeconfig string) (int, error) {
+	out, err := exec.CommandContext(ctx, kubectl, "--kubeconfig="+kubeconfig, "get", "nodes", "-o", "name").Output()
+	if err != nil {
+		return 0, fmt.Errorf("counting the nodes: %w", err)
+	}
+	return len(strings.Fields(string(out))), nil
 }
