@@ -2,6 +2,7 @@ package model
 
 import (
 	"maps"
+	"net/netip"
 	"slices"
 
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
@@ -352,5 +353,28 @@ func view(spec *serviceSpec, ports []*portBackends, node, zone string) *spokev1.
 		}
 		out.Ports[i] = sp
 	}
+	if b.HealthCheckNodePort != 0 && node != "" {
+		out.HealthCheckLocalEndpoints = localReady(ports, node)
+	}
 	return out
+}
+
+// localReady counts a node's ready endpoints over every port of a service,
+// one per address, as kube-proxy's health check does: serving but
+// terminating endpoints do not count, even when the node still uses them.
+func localReady(ports []*portBackends, node string) uint32 {
+	seen := map[netip.Addr]bool{}
+	for _, p := range ports {
+		for _, g := range p.groups {
+			if g == nil {
+				continue
+			}
+			for _, i := range g.local[node] {
+				if e := &g.eps[i]; e.ready {
+					seen[e.addr] = true
+				}
+			}
+		}
+	}
+	return uint32(len(seen))
 }

@@ -200,6 +200,9 @@ func renderService(b *strings.Builder, s *spokev1.Service) {
 	if s.HealthCheckNodePort > 0 {
 		fmt.Fprintf(b, " healthcheck %d", s.HealthCheckNodePort)
 	}
+	if s.HealthCheckLocalEndpoints > 0 {
+		fmt.Fprintf(b, " ready-here %d", s.HealthCheckLocalEndpoints)
+	}
 	b.WriteString("\n")
 	for _, p := range s.Ports {
 		fmt.Fprintf(b, "  port %q %s %d", p.Name, strings.TrimPrefix(p.Protocol.String(), "PROTOCOL_"), p.Port)

@@ -378,15 +378,48 @@ func TestComputeTrafficPolicies(t *testing.T) {
 			    internal reject: 10.244.1.5:8080 10.244.2.5:8080
 			    external drop:
 			node node-a
-			  ips 10.96.0.10 lb 203.0.113.7 healthcheck 32000
+			  ips 10.96.0.10 lb 203.0.113.7 healthcheck 32000 ready-here 1
 			  port "http" TCP 80 nodeport 30080
 			    internal reject: 10.244.1.5:8080 10.244.2.5:8080
 			    external drop: 10.244.1.5:8080
 			node node-b
-			  ips 10.96.0.10 lb 203.0.113.7 healthcheck 32000
+			  ips 10.96.0.10 lb 203.0.113.7 healthcheck 32000 ready-here 1
 			  port "http" TCP 80 nodeport 30080
 			    internal reject: 10.244.1.5:8080 10.244.2.5:8080
 			    external drop: 10.244.2.5:8080
+			`,
+	}, {
+		name: "health check counts a node's ready endpoints only, not the serving terminating ones it falls back to",
+		svc: service("web", ip4, svcType(corev1.ServiceTypeLoadBalancer), port("http", corev1.ProtocolTCP, 80, 30080),
+			port("https", corev1.ProtocolTCP, 443, 30443), ingress("203.0.113.7", ""), externalLocal(32000)),
+		slices: []*discoveryv1.EndpointSlice{endpointSlice("web-1", "web", v4, []discoveryv1.EndpointPort{httpTCP[0], {Name: ptr.To("https"), Protocol: ptr.To(corev1.ProtocolTCP), Port: ptr.To[int32](8443)}},
+			endpoint("10.244.1.5", "node-a", servingTerminating),
+			endpoint("10.244.2.5", "node-b", ready), endpoint("10.244.2.6", "node-b", servingTerminating))},
+		want: `
+			default
+			  ips 10.96.0.10 lb 203.0.113.7 healthcheck 32000
+			  port "http" TCP 80 nodeport 30080
+			    internal reject: ~10.244.1.5:8080 10.244.2.5:8080 ~10.244.2.6:8080
+			    external drop:
+			  port "https" TCP 443 nodeport 30443
+			    internal reject: ~10.244.1.5:8443 10.244.2.5:8443 ~10.244.2.6:8443
+			    external drop:
+			node node-a
+			  ips 10.96.0.10 lb 203.0.113.7 healthcheck 32000
+			  port "http" TCP 80 nodeport 30080
+			    internal reject: ~10.244.1.5:8080 10.244.2.5:8080 ~10.244.2.6:8080
+			    external drop: 10.244.1.5:8080
+			  port "https" TCP 443 nodeport 30443
+			    internal reject: ~10.244.1.5:8443 10.244.2.5:8443 ~10.244.2.6:8443
+			    external drop: 10.244.1.5:8443
+			node node-b
+			  ips 10.96.0.10 lb 203.0.113.7 healthcheck 32000 ready-here 1
+			  port "http" TCP 80 nodeport 30080
+			    internal reject: ~10.244.1.5:8080 10.244.2.5:8080 ~10.244.2.6:8080
+			    external drop: 10.244.2.5:8080 ~10.244.2.6:8080
+			  port "https" TCP 443 nodeport 30443
+			    internal reject: ~10.244.1.5:8443 10.244.2.5:8443 ~10.244.2.6:8443
+			    external drop: 10.244.2.5:8443 ~10.244.2.6:8443
 			`,
 	}, {
 		name:   "externalTrafficPolicy Local on a ClusterIP service without external IPs is ignored",
@@ -599,12 +632,12 @@ func TestComputeTopology(t *testing.T) {
 			    internal reject: 10.244.2.5:8080
 			    external drop:
 			node node-a
-			  ips 10.96.0.10 lb 203.0.113.7 healthcheck 32000
+			  ips 10.96.0.10 lb 203.0.113.7 healthcheck 32000 ready-here 1
 			  port "http" TCP 80 nodeport 30080
 			    internal reject: 10.244.1.5:8080
 			    external drop: 10.244.1.5:8080
 			node node-b
-			  ips 10.96.0.10 lb 203.0.113.7 healthcheck 32000
+			  ips 10.96.0.10 lb 203.0.113.7 healthcheck 32000 ready-here 1
 			  port "http" TCP 80 nodeport 30080
 			    internal reject: 10.244.2.5:8080
 			    external drop: 10.244.2.5:8080

@@ -10,9 +10,9 @@
 // and changes only what differs. A port that cannot be opened is retried on
 // the next Sync and reported, never fatal.
 //
-// Caveats: local endpoints are the active (non-draining) endpoints of the
-// node's external backends. The view does not say whether they are ready or
-// serving-but-terminating (the fallback when nothing is ready), so a node
-// whose only local endpoints are terminating answers 200 where kube-proxy
-// answers 503.
+// The count is the node's ready local endpoints, which the control plane
+// computes into the view (health_check_local_endpoints): serving but
+// terminating endpoints, which the datapath still uses when nothing is
+// ready, do not count, so a node left with only those answers 503 and load
+// balancers stop sending it new traffic while its connections drain.
 package healthcheck

@@ -6,40 +6,37 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/spoke-proxy/spoke/datapath"
+	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
 
 // Service is the health check of one service on this node.
 type Service struct {
 	// Key is the service's "namespace/name".
 	Key string
-	// LocalEndpoints counts the node's endpoints that take new
-	// connections.
+	// LocalEndpoints counts the node's ready endpoints; serving but
+	// terminating ones do not count.
 	LocalEndpoints int
 }
 
 // Services returns the health checks the services ask for, by port: those
-// with a health-check node port, with the count of distinct endpoint
-// addresses among their ports' external backends.
-func Services(svcs []*datapath.Service) map[uint16]Service {
+// with a health-check node port, with the count of the node's ready
+// endpoints the control plane computed for them.
+func Services(svcs []*spokev1.Service) map[uint16]Service {
 	out := map[uint16]Service{}
 	for _, s := range svcs {
-		if s.HealthCheckNodePort == 0 {
+		port := s.GetHealthCheckNodePort()
+		if port == 0 || port > 65535 {
 			continue
 		}
-		local := map[netip.Addr]bool{}
-		for i := range s.Ports {
-			for _, ep := range s.Ports[i].ExternalBackends().Active() {
-				local[ep.Addr.Addr()] = true
-			}
+		out[uint16(port)] = Service{
+			Key:            s.GetNamespace() + "/" + s.GetName(),
+			LocalEndpoints: int(s.GetHealthCheckLocalEndpoints()),
 		}
-		out[s.HealthCheckNodePort] = Service{Key: s.Key, LocalEndpoints: len(local)}
 	}
 	return out
 }

@@ -6,14 +6,13 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"slices"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/spoke-proxy/spoke/datapath"
+	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
 
 // freePort returns a loopback port nothing listens on.
@@ -122,23 +121,12 @@ func TestServerRetriesABusyPort(t *testing.T) {
 	}
 }
 
-func TestServicesCountsLocalEndpoints(t *testing.T) {
-	ep := func(s string, draining bool) datapath.Endpoint {
-		return datapath.Endpoint{Addr: netip.MustParseAddrPort(s), Draining: draining}
-	}
-	svcs := []*datapath.Service{
-		{Key: "ns/cluster", Ports: []datapath.Port{{Internal: datapath.Backends{Endpoints: []datapath.Endpoint{ep("10.0.0.1:80", false)}}}}},
-		{Key: "ns/local", HealthCheckNodePort: 30100, Ports: []datapath.Port{
-			{
-				Internal: datapath.Backends{Endpoints: []datapath.Endpoint{ep("10.0.0.1:80", false), ep("10.0.1.1:80", false)}},
-				External: &datapath.Backends{Endpoints: []datapath.Endpoint{ep("10.0.0.1:80", false), ep("10.0.0.2:80", true)}},
-			},
-			// The same pod on a second port counts once.
-			{External: &datapath.Backends{Endpoints: []datapath.Endpoint{ep("10.0.0.1:443", false), ep("10.0.0.3:443", false)}}},
-		}},
-		{Key: "ns/none", HealthCheckNodePort: 30101, Ports: []datapath.Port{
-			{External: &datapath.Backends{Endpoints: []datapath.Endpoint{ep("10.0.0.4:80", true)}}},
-		}},
+func TestServicesTakeTheViewsCount(t *testing.T) {
+	svcs := []*spokev1.Service{
+		{Namespace: "ns", Name: "cluster", ClusterIps: []string{"10.96.0.1"}},
+		{Namespace: "ns", Name: "local", HealthCheckNodePort: 30100, HealthCheckLocalEndpoints: 2},
+		// Only terminating endpoints on this node: the view counts none.
+		{Namespace: "ns", Name: "none", HealthCheckNodePort: 30101},
 	}
 	got := Services(svcs)
 	want := map[uint16]Service{30100: {Key: "ns/local", LocalEndpoints: 2}, 30101: {Key: "ns/none"}}

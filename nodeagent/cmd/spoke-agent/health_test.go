@@ -18,15 +18,15 @@ import (
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
 
-// localService is an externalTrafficPolicy: Local service with n local
-// endpoints on the node.
+// localService is an externalTrafficPolicy: Local service with n ready
+// local endpoints on the node, as the control plane computes it.
 func localService(hcPort uint16, n int) *model.Views {
 	ext := &spokev1.Backends{NoEndpoints: spokev1.NoEndpoints_NO_ENDPOINTS_DROP}
 	for i := range n {
 		ext.Endpoints = append(ext.Endpoints, &spokev1.Endpoint{Ip: fmt.Sprintf("10.244.1.%d", 10+i), Port: 8080})
 	}
 	return &model.Views{Default: &spokev1.Service{Namespace: "default", Name: "lb", ClusterIps: []string{"10.96.0.20"},
-		HealthCheckNodePort: uint32(hcPort),
+		HealthCheckNodePort: uint32(hcPort), HealthCheckLocalEndpoints: uint32(n),
 		Ports: []*spokev1.ServicePort{{Name: "http", Protocol: spokev1.Protocol_PROTOCOL_TCP, Port: 80, NodePort: 30081,
 			Internal: &spokev1.Backends{NoEndpoints: spokev1.NoEndpoints_NO_ENDPOINTS_REJECT, Endpoints: []*spokev1.Endpoint{{Ip: "10.244.2.10", Port: 8080}}},
 			External: ext}}}}

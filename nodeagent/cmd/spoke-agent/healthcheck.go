@@ -6,7 +6,6 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/spoke-proxy/spoke/datapath"
 	"github.com/spoke-proxy/spoke/nodeagent/healthcheck"
 	"github.com/spoke-proxy/spoke/nodeagent/view"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
@@ -19,11 +18,11 @@ type healthChecks struct {
 	log    *slog.Logger
 
 	mu       sync.Mutex
-	services map[string]*datapath.Service
+	services map[string]*spokev1.Service
 }
 
 func newHealthChecks(server *healthcheck.Server, log *slog.Logger) *healthChecks {
-	return &healthChecks{server: server, log: log, services: map[string]*datapath.Service{}}
+	return &healthChecks{server: server, log: log, services: map[string]*spokev1.Service{}}
 }
 
 // applied is the agent's OnApplied hook: it records what the datapath now
@@ -35,11 +34,10 @@ func (h *healthChecks) applied(applied []*spokev1.Resource, removed []string) {
 		if r.GetName() == spokev1.NodeResourceName {
 			continue
 		}
-		s, err := view.Service(r)
-		if err != nil {
+		if _, err := view.Service(r); err != nil {
 			continue // the agent applied it, so it decoded there
 		}
-		h.services[r.GetName()] = s
+		h.services[r.GetName()] = r.GetService()
 	}
 	for _, name := range removed {
 		delete(h.services, name)

@@ -320,8 +320,14 @@ type Service struct {
 	// check; 0 when unused.
 	HealthCheckNodePort uint32         `protobuf:"varint,8,opt,name=health_check_node_port,json=healthCheckNodePort,proto3" json:"health_check_node_port,omitempty"`
 	Ports               []*ServicePort `protobuf:"bytes,9,rep,name=ports,proto3" json:"ports,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// health_check_local_endpoints is the number the health check on
+	// health_check_node_port reports: the node's ready endpoints (distinct
+	// addresses, over every port), as kube-proxy counts them. A node
+	// whose local endpoints are all terminating reports 0, and fails the
+	// check, even though its datapath still sends them new connections.
+	HealthCheckLocalEndpoints uint32 `protobuf:"varint,10,opt,name=health_check_local_endpoints,json=healthCheckLocalEndpoints,proto3" json:"health_check_local_endpoints,omitempty"`
+	unknownFields             protoimpl.UnknownFields
+	sizeCache                 protoimpl.SizeCache
 }
 
 func (x *Service) Reset() {
@@ -415,6 +421,13 @@ func (x *Service) GetPorts() []*ServicePort {
 		return x.Ports
 	}
 	return nil
+}
+
+func (x *Service) GetHealthCheckLocalEndpoints() uint32 {
+	if x != nil {
+		return x.HealthCheckLocalEndpoints
+	}
+	return 0
 }
 
 // ServicePort is one port of a Service with the endpoints that serve it.
@@ -650,7 +663,7 @@ const file_spoke_v1_view_proto_rawDesc = "" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04zone\x18\x02 \x01(\tR\x04zone\x12\x1c\n" +
-	"\taddresses\x18\x03 \x03(\tR\taddresses\"\x95\x03\n" +
+	"\taddresses\x18\x03 \x03(\tR\taddresses\"\xd6\x03\n" +
 	"\aService\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1f\n" +
@@ -661,7 +674,9 @@ const file_spoke_v1_view_proto_rawDesc = "" +
 	"\x1bload_balancer_source_ranges\x18\x06 \x03(\tR\x18loadBalancerSourceRanges\x12G\n" +
 	" session_affinity_timeout_seconds\x18\a \x01(\rR\x1dsessionAffinityTimeoutSeconds\x123\n" +
 	"\x16health_check_node_port\x18\b \x01(\rR\x13healthCheckNodePort\x12+\n" +
-	"\x05ports\x18\t \x03(\v2\x15.spoke.v1.ServicePortR\x05ports\"\xa4\x02\n" +
+	"\x05ports\x18\t \x03(\v2\x15.spoke.v1.ServicePortR\x05ports\x12?\n" +
+	"\x1chealth_check_local_endpoints\x18\n" +
+	" \x01(\rR\x19healthCheckLocalEndpoints\"\xa4\x02\n" +
 	"\vServicePort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12.\n" +
 	"\bprotocol\x18\x02 \x01(\x0e2\x12.spoke.v1.ProtocolR\bprotocol\x12\x12\n" +
