@@ -17,8 +17,11 @@ type programRun struct {
 	TimedOut  bool
 	// OwnSync is the proxy's own figure: kube-proxy's first full sync
 	// (sync_full_proxy_rules_duration_seconds), the agent's time applying
-	// responses (sync_proxy_rules_duration_seconds, summed).
-	OwnSync time.Duration
+	// responses (sync_proxy_rules_duration_seconds, summed). Unknown when
+	// the proxy's metrics could not be read or held no sync: a missing
+	// figure is left out, never counted as zero.
+	OwnSync        time.Duration
+	OwnSyncUnknown bool
 	// Connect figures, at the smaller size only.
 	Connect probeResult
 }
@@ -142,7 +145,10 @@ func (b *bench) programRound(ctx context.Context, res *results, kind string, ser
 	} else {
 		run.ToConnect = probe.At.Sub(r.proc.started)
 	}
-	run.OwnSync = b.ownSync(ctx, r)
+	if run.OwnSync, err = b.ownSync(ctx, r); err != nil {
+		b.log.Warn("the proxy's own sync figure is unknown for this round", "proxy", kind, "err", err)
+		run.OwnSyncUnknown = true
+	}
 	if services == b.cfg.small && !run.TimedOut {
 		run.Connect, err = b.runProbe(n, "-dst", addrPort(b.objs.clusterIP[0], servicePort),
 			"-direct", addrPort(endpoint(0, 0), responderPort), "-n", strconv.Itoa(b.cfg.connects))
@@ -160,20 +166,25 @@ func (b *bench) programRound(ctx context.Context, res *results, kind string, ser
 	return nil
 }
 
-// ownSync reads the proxy's own programming figure.
-func (b *bench) ownSync(ctx context.Context, r *running) time.Duration {
+// ownSync reads the proxy's own programming figure; it fails when the
+// metrics cannot be read or hold no sync yet.
+func (b *bench) ownSync(ctx context.Context, r *running) (time.Duration, error) {
 	fams, err := r.scrape(ctx)
 	if err != nil {
-		return 0
+		return 0, err
+	}
+	name := "kubeproxy_sync_full_proxy_rules_duration_seconds"
+	if r.kind == spoke {
+		name = "kubeproxy_sync_proxy_rules_duration_seconds"
+	}
+	h := histogramOf(fams, name)
+	if h.count == 0 {
+		return 0, fmt.Errorf("%s has no observation", name)
 	}
 	if r.kind == spoke {
-		return seconds(histogramOf(fams, "kubeproxy_sync_proxy_rules_duration_seconds").sum)
+		return seconds(h.sum), nil
 	}
-	h := histogramOf(fams, "kubeproxy_sync_full_proxy_rules_duration_seconds")
-	if h.count == 0 {
-		return 0
-	}
-	return seconds(h.sum / h.count)
+	return seconds(h.sum / h.count), nil
 }
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

@@ -24,7 +24,7 @@ func (r *results) toConnect(kind string, services int) (float64, bool) {
 func (r *results) ownSync(kind string, services int) float64 {
 	var xs []float64
 	for _, run := range r.Program[kind][services] {
-		if !run.TimedOut {
+		if !run.TimedOut && !run.OwnSyncUnknown {
 			xs = append(xs, run.OwnSync.Seconds())
 		}
 	}

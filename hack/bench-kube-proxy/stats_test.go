@@ -4,6 +4,7 @@ import (
 	"math"
 	"strings"
 	"testing"
+	"time"
 )
 
 const sample = `# TYPE kubeproxy_network_programming_duration_seconds histogram
@@ -53,5 +54,17 @@ func TestMedianAndRatio(t *testing.T) {
 	}
 	if r := ratio(27, 0.9); math.Abs(r-30) > 1e-9 {
 		t.Errorf("ratio = %v", r)
+	}
+}
+
+func TestOwnSyncLeavesOutUnknownRounds(t *testing.T) {
+	r := &results{Program: map[string]map[int][]programRun{"nftables": {1000: {
+		{OwnSync: 2 * time.Second},
+		{OwnSync: 4 * time.Second},
+		{OwnSyncUnknown: true}, // metrics unreadable: not a zero
+		{OwnSync: time.Second, TimedOut: true},
+	}}}}
+	if got := r.ownSync("nftables", 1000); got != 3 {
+		t.Errorf("median own sync = %v s, want 3 (unknown and timed-out rounds left out)", got)
 	}
 }
