@@ -52,16 +52,7 @@ func setup(ctx context.Context, c config, log *slog.Logger) (*sim, error) {
 	})
 
 	var err error
-	switch c.api {
-	case "synthetic":
-		s.api, err = startSynthetic()
-	default:
-		if c.kubeconfig == "" {
-			s.progressf("starting kube-apiserver and etcd (the first build takes about five minutes)")
-		}
-		s.api, err = startKubeAPI(ctx, c.workDir, c.kubeconfig)
-	}
-	if err != nil {
+	if s.api, err = s.startAPI(ctx); err != nil {
 		return s, err
 	}
 	s.progressf("creating the objects in the %s API", c.api)
@@ -201,6 +192,26 @@ func (s *sim) cpStatus() string {
 
 func (s *sim) progressf(format string, args ...any) {
 	fmt.Fprintf(s.c.progress, "[%6.1fs] %s\n", time.Since(s.started).Seconds(), fmt.Sprintf(format, args...))
+}
+
+// startAPI starts the API the configuration names. On failure it returns
+// a nil apiSource, never a nil pointer inside one, so that close skips it.
+func (s *sim) startAPI(ctx context.Context) (apiSource, error) {
+	if s.c.api == "synthetic" {
+		a, err := startSynthetic()
+		if err != nil {
+			return nil, err
+		}
+		return a, nil
+	}
+	if s.c.kubeconfig == "" {
+		s.progressf("starting kube-apiserver and etcd (the first build takes about five minutes)")
+	}
+	a, err := startKubeAPI(ctx, s.c.workDir, s.c.kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
 }
 
 func (s *sim) note(format string, args ...any) {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"io"
+	"log/slog"
 	"testing"
 	"time"
 )
@@ -61,4 +62,19 @@ func TestScenariosConverge(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestFailedAPIStartClosesCleanly checks that a simulator whose API failed
+// to start reports the error and closes without touching the API.
+func TestFailedAPIStartClosesCleanly(t *testing.T) {
+	cfg := config{nodes: 2, zones: 1, services: 1, endpoints: 1, api: "kube-apiserver",
+		kubeconfig: t.TempDir() + "/missing-kubeconfig", workDir: t.TempDir(), seed: 1, progress: io.Discard, out: io.Discard}
+	s, err := setup(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err == nil {
+		t.Fatal("setup with a missing kubeconfig succeeded")
+	}
+	if s == nil {
+		t.Fatal("setup returned no simulator to close")
+	}
+	s.close() // panicked on the nil *kubeAPI inside the interface
 }
