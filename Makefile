@@ -123,7 +123,7 @@ local-check: deps build
 ## kube-apiserver, etcd, kube-controller-manager and kube-scheduler on the
 ## host, two nodes (network namespaces, each with its own containerd and
 ## kubelet, zones zone-a and zone-b), Spoke deployed from deploy/ with
-## kustomize (images from make images if present), CoreDNS behind kube-dns.
+## kustomize (its images built by make images first), CoreDNS behind kube-dns.
 ## Prints "READY kubeconfig=PATH nodes=N"; Ctrl-C or SIGTERM (to the
 ## spoke-cluster process) removes everything. Everything is built from Go
 ## modules into ~/.cache/spoke (about half an hour on 2 cores the first time).
@@ -131,13 +131,13 @@ local-check: deps build
 # shell holds the lock and is replaced by the cluster, so signals reach it.
 CLUSTER_LOCK ?= /tmp/spoke-cluster.lock
 CLUSTER_FLAGS ?=
-cluster: build-cluster
+cluster: images build-cluster
 	@exec 9>$(CLUSTER_LOCK); flock 9; exec $(BIN)/spoke-cluster $(CLUSTER_FLAGS)
 
 ## cluster-check: the same cluster, then a pod on node-1 reaches by DNS name a
 ## service whose only backend is on node-2, and its NodePort answers from the
 ## host; cleans up and exits 0 or 1.
-cluster-check: build-cluster
+cluster-check: images build-cluster
 	@exec 9>$(CLUSTER_LOCK); flock 9; exec $(BIN)/spoke-cluster -check $(CLUSTER_FLAGS)
 
 .PHONY: build-cluster
@@ -152,7 +152,7 @@ build-cluster:
 ## bin/e2e-report; the last line is "e2e: P passed, F failed, S skipped, T
 ## total". E2E_FLAGS="-dry-run" lists the selected tests without a cluster.
 E2E_FLAGS ?=
-e2e: deps
+e2e: deps images
 	$(GO) run ./hack/e2e -report-dir $(BIN)/e2e-report $(E2E_FLAGS)
 
 ## sim: the scale simulator (SIM_FLAGS="--scenario churn --nodes 5000 ...";

@@ -155,10 +155,6 @@ func (c *cluster) up(ctx context.Context) error {
 		return err
 	}
 	c.ipForward = strings.TrimSpace(string(b))
-	// kubectl next to the kubeconfig, for users of the cluster.
-	if err := os.Symlink(c.bins.kubectl, filepath.Join(c.work, "kubectl")); err != nil {
-		return err
-	}
 	imageDir := filepath.Join(c.work, "images")
 	tars, err := clusterImages(ctx, c.repo, imageDir, c.bins)
 	if err != nil {
@@ -172,6 +168,11 @@ func (c *cluster) up(ctx context.Context) error {
 		return err
 	}
 	if err := c.startControlPlane(ctx); err != nil {
+		return err
+	}
+	// kubectl next to the kubeconfig, for users of the cluster.
+	wrapper := fmt.Sprintf("#!/bin/sh\nexec %s --kubeconfig %s \"$@\"\n", c.bins.kubectl, c.kubeconfig)
+	if err := os.WriteFile(filepath.Join(c.work, "kubectl"), []byte(wrapper), 0o755); err != nil {
 		return err
 	}
 	if err := c.hostMounts(); err != nil {
