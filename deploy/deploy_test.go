@@ -98,7 +98,7 @@ func TestManifestsApplyAndGrantLeastPrivilege(t *testing.T) {
 			t.Fatalf("applying %s %s: %v", u.GetKind(), u.GetName(), err)
 		}
 	}
-	for _, k := range []string{"Deployment", "DaemonSet", "PodDisruptionBudget", "ClusterRole", "ClusterRoleBinding", "ServiceAccount", "Service", "ConfigMap"} {
+	for _, k := range []string{"Deployment", "DaemonSet", "PodDisruptionBudget", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount", "Service", "ConfigMap"} {
 		if !kinds[k] {
 			t.Errorf("the manifests have no %s", k)
 		}
@@ -107,37 +107,41 @@ func TestManifestsApplyAndGrantLeastPrivilege(t *testing.T) {
 	type access struct {
 		verb, group, resource string
 		allowed               bool
+		namespace             string // "default" when empty
 	}
 	check := func(user string, table []access) {
 		for _, a := range table {
+			if a.namespace == "" {
+				a.namespace = "default"
+			}
 			sar, err := client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
 				Spec: authorizationv1.SubjectAccessReviewSpec{
 					User:               user,
 					Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"},
-					ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: a.verb, Group: a.group, Resource: a.resource, Namespace: "default"},
+					ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: a.verb, Group: a.group, Resource: a.resource, Namespace: a.namespace},
 				},
 			}, metav1.CreateOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
 			if sar.Status.Allowed != a.allowed {
-				t.Errorf("%s %s %s/%s: allowed=%v, want %v", user, a.verb, a.group, a.resource, sar.Status.Allowed, a.allowed)
+				t.Errorf("%s %s %s/%s in %s: allowed=%v, want %v", user, a.verb, a.group, a.resource, a.namespace, sar.Status.Allowed, a.allowed)
 			}
 		}
 	}
 	check("system:serviceaccount:kube-system:spoke-controlplane", []access{
-		{"list", "", "services", true}, {"watch", "", "services", true},
-		{"list", "discovery.k8s.io", "endpointslices", true}, {"watch", "discovery.k8s.io", "endpointslices", true},
-		{"list", "", "nodes", true}, {"get", "", "pods", true},
-		{"create", "authentication.k8s.io", "tokenreviews", true}, {"create", "", "events", true},
-		{"create", "authorization.k8s.io", "subjectaccessreviews", true}, {"get", "spoke.io", "nodeviews", false},
-		{"list", "", "secrets", false}, {"get", "", "secrets", false}, {"update", "", "services", false},
-		{"delete", "discovery.k8s.io", "endpointslices", false}, {"list", "", "pods", false},
-		{"create", "", "serviceaccounts/token", false}, {"patch", "", "nodes", false},
+		{"list", "", "services", true, ""}, {"watch", "", "services", true, ""},
+		{"list", "discovery.k8s.io", "endpointslices", true, ""}, {"watch", "discovery.k8s.io", "endpointslices", true, ""},
+		{"list", "", "nodes", true, ""}, {"get", "", "pods", true, "kube-system"}, {"get", "", "pods", false, ""},
+		{"create", "authentication.k8s.io", "tokenreviews", true, ""}, {"create", "", "events", false, ""},
+		{"create", "authorization.k8s.io", "subjectaccessreviews", true, ""}, {"get", "spoke.io", "nodeviews", false, ""},
+		{"list", "", "secrets", false, ""}, {"get", "", "secrets", false, ""}, {"update", "", "services", false, ""},
+		{"delete", "discovery.k8s.io", "endpointslices", false, ""}, {"list", "", "pods", false, ""},
+		{"create", "", "serviceaccounts/token", false, ""}, {"patch", "", "nodes", false, ""},
 	})
 	check("system:serviceaccount:kube-system:spoke-agent", []access{
-		{"list", "", "services", false}, {"list", "discovery.k8s.io", "endpointslices", false},
-		{"get", "", "pods", false}, {"list", "", "nodes", false}, {"get", "", "secrets", false},
-		{"get", "spoke.io", "nodeviews", false}, {"list", "spoke.io", "nodeviews", false},
+		{"list", "", "services", false, ""}, {"list", "discovery.k8s.io", "endpointslices", false, ""},
+		{"get", "", "pods", false, ""}, {"get", "", "pods", false, "kube-system"}, {"list", "", "nodes", false, ""}, {"get", "", "secrets", false, ""},
+		{"get", "spoke.io", "nodeviews", false, ""}, {"list", "spoke.io", "nodeviews", false, ""},
 	})
 }
