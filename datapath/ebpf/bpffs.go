@@ -12,9 +12,13 @@ import (
 
 const bpffsRoot = "/sys/fs/bpf"
 
-// ensureBPFFS makes sure pinPath is on a bpffs, mounting one at
+// EnsureBPFFS makes sure pinPath is on a bpffs, mounting one at
 // /sys/fs/bpf when the path is below it and nothing is mounted there yet.
-func ensureBPFFS(pinPath string) error {
+// In a container the mount must reach the host's mount namespace, or the
+// pins die with the container: the agent's DaemonSet runs it in a
+// privileged init container with Bidirectional propagation, so that the
+// agent itself needs neither.
+func EnsureBPFFS(pinPath string) error {
 	dir := pinPath
 	for {
 		var fs unix.Statfs_t

@@ -59,7 +59,7 @@ func New(opts Options) (*Datapath, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("removing the memlock limit: %w", err)
 	}
-	if err := ensureBPFFS(opts.PinPath); err != nil {
+	if err := EnsureBPFFS(opts.PinPath); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(opts.PinPath, 0o700); err != nil {

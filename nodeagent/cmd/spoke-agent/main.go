@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/spoke-proxy/spoke/datapath/ebpf"
 	"github.com/spoke-proxy/spoke/internal/grpcserver"
 	"github.com/spoke-proxy/spoke/internal/logging"
 	"github.com/spoke-proxy/spoke/nodeagent/agent"
@@ -38,6 +39,7 @@ type config struct {
 	stateFile      string
 	datapath       datapathFlags
 	cleanup        bool
+	mountBPFFS     bool
 	healthzAddr    string
 	metricsAddr    string
 	inspectAddr    string
@@ -60,6 +62,7 @@ func main() {
 	flag.StringVar(&c.stateFile, "state-file", "/var/lib/spoke/state.db", "bbolt file of applied views; empty keeps none")
 	c.datapath.register(flag.CommandLine)
 	flag.BoolVar(&c.cleanup, "cleanup", false, "remove everything the datapath left in the kernel (stopping every flow through it), then exit")
+	flag.BoolVar(&c.mountBPFFS, "mount-bpffs", false, "make sure -bpf-pin-path is on a bpffs, mounting one at /sys/fs/bpf if none is, then exit (the DaemonSet's init container)")
 	flag.StringVar(&c.healthzAddr, "healthz-address", "0.0.0.0:10256", "address of /healthz and /livez (kube-proxy's port)")
 	flag.StringVar(&c.metricsAddr, "metrics-address", "127.0.0.1:10249", "address of /metrics (kube-proxy's port)")
 	flag.StringVar(&c.inspectAddr, "inspect-address", "127.0.0.1:18001", "address of the inspection gRPC service")
@@ -72,6 +75,14 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
+	}
+	if c.mountBPFFS {
+		if err := ebpf.EnsureBPFFS(c.datapath.ebpf.PinPath); err != nil {
+			log.Error("bpffs", "err", err)
+			os.Exit(1)
+		}
+		log.Info("bpffs ready", "pin_path", c.datapath.ebpf.PinPath)
+		return
 	}
 	if c.cleanup {
 		if err := c.datapath.cleanup(); err != nil {
