@@ -104,6 +104,9 @@ func (c *cluster) check(ctx context.Context) error {
 		got, err := c.retry(ctx, func() (string, error) { return httpGet(ctx, addr) })
 		failed = report(failed, "host -> NodePort "+addr, got, err)
 	}
+	if len(failed) == 0 {
+		failed = append(failed, c.survive(ctx, port)...)
+	}
 	fmt.Printf("check: %d failed, took %v after ready\n", len(failed), time.Since(start).Round(time.Millisecond))
 	if len(failed) > 0 {
 		return fmt.Errorf("check failed: %s", strings.Join(failed, "; "))
