@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -26,6 +25,7 @@ import (
 	"github.com/spoke-proxy/spoke/controlplane/model"
 	"github.com/spoke-proxy/spoke/controlplane/server"
 	"github.com/spoke-proxy/spoke/internal/logging"
+	"github.com/spoke-proxy/spoke/internal/tlsfiles"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
 
@@ -40,6 +40,8 @@ type config struct {
 	ackTimeout     time.Duration
 	tlsCert        string
 	tlsKey         string
+	tlsClientCA    string
+	tlsRefresh     time.Duration
 	insecure       bool
 	logLevel       string
 	logFormat      string
@@ -65,6 +67,8 @@ func main() {
 	flag.StringVar(&c.tlsCert, "tls-cert-file", "", "serving certificate of the gRPC services; required unless -insecure")
 	flag.BoolVar(&c.insecure, "insecure", false, "serve gRPC in plaintext (tests and local demos only)")
 	flag.StringVar(&c.tlsKey, "tls-key-file", "", "key of -tls-cert-file")
+	flag.StringVar(&c.tlsClientCA, "tls-client-ca-file", "", "CA bundle that signs agents' client certificates; when set, every client must present one (mutual TLS), besides its token")
+	flag.DurationVar(&c.tlsRefresh, "tls-refresh-interval", tlsfiles.DefaultRefresh, "how often the certificate, key and client CA files are read again, so that rotated ones apply without a restart")
 	flag.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	flag.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	flag.Float64Var(&c.apiQPS, "kube-api-qps", 50, "queries per second to the API server")
@@ -100,10 +104,14 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	if c.maxViewBytes <= 0 || c.maxViewBytes > spokev1.MaxViewBytes {
 		return fmt.Errorf("-max-view-bytes %d: want 1 to %d, the most an agent can receive", c.maxViewBytes, spokev1.MaxViewBytes)
 	}
-	grpcOpts, err := c.transport(log)
+	if maxMiB := spokev1.MaxMessageBytes >> 20; c.maxResponseMiB <= 0 || c.maxResponseMiB > maxMiB {
+		return fmt.Errorf("-max-response-mib %d: want 1 to %d, the most an agent can receive", c.maxResponseMiB, maxMiB)
+	}
+	grpcOpts, closeTLS, err := c.transport(log)
 	if err != nil {
 		return err
 	}
+	defer closeTLS()
 	restConfig, err := loadConfig(c.kubeconfig)
 	if err != nil {
 		return err
@@ -154,22 +162,23 @@ func loadConfig(kubeconfig string) (*rest.Config, error) {
 	return cfg, nil
 }
 
-// transport returns the server options that secure the gRPC services: TLS
-// from -tls-cert-file, or plaintext with -insecure only.
-func (c config) transport(log *slog.Logger) ([]grpc.ServerOption, error) {
+// transport returns the server options that secure the gRPC services, and
+// what stops watching the certificate files: TLS from -tls-cert-file (with
+// client certificates required when -tls-client-ca-file is set), or
+// plaintext with -insecure only.
+func (c config) transport(log *slog.Logger) ([]grpc.ServerOption, func(), error) {
 	switch {
 	case c.insecure:
 		log.Warn("serving gRPC in plaintext (-insecure)")
+		return nil, func() {}, nil
 	case c.tlsCert == "":
-		return nil, errors.New("refusing to serve without TLS: set -tls-cert-file and -tls-key-file, or -insecure for tests")
-	default:
-		creds, err := credentials.NewServerTLSFromFile(c.tlsCert, c.tlsKey)
-		if err != nil {
-			return nil, fmt.Errorf("loading TLS certificate: %w", err)
-		}
-		return []grpc.ServerOption{grpc.Creds(creds)}, nil
+		return nil, nil, errors.New("refusing to serve without TLS: set -tls-cert-file and -tls-key-file, or -insecure for tests")
 	}
-	return nil, nil
+	creds, err := tlsfiles.Server(tlsfiles.Files{Cert: c.tlsCert, Key: c.tlsKey, CA: c.tlsClientCA, Refresh: c.tlsRefresh})
+	if err != nil {
+		return nil, nil, fmt.Errorf("TLS: %w", err)
+	}
+	return []grpc.ServerOption{grpc.Creds(creds)}, creds.Close, nil
 }
 
 // authentication returns what binds agents to nodes and what authorizes

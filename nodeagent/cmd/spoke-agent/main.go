@@ -20,12 +20,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/spoke-proxy/spoke/datapath/ebpf"
 	"github.com/spoke-proxy/spoke/internal/grpcserver"
 	"github.com/spoke-proxy/spoke/internal/logging"
+	"github.com/spoke-proxy/spoke/internal/tlsfiles"
 	"github.com/spoke-proxy/spoke/nodeagent/agent"
 	"github.com/spoke-proxy/spoke/nodeagent/healthcheck"
 )
@@ -34,6 +34,9 @@ type config struct {
 	nodeName       string
 	controlPlane   string
 	caFile         string
+	tlsCert        string
+	tlsKey         string
+	tlsRefresh     time.Duration
 	insecure       bool
 	tokenFile      string
 	stateFile      string
@@ -57,6 +60,9 @@ func main() {
 	flag.StringVar(&c.nodeName, "node-name", host, "name of this node (default $NODE_NAME, else the hostname)")
 	flag.StringVar(&c.controlPlane, "controlplane", "spoke-controlplane.kube-system.svc:18000", "address of the control plane's gRPC service")
 	flag.StringVar(&c.caFile, "tls-ca-file", "", "CA bundle to verify the control plane; required unless -insecure")
+	flag.StringVar(&c.tlsCert, "tls-cert-file", "", "client certificate presented to the control plane (when it requires mutual TLS)")
+	flag.StringVar(&c.tlsKey, "tls-key-file", "", "key of -tls-cert-file")
+	flag.DurationVar(&c.tlsRefresh, "tls-refresh-interval", tlsfiles.DefaultRefresh, "how often the CA bundle and client certificate files are read again, so that rotated ones apply without a restart")
 	flag.BoolVar(&c.insecure, "insecure", false, "connect to the control plane in plaintext, sending no token (tests and local demos only)")
 	flag.StringVar(&c.tokenFile, "token-file", "/var/run/secrets/spoke/token", "projected ServiceAccount token presented to the control plane; empty sends none")
 	flag.StringVar(&c.stateFile, "state-file", "/var/lib/spoke/state.db", "bbolt file of applied views; empty keeps none")
@@ -202,9 +208,9 @@ func (c config) transport(log *slog.Logger) ([]grpc.DialOption, error) {
 	case c.caFile == "":
 		return nil, errors.New("refusing to connect without TLS: set -tls-ca-file, or -insecure for tests")
 	}
-	creds, err := credentials.NewClientTLSFromFile(c.caFile, "")
+	creds, err := tlsfiles.Client(tlsfiles.Files{CA: c.caFile, Cert: c.tlsCert, Key: c.tlsKey, Refresh: c.tlsRefresh})
 	if err != nil {
-		return nil, fmt.Errorf("loading CA bundle: %w", err)
+		return nil, fmt.Errorf("TLS: %w", err)
 	}
 	opts = append(opts, grpc.WithTransportCredentials(creds))
 	if c.tokenFile != "" {
