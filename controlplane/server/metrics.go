@@ -9,6 +9,7 @@ type metrics struct {
 	nacks            prometheus.Counter
 	stuckDisconnects prometheus.Counter
 	rejectedStreams  *prometheus.CounterVec
+	catchUps         prometheus.Counter
 	programming      prometheus.Histogram
 }
 
@@ -38,10 +39,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "spoke", Subsystem: "controlplane", Name: "rejected_streams_total",
 			Help: "Streams refused before serving, by reason.",
 		}, []string{"reason"}),
+		catchUps: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "spoke", Subsystem: "controlplane", Name: "agent_catch_up_waits_total",
+			Help: "Streams that waited for this replica to reach the API revisions their agent already held.",
+		}),
 		programming: newProgrammingLatency(),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.responses, m.resources, m.nacks, m.stuckDisconnects, m.rejectedStreams, m.programming)
+		reg.MustRegister(m.connected, m.responses, m.resources, m.nacks, m.stuckDisconnects, m.rejectedStreams, m.catchUps, m.programming)
 	}
 	return m
 }

@@ -9,6 +9,7 @@ import (
 type part struct {
 	resources []*store.Encoded
 	removed   []string
+	revisions *spokev1.ApiRevisions
 }
 
 // encode returns the response's wire form as slices: the nonce, every
@@ -26,6 +27,9 @@ func (p part) encode(nonce string) [][]byte {
 		}
 		out = append(out, tail)
 	}
+	if p.revisions != nil {
+		out = append(out, spokev1.AppendResponseRevisions(nil, p.revisions))
+	}
 	return out
 }
 
@@ -35,10 +39,10 @@ func (p part) encode(nonce string) [][]byte {
 func (s *Server) split(d store.Delta) []part {
 	limit := s.opts.MaxResponseBytes - spokev1.ResponseOverheadBytes
 	var parts []part
-	cur, size := part{}, 0
+	cur, size := part{revisions: d.APIRevisions}, 0
 	flush := func() {
 		parts = append(parts, cur)
-		cur, size = part{}, 0
+		cur, size = part{revisions: d.APIRevisions}, 0
 	}
 	for _, r := range d.Resources {
 		if size > 0 && size+len(r.Bytes)+8 > limit {

@@ -51,6 +51,11 @@ type Options struct {
 	MaxConcurrentSyncs int
 	// Limits bound what streams cost before they are bound to a node.
 	Limits Limits
+	// CatchUpTimeout bounds how long a stream waits for this replica to
+	// reach the API revisions the agent already holds; then it ends with
+	// Unavailable, and the agent reconnects, perhaps to another replica.
+	// 0 means 10 s.
+	CatchUpTimeout time.Duration
 	// Registerer receives the server's metrics; none when nil.
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
@@ -93,6 +98,9 @@ func New(opts Options) *Server {
 	}
 	if opts.MaxConcurrentSyncs == 0 {
 		opts.MaxConcurrentSyncs = 32
+	}
+	if opts.CatchUpTimeout == 0 {
+		opts.CatchUpTimeout = 10 * time.Second
 	}
 	return &Server{
 		opts:      opts,

@@ -473,3 +473,75 @@ func TestSlowAgentDoesNotDelayOthers(t *testing.T) {
 		fast.ack(resp)
 	}
 }
+
+// TestLaggingReplicaDoesNotRollBack: an agent that held the views of a
+// replica further along the API than this one (it failed over) gets
+// nothing until this replica has caught up, then views at least as new;
+// a replica that does not catch up in time refuses the stream.
+func TestLaggingReplicaDoesNotRollBack(t *testing.T) {
+	f := start(t, server.Options{CatchUpTimeout: 5 * time.Second})
+	ctx := testContext(t)
+	apply := func(rev *spokev1.ApiRevisions, services ...*spokev1.Service) {
+		t.Helper()
+		b := store.Batch{Services: map[string]*model.Views{}, APIRevisions: rev}
+		for _, s := range services {
+			b.Services[s.Namespace+"/"+s.Name] = &model.Views{Default: s}
+		}
+		if _, err := f.store.Apply(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(&spokev1.ApiRevisions{Services: 100, EndpointSlices: 100, Nodes: 50}, svc("a", "web", "10.0.0.1"))
+	f.store.MarkReady()
+
+	// The agent applied web with endpoint 10.0.0.2 from a replica at
+	// slices revision 120.
+	newer := svc("a", "web", "10.0.0.2")
+	version, err := spokev1.ContentVersion(&spokev1.Resource{Name: "a/web", Kind: &spokev1.Resource_Service{Service: newer}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := spokev1.NewViewServiceClient(f.conn).StreamViews(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Send(&spokev1.StreamViewsRequest{NodeName: "node-1", InitialResourceVersions: map[string]string{"a/web": version},
+		InitialApiRevisions: &spokev1.ApiRevisions{Services: 100, EndpointSlices: 120, Nodes: 50}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *spokev1.StreamViewsResponse, 1)
+	go func() {
+		resp, err := s.Recv()
+		if err != nil {
+			t.Error(err)
+		}
+		got <- resp
+	}()
+	select {
+	case resp := <-got:
+		t.Fatalf("a replica behind the agent answered %v: the agent would be rolled back to 10.0.0.1", resp)
+	case <-time.After(300 * time.Millisecond):
+	}
+	apply(&spokev1.ApiRevisions{Services: 100, EndpointSlices: 120, Nodes: 50}, newer)
+	resp := <-got
+	if len(resp.GetResources()) != 0 || len(resp.GetRemovedResources()) != 0 {
+		t.Errorf("caught up, the replica sent %v removed %v; the agent already holds this state", names(resp), resp.GetRemovedResources())
+	}
+	if r := resp.GetApiRevisions(); r.GetEndpointSlices() != 120 || r.GetServices() != 100 || r.GetNodes() != 50 {
+		t.Errorf("response revisions %v", r)
+	}
+
+	// A replica that never catches up refuses the stream.
+	slow := start(t, server.Options{Store: f.store, CatchUpTimeout: 100 * time.Millisecond})
+	s2, err := spokev1.NewViewServiceClient(slow.conn).StreamViews(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.Send(&spokev1.StreamViewsRequest{NodeName: "node-2", InitialApiRevisions: &spokev1.ApiRevisions{Nodes: 51}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s2.Recv(); status.Code(err) != codes.Unavailable {
+		t.Errorf("stream to a replica that stayed behind: %v, want Unavailable", err)
+	}
+}

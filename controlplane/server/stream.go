@@ -85,9 +85,12 @@ func (s *Server) handshake(ctx context.Context, stream viewStream, c *conn, t *t
 			return nil, err
 		}
 	}
+	log := s.log.With("node", node, "peer", c.peer)
+	if err := s.catchUp(ctx, log, first.GetInitialApiRevisions()); err != nil {
+		return nil, err
+	}
 	c.node = node
 	s.attach(c)
-	log := s.log.With("node", c.node, "peer", c.peer)
 	log.Info("agent connected", "held", len(first.GetInitialResourceVersions()))
 
 	// Subscribe before computing the first delta, so that a change published
@@ -98,6 +101,30 @@ func (s *Server) handshake(ctx context.Context, stream viewStream, c *conn, t *t
 	// The first response is sent even when empty: it tells the agent that
 	// it holds its whole view.
 	return &session{s: s, c: c, log: log, sub: sub, firstRev: delta.Rev, queue: s.split(delta), target: delta.Rev}, nil
+}
+
+// catchUp waits until this replica's state has followed the API as far as
+// the state the agent holds, so that an agent failing over from a replica
+// that was ahead is never sent older views. A replica still behind after
+// CatchUpTimeout refuses the stream with Unavailable.
+func (s *Server) catchUp(ctx context.Context, log *slog.Logger, held *spokev1.ApiRevisions) error {
+	if s.opts.Store.APIRevisions().AtLeast(held) {
+		return nil
+	}
+	start := time.Now()
+	log.Info("agent holds a newer state than this replica; waiting to catch up", "agent", held, "replica", s.opts.Store.APIRevisions())
+	s.metrics.catchUps.Inc()
+	wctx, cancel := context.WithTimeout(ctx, s.opts.CatchUpTimeout)
+	defer cancel()
+	if err := s.opts.Store.WaitAPIRevisions(wctx, held); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		s.metrics.rejectedStreams.WithLabelValues("behind_agent").Inc()
+		return status.Errorf(codes.Unavailable, "this replica is behind the state the agent holds: %v", err)
+	}
+	log.Info("caught up with the agent's state", "waited", time.Since(start))
+	return nil
 }
 
 // authenticate returns the node of the stream's credentials, or "" when

@@ -2,6 +2,8 @@ package store
 
 import (
 	"container/list"
+	"context"
+	"fmt"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -94,6 +96,10 @@ type Store struct {
 	ready      chan struct{}
 	readyOnce  sync.Once
 	limits     limits
+	// apiRev is how far the applied batches had followed the API, per
+	// kind; advanced is closed and replaced whenever it moves.
+	apiRev   *spokev1.ApiRevisions
+	advanced chan struct{}
 }
 
 // New returns an empty store that is not ready, with default options.
@@ -108,6 +114,7 @@ func NewWithOptions(opts Options) *Store {
 		subs:     make(map[*Subscription]struct{}),
 		ready:    make(chan struct{}),
 		limits:   newLimits(opts),
+		advanced: make(chan struct{}),
 	}
 }
 
@@ -118,6 +125,9 @@ type Batch struct {
 	Services map[string]*model.Views
 	// Nodes maps node names to their node view; nil removes the node.
 	Nodes map[string]*spokev1.Node
+	// APIRevisions are how far the watches had followed the API when the
+	// batch was computed; the store keeps the highest of each kind.
+	APIRevisions *spokev1.ApiRevisions
 }
 
 // Apply publishes a batch under a new revision, wakes every subscriber if
@@ -146,6 +156,15 @@ func (s *Store) Apply(b Batch) (uint64, error) {
 		s.rev = rev
 		s.collectTombstones()
 	}
+	if b.APIRevisions != nil && !s.apiRev.AtLeast(b.APIRevisions) {
+		s.apiRev = &spokev1.ApiRevisions{
+			Services:       max(s.apiRev.GetServices(), b.APIRevisions.GetServices()),
+			EndpointSlices: max(s.apiRev.GetEndpointSlices(), b.APIRevisions.GetEndpointSlices()),
+			Nodes:          max(s.apiRev.GetNodes(), b.APIRevisions.GetNodes()),
+		}
+		close(s.advanced)
+		s.advanced = make(chan struct{})
+	}
 	subs := make([]*Subscription, 0, len(s.subs))
 	if changed {
 		for sub := range s.subs {
@@ -171,6 +190,32 @@ func (s *Store) Revision() uint64 {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.rev
+}
+
+// APIRevisions returns how far the applied batches had followed the API;
+// nil before the first that said. The value is never modified.
+func (s *Store) APIRevisions() *spokev1.ApiRevisions {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.apiRev
+}
+
+// WaitAPIRevisions waits until the store has reached rev in every kind, or
+// ctx ends.
+func (s *Store) WaitAPIRevisions(ctx context.Context, rev *spokev1.ApiRevisions) error {
+	for {
+		s.mu.RLock()
+		cur, advanced := s.apiRev, s.advanced
+		s.mu.RUnlock()
+		if cur.AtLeast(rev) {
+			return nil
+		}
+		select {
+		case <-advanced:
+		case <-ctx.Done():
+			return fmt.Errorf("at API revisions {%v}, waiting for {%v}: %w", cur, rev, context.Cause(ctx))
+		}
+	}
 }
 
 func (s *Store) setService(name string, views *model.Views, rev uint64) (bool, error) {
@@ -391,9 +436,11 @@ func (s *Store) Unsubscribe(sub *Subscription) {
 // Delta is what a node's agent lacks.
 type Delta struct {
 	// Rev is the revision the delta brings the agent to.
-	Rev       uint64
-	Resources []*Encoded
-	Removed   []string
+	Rev uint64
+	// APIRevisions are the store's when the delta was computed.
+	APIRevisions *spokev1.ApiRevisions
+	Resources    []*Encoded
+	Removed      []string
 }
 
 // Empty reports whether the delta carries nothing.
@@ -404,7 +451,7 @@ func (d *Delta) Empty() bool { return len(d.Resources) == 0 && len(d.Removed) ==
 func (s *Store) Initial(node string, have map[string]string) Delta {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	d := Delta{Rev: s.rev}
+	d := Delta{Rev: s.rev, APIRevisions: s.apiRev}
 	zone := ""
 	if n := s.nodes[node]; n != nil {
 		zone = n.zone
@@ -435,7 +482,7 @@ func (s *Store) Initial(node string, have map[string]string) Delta {
 func (s *Store) Since(node string, synced uint64, skip map[string]string) Delta {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	d := Delta{Rev: s.rev}
+	d := Delta{Rev: s.rev, APIRevisions: s.apiRev}
 	zone := ""
 	if n := s.nodes[node]; n != nil {
 		zone = n.zone

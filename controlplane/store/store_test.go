@@ -1,8 +1,12 @@
 package store
 
 import (
+	"context"
 	"fmt"
 	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/spoke-proxy/spoke/controlplane/model"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
@@ -127,5 +131,47 @@ func TestZoneChangeResendsEverything(t *testing.T) {
 	apply(t, s, nodes(map[string]string{"n": "b"}))
 	if d := s.Since("n", rev, nil); len(d.Resources) != 3 {
 		t.Fatalf("after a zone change: %s, want the node and both services", deltaNames(d))
+	}
+}
+
+func TestAPIRevisionsOnlyMoveForward(t *testing.T) {
+	s := New()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if s.APIRevisions() != nil {
+		t.Fatal("a new store claims API revisions")
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- s.WaitAPIRevisions(ctx, &spokev1.ApiRevisions{Services: 10, EndpointSlices: 20})
+	}()
+	apply := func(r *spokev1.ApiRevisions) {
+		t.Helper()
+		if _, err := s.Apply(Batch{APIRevisions: r}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(&spokev1.ApiRevisions{Services: 12, EndpointSlices: 15, Nodes: 4})
+	select {
+	case err := <-done:
+		t.Fatalf("waiter returned before endpoint slices reached 20: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	// An older batch (from a slower watch) moves nothing back.
+	apply(&spokev1.ApiRevisions{Services: 3, EndpointSlices: 21})
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := s.APIRevisions(); got.GetServices() != 12 || got.GetEndpointSlices() != 21 || got.GetNodes() != 4 {
+		t.Errorf("revisions %v, want the highest of each kind", got)
+	}
+	d := s.Initial("node-1", nil)
+	if !proto.Equal(d.APIRevisions, s.APIRevisions()) {
+		t.Errorf("delta revisions %v, store %v", d.APIRevisions, s.APIRevisions())
+	}
+	short, cancelShort := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancelShort()
+	if err := s.WaitAPIRevisions(short, &spokev1.ApiRevisions{Nodes: 5}); err == nil {
+		t.Error("waiting for a revision the store never reached succeeded")
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -49,7 +50,10 @@ type Watcher struct {
 	nodes    listerscorev1.NodeLister
 	slices   cache.Indexer
 	synced   []cache.InformerSynced
-	debounce *debouncer
+	// positions report how far each watch has read (services,
+	// EndpointSlices, nodes).
+	positions [3]func() string
+	debounce  *debouncer
 	// started bounds the trigger times that count: earlier ones belong to
 	// changes made before the watcher existed.
 	started time.Time
@@ -101,6 +105,11 @@ func New(opts Options) (*Watcher, error) {
 		return nil, fmt.Errorf("adding slice index: %w", err)
 	}
 	w.services, w.nodes, w.slices = svcInf.Lister(), nodeInf.Lister(), sliceInf.Informer().GetIndexer()
+	w.positions = [3]func() string{
+		svcInf.Informer().LastSyncResourceVersion,
+		sliceInf.Informer().LastSyncResourceVersion,
+		nodeInf.Informer().LastSyncResourceVersion,
+	}
 	handlers := []struct {
 		inf cache.SharedIndexInformer
 		cache.ResourceEventHandlerFuncs
@@ -252,6 +261,7 @@ func (w *Watcher) sync() {
 		w.countViews(&views)
 		batch.Services[key] = &views
 	}
+	batch.APIRevisions = w.apiRevisions()
 	rev, err := w.opts.Store.Apply(batch)
 	if err != nil {
 		// Encoding a computed view cannot fail for valid messages; if it
@@ -277,6 +287,19 @@ func (w *Watcher) sync() {
 	w.metrics.syncDuration.Observe(elapsed.Seconds())
 	w.metrics.lastSync.Set(float64(end.UnixNano()) / 1e9)
 	w.log.Debug("published views", "revision", rev, "services", len(svcs), "nodes", len(nodes), "took", elapsed)
+}
+
+// apiRevisions reads how far each watch has gone, after the batch was
+// computed from the listers, so that the batch reflects no object newer
+// than them but for an event whose store update precedes its position by
+// an instant. A resourceVersion that is not an integer (an API server not
+// backed by etcd) counts as 0: no replica then waits on it.
+func (w *Watcher) apiRevisions() *spokev1.ApiRevisions {
+	var rv [3]uint64
+	for i, pos := range w.positions {
+		rv[i], _ = strconv.ParseUint(pos(), 10, 64)
+	}
+	return &spokev1.ApiRevisions{Services: rv[0], EndpointSlices: rv[1], Nodes: rv[2]}
 }
 
 func (w *Watcher) countViews(v *model.Views) {

@@ -3,6 +3,7 @@ package watch
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -126,6 +127,19 @@ func TestWatcherAgainstAPIServer(t *testing.T) {
 		e := encoded(st, "node-a", "default/local")
 		return e != nil && e.Trigger.Equal(trigger)
 	})
+	// The store has followed the slices' watch at least as far as the
+	// update it applied, and every watch moved past the start.
+	updated, err := client.DiscoveryV1().EndpointSlices("default").Get(ctx, "local-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rv, err := strconv.ParseUint(updated.ResourceVersion, 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := st.APIRevisions(); r.GetEndpointSlices() < rv || r.GetServices() == 0 || r.GetNodes() == 0 {
+		t.Errorf("store API revisions %v, want endpoint slices at %d or later and the others set", r, rv)
+	}
 	if got := metricValue(t, reg, "spoke_controlplane_sync_proxy_rules_endpoint_changes_total", ""); got < 3 {
 		t.Errorf("%v endpoint changes counted, want at least 3", got)
 	}

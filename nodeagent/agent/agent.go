@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/spoke-proxy/spoke/datapath"
@@ -69,8 +70,11 @@ type Agent struct {
 	applyMu sync.Mutex
 	store   *state.Store // under applyMu
 
-	mu             sync.Mutex
-	cached         map[string]*spokev1.Resource // accepted: the last good state; written under both locks
+	mu     sync.Mutex
+	cached map[string]*spokev1.Resource // accepted: the last good state; written under both locks
+	// revisions are those of the newest response applied: a replica of the
+	// control plane behind them waits before answering (no rollback).
+	revisions      *spokev1.ApiRevisions
 	restored       bool
 	restoredCount  int
 	cacheAppliedAt time.Time
@@ -190,6 +194,7 @@ func (a *Agent) restoreFrom(ctx context.Context, st *state.Store) (int, error) {
 			a.cached[r.GetName()] = r
 		}
 	}
+	a.revisions = st.Revisions()
 	return len(a.cached), nil
 }
 
@@ -269,8 +274,10 @@ func (a *Agent) stream(ctx context.Context) (progressed bool, err error) {
 	for name, r := range a.cached {
 		held[name] = r.GetVersion()
 	}
+	revisions := a.revisions
 	a.mu.Unlock()
-	if err := s.Send(&spokev1.StreamViewsRequest{NodeName: a.opts.NodeName, InitialResourceVersions: held}); err != nil {
+	first := &spokev1.StreamViewsRequest{NodeName: a.opts.NodeName, InitialResourceVersions: held, InitialApiRevisions: revisions}
+	if err := s.Send(first); err != nil {
 		return false, err
 	}
 	defer a.setConnected(false)
@@ -333,7 +340,8 @@ func (a *Agent) handle(ctx context.Context, resp *spokev1.StreamViewsResponse) (
 	// The state file takes the intent before the datapath: a kill between
 	// the two writes leaves a file that is ahead of the datapath, which the
 	// restart applies, never one behind it, which would roll it back.
-	a.persist(good, remove)
+	revisions := resp.GetApiRevisions()
+	a.persist(good, remove, revisions)
 	failed, err := a.rec.Apply(ctx, node, upsert, remove)
 	if err != nil {
 		// The node is invalid: nothing in the response is applied.
@@ -350,6 +358,11 @@ func (a *Agent) handle(ctx context.Context, resp *spokev1.StreamViewsResponse) (
 	}
 	maps.Copy(rejected, failed)
 	applied, removed := a.commit(good, remove, failed)
+	if revisions != nil {
+		a.mu.Lock()
+		a.revisions = revisions
+		a.mu.Unlock()
+	}
 	if a.opts.OnApplied != nil {
 		a.opts.OnApplied(applied, removed)
 	}
@@ -407,11 +420,11 @@ func (a *Agent) check(resp *spokev1.StreamViewsResponse) (rejected map[string]er
 // persist writes what the agent is about to apply to the state file. A
 // file that fails a write is dropped (closed and deleted), so that a
 // restart cannot roll the datapath back from it.
-func (a *Agent) persist(put []*spokev1.Resource, remove []string) {
-	if a.store == nil || len(put)+len(remove) == 0 {
+func (a *Agent) persist(put []*spokev1.Resource, remove []string, revisions *spokev1.ApiRevisions) {
+	if a.store == nil || (len(put)+len(remove) == 0 && (revisions == nil || proto.Equal(revisions, a.store.Revisions()))) {
 		return
 	}
-	err := a.store.Update(put, remove)
+	err := a.store.Update(put, remove, revisions)
 	if err == nil {
 		return
 	}
@@ -449,7 +462,7 @@ func (a *Agent) commit(good []*spokev1.Resource, remove []string, failed map[str
 		}
 	}
 	a.mu.Unlock()
-	a.persist(revertPut, revertRemove)
+	a.persist(revertPut, revertRemove, nil)
 	return applied, removed
 }
 

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -34,6 +35,7 @@ type controlPlane struct {
 	server *server.Server
 	grpc   *grpc.Server
 	addr   string
+	reg    *prometheus.Registry
 }
 
 func startControlPlane(t *testing.T, addr string, st *store.Store) *controlPlane {
@@ -42,8 +44,8 @@ func startControlPlane(t *testing.T, addr string, st *store.Store) *controlPlane
 	if err != nil {
 		t.Fatal(err)
 	}
-	cp := &controlPlane{store: st, addr: lis.Addr().String()}
-	cp.server = server.New(server.Options{Store: st})
+	cp := &controlPlane{store: st, addr: lis.Addr().String(), reg: prometheus.NewRegistry()}
+	cp.server = server.New(server.Options{Store: st, Registerer: cp.reg})
 	cp.grpc = grpc.NewServer(server.ServerOptions()...)
 	cp.server.Register(cp.grpc)
 	go cp.grpc.Serve(lis)
@@ -336,4 +338,67 @@ func testLogger() *slog.Logger {
 		return nil
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, nil))
+}
+
+// TestFailoverToLaggingReplicaDoesNotRollBack: an agent synced with one
+// replica, restarted from its state file and pointed at a replica that has
+// not yet followed the API as far, keeps its newer state until that
+// replica catches up, and is never sent the older view.
+func TestFailoverToLaggingReplicaDoesNotRollBack(t *testing.T) {
+	statePath := filepath.Join(t.TempDir(), "state.db")
+	revs := func(slices uint64) *spokev1.ApiRevisions {
+		return &spokev1.ApiRevisions{Services: 10, EndpointSlices: slices, Nodes: 10}
+	}
+	publish := func(st *store.Store, rev *spokev1.ApiRevisions, s *spokev1.Service) {
+		t.Helper()
+		if _, err := st.Apply(store.Batch{Services: map[string]*model.Views{"default/web": {Default: s}}, APIRevisions: rev}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ahead, behind := newStore(t), newStore(t)
+	publish(ahead, revs(20), svc("web", "10.96.0.10", "10.244.1.6"))
+	publish(behind, revs(15), svc("web", "10.96.0.10", "10.244.1.5"))
+	cpAhead, cpBehind := startControlPlane(t, "127.0.0.1:0", ahead), startControlPlane(t, "127.0.0.1:0", behind)
+
+	dp := memory.New(memory.Options{})
+	a1 := newAgent(t, cpAhead.addr, statePath, dp)
+	stop := run(t, a1)
+	synced(t, cpAhead, a1)
+	stop()
+
+	a2 := newAgent(t, cpBehind.addr, statePath, dp)
+	run(t, a2)
+	eventually(t, "the lagging replica holds the agent's stream", func() bool {
+		return counter(t, cpBehind, "spoke_controlplane_agent_catch_up_waits_total") == 1
+	})
+	time.Sleep(200 * time.Millisecond)
+	if v := trace(dp, "10.96.0.10:80"); v.Backend.String() != "10.244.1.6:8080" {
+		t.Fatalf("agent rolled back by a lagging replica: %v", v)
+	}
+	if st := state(t, a2); st.GetResourcesReceived() != 0 {
+		t.Fatalf("lagging replica sent %d resources before catching up", st.GetResourcesReceived())
+	}
+	publish(behind, revs(20), svc("web", "10.96.0.10", "10.244.1.6"))
+	synced(t, cpBehind, a2)
+	if st := state(t, a2); st.GetResourcesReceived() != 0 {
+		t.Errorf("caught-up replica sent %d resources the agent already held", st.GetResourcesReceived())
+	}
+	if v := trace(dp, "10.96.0.10:80"); v.Backend.String() != "10.244.1.6:8080" {
+		t.Errorf("after catching up: %v", v)
+	}
+}
+
+// counter returns the value of a control plane's counter.
+func counter(t *testing.T, cp *controlPlane, name string) float64 {
+	t.Helper()
+	fams, err := cp.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() == name && len(f.GetMetric()) == 1 {
+			return f.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return 0
 }

@@ -37,7 +37,7 @@ func BenchmarkRestore10kServices(b *testing.B) {
 		}
 		put = append(put, r)
 	}
-	if err := st.Update(put, nil); err != nil {
+	if err := st.Update(put, nil, nil); err != nil {
 		b.Fatal(err)
 	}
 	st.Close()

@@ -40,6 +40,7 @@ var (
 	metaBucket      = []byte("meta")
 	resourcesBucket = []byte("resources")
 	schemaKey       = []byte("schema")
+	revisionsKey    = []byte("api-revisions")
 	crcTable        = crc32.MakeTable(crc32.Castagnoli)
 )
 
@@ -58,6 +59,8 @@ type Store struct {
 	path string
 	// opened is what Open read and checked, until the first Load.
 	opened map[string]*spokev1.Resource
+	// revisions are those of the newest response stored; nil when none.
+	revisions *spokev1.ApiRevisions
 }
 
 // Open opens or creates the state file at path and checks its schema and
@@ -89,7 +92,35 @@ func Open(path string) (s *Store, err error) {
 		db.Close()
 		return nil, err
 	}
+	if s.revisions, err = s.loadRevisions(); err != nil {
+		db.Close()
+		return nil, err
+	}
 	return s, nil
+}
+
+// Revisions returns the API revisions stored with the newest update that
+// carried them, nil when none did.
+func (s *Store) Revisions() *spokev1.ApiRevisions { return s.revisions }
+
+func (s *Store) loadRevisions() (*spokev1.ApiRevisions, error) {
+	var out *spokev1.ApiRevisions
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(metaBucket).Get(revisionsKey)
+		if v == nil {
+			return nil
+		}
+		payload, err := checked(v)
+		if err != nil {
+			return fmt.Errorf("%w: API revisions: %w", ErrCorrupt, err)
+		}
+		out = &spokev1.ApiRevisions{}
+		if err := proto.Unmarshal(payload, out); err != nil {
+			return fmt.Errorf("%w: API revisions: %w", ErrCorrupt, err)
+		}
+		return nil
+	})
+	return out, err
 }
 
 // OpenOrReset opens the state file; if it is corrupt, it renames it to
@@ -208,11 +239,20 @@ func (s *Store) load() (map[string]*spokev1.Resource, error) {
 	return out, err
 }
 
-// Update stores the put resources and deletes the removed names in one
-// transaction.
-func (s *Store) Update(put []*spokev1.Resource, remove []string) error {
+// Update stores the put resources, deletes the removed names and, unless
+// nil, replaces the stored API revisions, in one transaction.
+func (s *Store) Update(put []*spokev1.Resource, remove []string, revisions *spokev1.ApiRevisions) error {
 	s.opened = nil
-	return s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if revisions != nil {
+			v, err := encode(revisions)
+			if err != nil {
+				return fmt.Errorf("encoding API revisions: %w", err)
+			}
+			if err := tx.Bucket(metaBucket).Put(revisionsKey, v); err != nil {
+				return fmt.Errorf("storing API revisions: %w", err)
+			}
+		}
 		b := tx.Bucket(resourcesBucket)
 		for _, name := range remove {
 			if err := b.Delete([]byte(name)); err != nil {
@@ -230,10 +270,14 @@ func (s *Store) Update(put []*spokev1.Resource, remove []string) error {
 		}
 		return nil
 	})
+	if err == nil && revisions != nil {
+		s.revisions = revisions
+	}
+	return err
 }
 
-func encode(r *spokev1.Resource) ([]byte, error) {
-	payload, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+func encode(m proto.Message) ([]byte, error) {
+	payload, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
 		return nil, err
 	}
@@ -243,7 +287,8 @@ func encode(r *spokev1.Resource) ([]byte, error) {
 	return append(v, payload...), nil
 }
 
-func decode(v []byte) (*spokev1.Resource, error) {
+// checked returns a value's payload once its format and checksum hold.
+func checked(v []byte) ([]byte, error) {
 	if len(v) < 5 {
 		return nil, errors.New("value too short")
 	}
@@ -253,6 +298,14 @@ func decode(v []byte) (*spokev1.Resource, error) {
 	payload := v[5:]
 	if crc32.Checksum(payload, crcTable) != binary.BigEndian.Uint32(v[1:5]) {
 		return nil, errors.New("checksum mismatch")
+	}
+	return payload, nil
+}
+
+func decode(v []byte) (*spokev1.Resource, error) {
+	payload, err := checked(v)
+	if err != nil {
+		return nil, err
 	}
 	r := &spokev1.Resource{}
 	if err := proto.Unmarshal(payload, r); err != nil {

@@ -31,10 +31,18 @@ func openTemp(t *testing.T) (*Store, string) {
 
 func TestRoundTrip(t *testing.T) {
 	s, path := openTemp(t)
-	if err := s.Update([]*spokev1.Resource{resource("ns/a", "1"), resource("ns/b", "2")}, nil); err != nil {
+	if err := s.Update([]*spokev1.Resource{resource("ns/a", "1"), resource("ns/b", "2")}, nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Update([]*spokev1.Resource{resource("ns/c", "3")}, []string{"ns/a"}); err != nil {
+	if s.Revisions() != nil {
+		t.Fatalf("a new file has revisions %v", s.Revisions())
+	}
+	rev := &spokev1.ApiRevisions{Services: 7, EndpointSlices: 1 << 40, Nodes: 3}
+	if err := s.Update([]*spokev1.Resource{resource("ns/c", "3")}, []string{"ns/a"}, rev); err != nil {
+		t.Fatal(err)
+	}
+	// An update without revisions keeps the stored ones.
+	if err := s.Update(nil, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
@@ -43,6 +51,9 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	if !proto.Equal(s.Revisions(), rev) {
+		t.Errorf("revisions after reopening %v, want %v", s.Revisions(), rev)
+	}
 	got, err := s.Load()
 	if err != nil {
 		t.Fatal(err)
@@ -100,7 +111,7 @@ func TestCorruptionIsDetected(t *testing.T) {
 	for name, mutate := range cases {
 		t.Run(name, func(t *testing.T) {
 			s, path := openTemp(t)
-			if err := s.Update([]*spokev1.Resource{resource("ns/a", "1")}, nil); err != nil {
+			if err := s.Update([]*spokev1.Resource{resource("ns/a", "1")}, nil, nil); err != nil {
 				t.Fatal(err)
 			}
 			s.Close()
@@ -187,7 +198,7 @@ func asNobody(t *testing.T, f func()) {
 // the error says it is unavailable.
 func TestUnreadableFileIsNotMovedAside(t *testing.T) {
 	s, path := openTemp(t)
-	if err := s.Update([]*spokev1.Resource{resource("a", "v1")}, nil); err != nil {
+	if err := s.Update([]*spokev1.Resource{resource("a", "v1")}, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()

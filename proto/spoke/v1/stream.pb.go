@@ -32,9 +32,15 @@ type StreamViewsRequest struct {
 	// response_nonce is the nonce of the response this request acknowledges.
 	ResponseNonce string `protobuf:"bytes,3,opt,name=response_nonce,json=responseNonce,proto3" json:"response_nonce,omitempty"`
 	// error is set when the agent rejects the response (a NACK).
-	Error         *Rejection `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Error *Rejection `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// initial_api_revisions are the api_revisions of the newest response the
+	// agent applied (unset when it has none). Only read on the first
+	// request. A control plane whose state is older in any of them waits
+	// until it has caught up before it answers, so that an agent that fails
+	// over to a lagging replica is never rolled back.
+	InitialApiRevisions *ApiRevisions `protobuf:"bytes,5,opt,name=initial_api_revisions,json=initialApiRevisions,proto3" json:"initial_api_revisions,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *StreamViewsRequest) Reset() {
@@ -91,6 +97,13 @@ func (x *StreamViewsRequest) GetResponseNonce() string {
 func (x *StreamViewsRequest) GetError() *Rejection {
 	if x != nil {
 		return x.Error
+	}
+	return nil
+}
+
+func (x *StreamViewsRequest) GetInitialApiRevisions() *ApiRevisions {
+	if x != nil {
+		return x.InitialApiRevisions
 	}
 	return nil
 }
@@ -156,8 +169,12 @@ type StreamViewsResponse struct {
 	Resources []*Resource `protobuf:"bytes,2,rep,name=resources,proto3" json:"resources,omitempty"`
 	// removed_resources are names the agent must forget.
 	RemovedResources []string `protobuf:"bytes,3,rep,name=removed_resources,json=removedResources,proto3" json:"removed_resources,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// api_revisions are how far the control plane's state had followed the
+	// Kubernetes API when it computed this response: every replica that has
+	// reached them computes the same view or a newer one.
+	ApiRevisions  *ApiRevisions `protobuf:"bytes,4,opt,name=api_revisions,json=apiRevisions,proto3" json:"api_revisions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StreamViewsResponse) Reset() {
@@ -211,26 +228,103 @@ func (x *StreamViewsResponse) GetRemovedResources() []string {
 	return nil
 }
 
+func (x *StreamViewsResponse) GetApiRevisions() *ApiRevisions {
+	if x != nil {
+		return x.ApiRevisions
+	}
+	return nil
+}
+
+// ApiRevisions are, per kind of object the control plane watches, the
+// resourceVersion its watch has reached (etcd revisions, compared as
+// integers; 0 when unknown or not an integer). Kinds are kept apart because
+// each watch moves on its own.
+type ApiRevisions struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Services       uint64                 `protobuf:"varint,1,opt,name=services,proto3" json:"services,omitempty"`
+	EndpointSlices uint64                 `protobuf:"varint,2,opt,name=endpoint_slices,json=endpointSlices,proto3" json:"endpoint_slices,omitempty"`
+	Nodes          uint64                 `protobuf:"varint,3,opt,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ApiRevisions) Reset() {
+	*x = ApiRevisions{}
+	mi := &file_spoke_v1_stream_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApiRevisions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApiRevisions) ProtoMessage() {}
+
+func (x *ApiRevisions) ProtoReflect() protoreflect.Message {
+	mi := &file_spoke_v1_stream_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApiRevisions.ProtoReflect.Descriptor instead.
+func (*ApiRevisions) Descriptor() ([]byte, []int) {
+	return file_spoke_v1_stream_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ApiRevisions) GetServices() uint64 {
+	if x != nil {
+		return x.Services
+	}
+	return 0
+}
+
+func (x *ApiRevisions) GetEndpointSlices() uint64 {
+	if x != nil {
+		return x.EndpointSlices
+	}
+	return 0
+}
+
+func (x *ApiRevisions) GetNodes() uint64 {
+	if x != nil {
+		return x.Nodes
+	}
+	return 0
+}
+
 var File_spoke_v1_stream_proto protoreflect.FileDescriptor
 
 const file_spoke_v1_stream_proto_rawDesc = "" +
 	"\n" +
-	"\x15spoke/v1/stream.proto\x12\bspoke.v1\x1a\x13spoke/v1/view.proto\"\xc6\x02\n" +
+	"\x15spoke/v1/stream.proto\x12\bspoke.v1\x1a\x13spoke/v1/view.proto\"\x92\x03\n" +
 	"\x12StreamViewsRequest\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12u\n" +
 	"\x19initial_resource_versions\x18\x02 \x03(\v29.spoke.v1.StreamViewsRequest.InitialResourceVersionsEntryR\x17initialResourceVersions\x12%\n" +
 	"\x0eresponse_nonce\x18\x03 \x01(\tR\rresponseNonce\x12)\n" +
-	"\x05error\x18\x04 \x01(\v2\x13.spoke.v1.RejectionR\x05error\x1aJ\n" +
+	"\x05error\x18\x04 \x01(\v2\x13.spoke.v1.RejectionR\x05error\x12J\n" +
+	"\x15initial_api_revisions\x18\x05 \x01(\v2\x16.spoke.v1.ApiRevisionsR\x13initialApiRevisions\x1aJ\n" +
 	"\x1cInitialResourceVersionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"L\n" +
 	"\tRejection\x12\x18\n" +
 	"\amessage\x18\x01 \x01(\tR\amessage\x12%\n" +
-	"\x0eresource_names\x18\x02 \x03(\tR\rresourceNames\"\x8a\x01\n" +
+	"\x0eresource_names\x18\x02 \x03(\tR\rresourceNames\"\xc7\x01\n" +
 	"\x13StreamViewsResponse\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\tR\x05nonce\x120\n" +
 	"\tresources\x18\x02 \x03(\v2\x12.spoke.v1.ResourceR\tresources\x12+\n" +
-	"\x11removed_resources\x18\x03 \x03(\tR\x10removedResources2]\n" +
+	"\x11removed_resources\x18\x03 \x03(\tR\x10removedResources\x12;\n" +
+	"\rapi_revisions\x18\x04 \x01(\v2\x16.spoke.v1.ApiRevisionsR\fapiRevisions\"i\n" +
+	"\fApiRevisions\x12\x1a\n" +
+	"\bservices\x18\x01 \x01(\x04R\bservices\x12'\n" +
+	"\x0fendpoint_slices\x18\x02 \x01(\x04R\x0eendpointSlices\x12\x14\n" +
+	"\x05nodes\x18\x03 \x01(\x04R\x05nodes2]\n" +
 	"\vViewService\x12N\n" +
 	"\vStreamViews\x12\x1c.spoke.v1.StreamViewsRequest\x1a\x1d.spoke.v1.StreamViewsResponse(\x010\x01B5Z3github.com/spoke-proxy/spoke/proto/spoke/v1;spokev1b\x06proto3"
 
@@ -246,25 +340,28 @@ func file_spoke_v1_stream_proto_rawDescGZIP() []byte {
 	return file_spoke_v1_stream_proto_rawDescData
 }
 
-var file_spoke_v1_stream_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_spoke_v1_stream_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_spoke_v1_stream_proto_goTypes = []any{
 	(*StreamViewsRequest)(nil),  // 0: spoke.v1.StreamViewsRequest
 	(*Rejection)(nil),           // 1: spoke.v1.Rejection
 	(*StreamViewsResponse)(nil), // 2: spoke.v1.StreamViewsResponse
-	nil,                         // 3: spoke.v1.StreamViewsRequest.InitialResourceVersionsEntry
-	(*Resource)(nil),            // 4: spoke.v1.Resource
+	(*ApiRevisions)(nil),        // 3: spoke.v1.ApiRevisions
+	nil,                         // 4: spoke.v1.StreamViewsRequest.InitialResourceVersionsEntry
+	(*Resource)(nil),            // 5: spoke.v1.Resource
 }
 var file_spoke_v1_stream_proto_depIdxs = []int32{
-	3, // 0: spoke.v1.StreamViewsRequest.initial_resource_versions:type_name -> spoke.v1.StreamViewsRequest.InitialResourceVersionsEntry
+	4, // 0: spoke.v1.StreamViewsRequest.initial_resource_versions:type_name -> spoke.v1.StreamViewsRequest.InitialResourceVersionsEntry
 	1, // 1: spoke.v1.StreamViewsRequest.error:type_name -> spoke.v1.Rejection
-	4, // 2: spoke.v1.StreamViewsResponse.resources:type_name -> spoke.v1.Resource
-	0, // 3: spoke.v1.ViewService.StreamViews:input_type -> spoke.v1.StreamViewsRequest
-	2, // 4: spoke.v1.ViewService.StreamViews:output_type -> spoke.v1.StreamViewsResponse
-	4, // [4:5] is the sub-list for method output_type
-	3, // [3:4] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	3, // 2: spoke.v1.StreamViewsRequest.initial_api_revisions:type_name -> spoke.v1.ApiRevisions
+	5, // 3: spoke.v1.StreamViewsResponse.resources:type_name -> spoke.v1.Resource
+	3, // 4: spoke.v1.StreamViewsResponse.api_revisions:type_name -> spoke.v1.ApiRevisions
+	0, // 5: spoke.v1.ViewService.StreamViews:input_type -> spoke.v1.StreamViewsRequest
+	2, // 6: spoke.v1.ViewService.StreamViews:output_type -> spoke.v1.StreamViewsResponse
+	6, // [6:7] is the sub-list for method output_type
+	5, // [5:6] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_spoke_v1_stream_proto_init() }
@@ -279,7 +376,7 @@ func file_spoke_v1_stream_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_spoke_v1_stream_proto_rawDesc), len(file_spoke_v1_stream_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -17,6 +17,7 @@ var fields = sync.OnceValue(func() wireFields {
 		responseNonce:     fieldNumber(&StreamViewsResponse{}, "nonce"),
 		responseResources: fieldNumber(&StreamViewsResponse{}, "resources"),
 		responseRemoved:   fieldNumber(&StreamViewsResponse{}, "removed_resources"),
+		responseRevision:  fieldNumber(&StreamViewsResponse{}, "api_revisions"),
 		resourceName:      fieldNumber(&Resource{}, "name"),
 		resourceVersion:   fieldNumber(&Resource{}, "version"),
 		resourceService:   fieldNumber(&Resource{}, "service"),
@@ -26,6 +27,7 @@ var fields = sync.OnceValue(func() wireFields {
 
 type wireFields struct {
 	responseNonce, responseResources, responseRemoved            protowire.Number
+	responseRevision                                             protowire.Number
 	resourceName, resourceVersion, resourceService, resourceNode protowire.Number
 }
 
@@ -96,4 +98,24 @@ func AppendResponseNonce(b []byte, nonce string) []byte {
 func AppendResponseRemoved(b []byte, name string) []byte {
 	b = protowire.AppendTag(b, fields().responseRemoved, protowire.BytesType)
 	return protowire.AppendString(b, name)
+}
+
+// AppendResponseRevisions appends a StreamViewsResponse's api_revisions
+// field to b; nothing when rev is nil.
+func AppendResponseRevisions(b []byte, rev *ApiRevisions) []byte {
+	if rev == nil {
+		return b
+	}
+	m, err := proto.MarshalOptions{Deterministic: true}.Marshal(rev)
+	if err != nil {
+		panic("spokev1: encoding ApiRevisions: " + err.Error()) // three varints cannot fail
+	}
+	b = protowire.AppendTag(b, fields().responseRevision, protowire.BytesType)
+	return protowire.AppendBytes(b, m)
+}
+
+// AtLeast reports whether r has reached o in every kind; a nil o is
+// reached by anything.
+func (r *ApiRevisions) AtLeast(o *ApiRevisions) bool {
+	return r.GetServices() >= o.GetServices() && r.GetEndpointSlices() >= o.GetEndpointSlices() && r.GetNodes() >= o.GetNodes()
 }

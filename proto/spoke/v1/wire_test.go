@@ -25,12 +25,13 @@ func TestFrameResourceDecodesAsAResponse(t *testing.T) {
 		b := AppendResponseNonce(nil, "7")
 		b = append(b, f.Framed...)
 		b = AppendResponseRemoved(b, "gone/svc")
+		b = AppendResponseRevisions(b, &ApiRevisions{Services: 1<<40 + 3, Nodes: 9})
 		var resp StreamViewsResponse
 		if err := proto.Unmarshal(b, &resp); err != nil {
 			t.Fatal(err)
 		}
 		if resp.GetNonce() != "7" || len(resp.GetResources()) != 1 || !proto.Equal(resp.GetResources()[0], r) ||
-			len(resp.GetRemovedResources()) != 1 || resp.GetRemovedResources()[0] != "gone/svc" {
+			len(resp.GetRemovedResources()) != 1 || resp.GetRemovedResources()[0] != "gone/svc" || resp.GetApiRevisions().GetServices() != 1<<40+3 || resp.GetApiRevisions().GetNodes() != 9 {
 			t.Errorf("%s: decoded %v", r.Name, &resp)
 		}
 		var alone Resource
@@ -40,5 +41,26 @@ func TestFrameResourceDecodesAsAResponse(t *testing.T) {
 	}
 	if _, err := FrameResource(&Resource{Name: "empty"}); err == nil {
 		t.Error("a resource without content was framed")
+	}
+}
+
+func TestApiRevisionsAtLeast(t *testing.T) {
+	a := &ApiRevisions{Services: 5, EndpointSlices: 7, Nodes: 3}
+	for _, c := range []struct {
+		o    *ApiRevisions
+		want bool
+	}{
+		{nil, true},
+		{&ApiRevisions{}, true},
+		{&ApiRevisions{Services: 5, EndpointSlices: 7, Nodes: 3}, true},
+		{&ApiRevisions{Services: 4, EndpointSlices: 8}, false},
+		{&ApiRevisions{Nodes: 4}, false},
+	} {
+		if got := a.AtLeast(c.o); got != c.want {
+			t.Errorf("%v AtLeast %v = %v", a, c.o, got)
+		}
+	}
+	if (*ApiRevisions)(nil).AtLeast(&ApiRevisions{Services: 1}) {
+		t.Error("nothing reached a revision")
 	}
 }
