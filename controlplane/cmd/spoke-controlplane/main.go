@@ -123,11 +123,11 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		return fmt.Errorf("creating API client: %w", err)
 	}
 
-	lis, err := net.Listen("tcp", c.grpcAddr)
+	lis, err := net.Listen("tcp", listenAddress(c.grpcAddr))
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", c.grpcAddr, err)
 	}
-	httpLis, err := net.Listen("tcp", c.metricsAddr)
+	httpLis, err := net.Listen("tcp", listenAddress(c.metricsAddr))
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", c.metricsAddr, err)
 	}
@@ -160,6 +160,17 @@ func loadConfig(kubeconfig string) (*rest.Config, error) {
 		return nil, fmt.Errorf("loading kubeconfig %s: %w", kubeconfig, err)
 	}
 	return cfg, nil
+}
+
+// listenAddress accepts an IPv6 address without brackets before the port
+// ("fd00::1:18000"), as a pod IP substituted into "$(POD_IP):18000" gives
+// it; other addresses are returned as they are.
+func listenAddress(addr string) string {
+	if strings.Count(addr, ":") < 2 || strings.HasPrefix(addr, "[") {
+		return addr
+	}
+	i := strings.LastIndex(addr, ":")
+	return net.JoinHostPort(addr[:i], addr[i+1:])
 }
 
 // transport returns the server options that secure the gRPC services, and
