@@ -119,8 +119,12 @@ func imageFileName(s imageSpec) string {
 func debianRootfs(ctx context.Context, cache string, log *slog.Logger) (string, error) {
 	h := sha256.Sum256([]byte(debianSuite + " " + strings.Join(rootfsPackages, ",")))
 	path := filepath.Join(cache, "e2e-rootfs-"+debianSuite+"-"+hex.EncodeToString(h[:])[:12]+".tar")
-	if _, err := os.Stat(path); err == nil {
+	if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() {
 		return path, nil
+	}
+	// An earlier build may have left a folder in its place.
+	if err := os.RemoveAll(path); err != nil {
+		return "", err
 	}
 	if _, err := exec.LookPath("mmdebstrap"); err != nil {
 		return "", fmt.Errorf("mmdebstrap is needed for the test images' root filesystem (apt-get install mmdebstrap): %w", err)
@@ -129,8 +133,10 @@ func debianRootfs(ctx context.Context, cache string, log *slog.Logger) (string, 
 	if err := os.MkdirAll(cache, 0o755); err != nil {
 		return "", err
 	}
-	tmp := path + ".tmp"
-	cmd := exec.CommandContext(ctx, "mmdebstrap", "--variant=minbase", "--include="+strings.Join(rootfsPackages, ","), debianSuite, tmp)
+	// mmdebstrap picks its output's format from the name unless told: the
+	// partial file keeps the .tar suffix, and the format is named too.
+	tmp := strings.TrimSuffix(path, ".tar") + ".partial.tar"
+	cmd := exec.CommandContext(ctx, "mmdebstrap", "--variant=minbase", "--format=tar", "--include="+strings.Join(rootfsPackages, ","), debianSuite, tmp)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		os.Remove(tmp)
 		return "", fmt.Errorf("mmdebstrap: %w\n%s", err, out)
