@@ -66,13 +66,17 @@ func main() {
 		}
 		return
 	}
-	nodes := flag.Int("nodes", 2, "number of nodes (each in zone-a, zone-b, ...)")
+	nodes := flag.Int("nodes", 2, "number of nodes")
+	zones := flag.Int("zones", 0, "number of zones (zone-a, zone-b, ...) the nodes are spread over, round robin; 0: a zone per node")
 	check := flag.Bool("check", false, "check DNS, a cross-node ClusterIP and a NodePort once ready, clean up and exit 0 or 1")
 	keep := flag.Bool("keep-logs", false, "keep "+workDir+"/logs after cleaning up")
 	timeout := flag.Duration("ready-timeout", 5*time.Minute, "how long the cluster may take to become ready once built")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	if err := run(*nodes, *check, *keep, *timeout, log); err != nil {
+	if *zones <= 0 || *zones > *nodes {
+		*zones = *nodes
+	}
+	if err := run(*nodes, *zones, *check, *keep, *timeout, log); err != nil {
 		log.Error("cluster failed", "err", err)
 		os.Exit(1)
 	}
@@ -84,6 +88,7 @@ type cluster struct {
 	repo, work string
 	logs       string
 	nodes      int
+	zones      int
 	bins       binaries
 	ca         *ca
 	caFile     string
@@ -98,7 +103,7 @@ type cluster struct {
 	ipForward         string
 }
 
-func run(nodes int, check, keep bool, readyTimeout time.Duration, log *slog.Logger) (err error) {
+func run(nodes, zones int, check, keep bool, readyTimeout time.Duration, log *slog.Logger) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("run as root: nodes are network namespaces with their own kubelet and containerd")
 	}
@@ -111,7 +116,7 @@ func run(nodes int, check, keep bool, readyTimeout time.Duration, log *slog.Logg
 	if err != nil {
 		return err
 	}
-	c := &cluster{log: log, repo: repo, work: workDir, logs: filepath.Join(workDir, "logs"), nodes: nodes}
+	c := &cluster{log: log, repo: repo, work: workDir, logs: filepath.Join(workDir, "logs"), nodes: nodes, zones: zones}
 	if err := c.cleanup(false); err != nil {
 		return fmt.Errorf("removing what an earlier run left: %w", err)
 	}
@@ -179,7 +184,7 @@ func (c *cluster) up(ctx context.Context) error {
 		return err
 	}
 	for i := 1; i <= c.nodes; i++ {
-		n := newNode(c.work, i)
+		n := newNode(c.work, i, c.zones)
 		c.nodeList = append(c.nodeList, n)
 		if err := n.createCgroups(); err != nil {
 			return err
@@ -335,7 +340,7 @@ func (c *cluster) cleanup(keepLogs bool) error {
 	}
 	if c.bins.containerd != "" {
 		for i := 1; i <= 26; i++ {
-			errs = append(errs, killShims(filepath.Join(filepath.Dir(c.bins.containerd), "containerd-shim-runc-v2"), newNode(c.work, i).socket()))
+			errs = append(errs, killShims(filepath.Join(filepath.Dir(c.bins.containerd), "containerd-shim-runc-v2"), newNode(c.work, i, 1).socket()))
 		}
 	}
 	errs = append(errs, unmountUnder(c.work), removeCgroups(), removeNetwork())

@@ -27,11 +27,13 @@ type node struct {
 	containerd *process
 }
 
-func newNode(work string, i int) *node {
+// newNode describes node i (from 1) of a cluster whose nodes are spread
+// over zones round robin: node-1 in zone-a, node-2 in zone-b, and so on.
+func newNode(work string, i, zones int) *node {
 	return &node{
 		index: i,
 		name:  fmt.Sprintf("node-%d", i),
-		zone:  fmt.Sprintf("zone-%c", 'a'+i-1),
+		zone:  fmt.Sprintf("zone-%c", 'a'+(i-1)%zones),
 		dir:   filepath.Join(work, fmt.Sprintf("node-%d", i)),
 	}
 }
