@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,7 +34,9 @@ type Options struct {
 	Client kubernetes.Interface
 	// GRPCListener serves the view stream and inspection services.
 	GRPCListener net.Listener
-	// HTTPListener serves /metrics, /healthz and /livez; none when nil.
+	// HTTPListener serves /metrics, /healthz (the first state is
+	// published), /readyz (and the API server answers) and /livez; none
+	// when nil.
 	HTTPListener net.Listener
 	// GRPCOptions are extra server options, such as TLS credentials.
 	GRPCOptions []grpc.ServerOption
@@ -56,7 +59,11 @@ type Options struct {
 	// Profiling serves net/http/pprof under /debug/pprof/ on the HTTP
 	// listener.
 	Profiling bool
-	Logger    *slog.Logger
+	// APIStaleAfter makes /readyz fail once the API server has not
+	// answered for this long: the watches then cannot be following it.
+	// 0 means 30 s. The API server is asked every APIStaleAfter/6.
+	APIStaleAfter time.Duration
+	Logger        *slog.Logger
 }
 
 // ControlPlane is an assembled control plane.
@@ -67,12 +74,17 @@ type ControlPlane struct {
 	Registry *prometheus.Registry
 	watcher  *watch.Watcher
 	grpc     *grpcserver.Server
+	// apiSeen is when the API server last answered (Unix nanoseconds).
+	apiSeen atomic.Int64
 }
 
 // New assembles a control plane; Run serves it.
 func New(opts Options) (*ControlPlane, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.APIStaleAfter == 0 {
+		opts.APIStaleAfter = 30 * time.Second
 	}
 	c := &ControlPlane{opts: opts, Registry: prometheus.NewRegistry()}
 	c.Store = store.NewWithOptions(store.Options{
@@ -116,6 +128,7 @@ func (c *ControlPlane) Run(ctx context.Context) error {
 	})
 	var httpSrv *http.Server
 	if c.opts.HTTPListener != nil {
+		eg.Go(func() error { c.probeAPI(ctx); return nil })
 		httpSrv = &http.Server{Handler: c.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
 		eg.Go(func() error {
 			if err := httpSrv.Serve(c.opts.HTTPListener); !errors.Is(err, http.ErrServerClosed) {
@@ -137,6 +150,39 @@ func (c *ControlPlane) Run(ctx context.Context) error {
 	return eg.Wait()
 }
 
+// probeAPI asks the API server's /readyz every APIStaleAfter/6 and records
+// when it last answered. client-go's reflectors retry a refused watch
+// without telling anyone, so the watches' health is read from the server
+// they follow.
+func (c *ControlPlane) probeAPI(ctx context.Context) {
+	c.apiSeen.Store(time.Now().UnixNano())
+	rc := c.opts.Client.Discovery().RESTClient()
+	tick := time.NewTicker(c.opts.APIStaleAfter / 6)
+	defer tick.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, c.opts.APIStaleAfter/6)
+		err := rc.Get().AbsPath("/readyz").Do(pctx).Error()
+		cancel()
+		switch {
+		case err == nil:
+			c.apiSeen.Store(time.Now().UnixNano())
+			if failing {
+				c.opts.Logger.Info("the API server answers again")
+			}
+			failing = false
+		case !failing && ctx.Err() == nil:
+			c.opts.Logger.Warn("the API server does not answer; /readyz fails once this lasts", "err", err, "after", c.opts.APIStaleAfter)
+			failing = true
+		}
+	}
+}
+
 func (c *ControlPlane) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(c.Registry, promhttp.HandlerOpts{}))
@@ -148,6 +194,21 @@ func (c *ControlPlane) httpHandler() http.Handler {
 		default:
 			http.Error(w, "waiting for the API watch to sync", http.StatusServiceUnavailable)
 		}
+	})
+	// /readyz is what a readiness probe asks: the first state is published
+	// and the API server, which the watches follow, answered lately.
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		select {
+		case <-c.Store.Ready():
+		default:
+			http.Error(w, "waiting for the API watch to sync", http.StatusServiceUnavailable)
+			return
+		}
+		if since := time.Since(time.Unix(0, c.apiSeen.Load())); since > c.opts.APIStaleAfter {
+			http.Error(w, fmt.Sprintf("the API server has not answered for %s: the views may be stale", since.Round(time.Second)), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
 	})
 	if c.opts.Profiling {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
