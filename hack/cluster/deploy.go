@@ -12,6 +12,8 @@ import (
 	"strings"
 	"text/template"
 	"time"
+
+	"github.com/spoke-proxy/spoke/internal/pki"
 )
 
 //go:embed coredns.yaml
@@ -76,14 +78,14 @@ func (c *cluster) writeDeployment(dir string, spokeTars []string) error {
 	for i := 1; i <= c.nodes; i++ {
 		ips = append(ips, nodeAddr(i).AsSlice())
 	}
-	if _, _, err := c.ca.writePair(dir, "tls", certSpec{
-		cn: "spoke-controlplane", server: true, ips: ips,
-		dns: []string{"spoke-controlplane", "spoke-controlplane.kube-system.svc", "spoke-controlplane.kube-system.svc.cluster.local"},
+	if _, _, err := c.ca.WritePair(dir, "tls", pki.Spec{
+		CN: "spoke-controlplane", Server: true, IPs: ips,
+		DNS: []string{"spoke-controlplane", "spoke-controlplane.kube-system.svc", "spoke-controlplane.kube-system.svc.cluster.local"},
 	}); err != nil {
 		return err
 	}
 	var indented strings.Builder
-	for line := range strings.SplitSeq(strings.TrimSpace(string(c.ca.pem)), "\n") {
+	for line := range strings.SplitSeq(strings.TrimSpace(string(c.ca.PEM)), "\n") {
 		indented.WriteString("          " + line + "\n")
 	}
 	return writeTemplate(filepath.Join(dir, "kustomization.yaml"), runtimeKustomization, map[string]string{

@@ -45,6 +45,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/spoke-proxy/spoke/internal/kubeapi"
+	"github.com/spoke-proxy/spoke/internal/pki"
 )
 
 // workDir holds everything the cluster writes; the overlay's hostPath
@@ -90,7 +91,7 @@ type cluster struct {
 	nodes      int
 	zones      int
 	bins       binaries
-	ca         *ca
+	ca         *pki.CA
 	caFile     string
 	kubeconfig string
 	api        *kubeapi.Server
@@ -214,19 +215,19 @@ func (c *cluster) up(ctx context.Context) error {
 // on the host's bridge address), the controller manager and the scheduler.
 func (c *cluster) startControlPlane(ctx context.Context) error {
 	var err error
-	if c.ca, err = newCA(); err != nil {
+	if c.ca, err = pki.NewCA("spoke-cluster-ca"); err != nil {
 		return err
 	}
-	pki := filepath.Join(c.work, "pki")
-	if err := os.MkdirAll(pki, 0o755); err != nil {
+	pkiDir := filepath.Join(c.work, "pki")
+	if err := os.MkdirAll(pkiDir, 0o755); err != nil {
 		return err
 	}
-	c.caFile = filepath.Join(pki, "ca.crt")
-	if err := os.WriteFile(c.caFile, c.ca.pem, 0o644); err != nil {
+	c.caFile = filepath.Join(pkiDir, "ca.crt")
+	if err := os.WriteFile(c.caFile, c.ca.PEM, 0o644); err != nil {
 		return err
 	}
 	// kube-apiserver's client certificate to the kubelets (exec, logs).
-	crt, key, err := c.ca.writePair(pki, "apiserver-kubelet-client", certSpec{cn: "kube-apiserver-kubelet-client", orgs: []string{"system:masters"}})
+	crt, key, err := c.ca.WritePair(pkiDir, "apiserver-kubelet-client", pki.Spec{CN: "kube-apiserver-kubelet-client", Orgs: []string{"system:masters"}})
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/spoke-proxy/spoke/internal/pki"
 )
 
 // cgroupParent holds every node's cgroup, in every hierarchy.
@@ -352,7 +354,7 @@ func (n *node) startKubelet(c *cluster) error {
 	if err := writeTemplate(filepath.Join(n.dir, "kubelet.yaml"), kubeletConfig, data); err != nil {
 		return err
 	}
-	crt, key, err := c.ca.writePair(n.dir, "kubelet-client", certSpec{cn: "system:node:" + n.name, orgs: []string{"system:nodes"}})
+	crt, key, err := c.ca.WritePair(n.dir, "kubelet-client", pki.Spec{CN: "system:node:" + n.name, Orgs: []string{"system:nodes"}})
 	if err != nil {
 		return err
 	}

@@ -131,11 +131,15 @@ func run(ctx context.Context, bin string, check bool, log *slog.Logger) (err err
 	if err != nil {
 		return err
 	}
-	cpAddr, err := l.startControlPlane(kubeconfig)
+	sec, err := l.secure(api.RESTConfig().BearerToken)
 	if err != nil {
 		return err
 	}
-	agentAddrs, err := l.startAgents(cpAddr)
+	cpAddr, err := l.startControlPlane(kubeconfig, sec)
+	if err != nil {
+		return err
+	}
+	agentAddrs, err := l.startAgents(ctx, client, cpAddr, sec)
 	if err != nil {
 		return err
 	}
@@ -147,10 +151,10 @@ func run(ctx context.Context, bin string, check bool, log *slog.Logger) (err err
 		return err
 	}
 	if check {
-		return l.check(ctx, services)
+		return l.check(ctx, services, cpAddr, sec)
 	}
 	fmt.Printf("READY controlplane=%s kubeconfig=%s agents=%s\n", cpAddr, kubeconfig, strings.Join(agentAddrs, ","))
-	l.hint(cpAddr, agentAddrs, services)
+	l.hint(cpAddr, agentAddrs, services, sec)
 	select {
 	case <-ctx.Done():
 	case err := <-l.procs.exited:
@@ -203,8 +207,9 @@ func (l *local) startAPI(ctx context.Context) (*kubeapi.Server, string, error) {
 }
 
 // startControlPlane starts the control plane on the host's end of the node
-// network and returns its address.
-func (l *local) startControlPlane(kubeconfig string) (string, error) {
+// network, serving over TLS and authenticating agents by their pod-bound
+// tokens, and returns its address.
+func (l *local) startControlPlane(kubeconfig string, sec *security) (string, error) {
 	cpPort, err := freePort(hostAddr.Addr().String())
 	if err != nil {
 		return "", err
@@ -216,14 +221,20 @@ func (l *local) startControlPlane(kubeconfig string) (string, error) {
 	}
 	return cpAddr, l.procs.start("controlplane", filepath.Join(l.bin, "spoke-controlplane"),
 		"-kubeconfig", kubeconfig, "-grpc-address", cpAddr, "-metrics-address", fmt.Sprintf("127.0.0.1:%d", metricsPort),
-		"-debounce-window", "50ms", "-agent-auth", "none", "-insecure")
+		"-debounce-window", "50ms", "-tls-cert-file", sec.certFile, "-tls-key-file", sec.keyFile,
+		"-agent-auth", "tokenreview", "-agent-token-audience", agentAudience, "-agent-service-accounts", agentNamespace+"/"+agentAccount)
 }
 
 // startAgents starts one agent per node, inside the node's network
-// namespace, and returns their inspection addresses.
-func (l *local) startAgents(cpAddr string) ([]string, error) {
+// namespace, each with a token bound to a pod of its node, and returns
+// their inspection addresses.
+func (l *local) startAgents(ctx context.Context, client kubernetes.Interface, cpAddr string, sec *security) ([]string, error) {
 	var agentAddrs []string
 	for _, n := range l.nodes {
+		token, err := l.agentToken(ctx, client, n.name)
+		if err != nil {
+			return nil, err
+		}
 		addr := nodeAddr(n.index).String()
 		agentAddrs = append(agentAddrs, addr+":18001")
 		flags := agentDatapathFlags(n)
@@ -234,7 +245,7 @@ func (l *local) startAgents(cpAddr string) ([]string, error) {
 			}
 		})
 		args := append([]string{"--net=" + n.ns.Path(), "--", filepath.Join(l.bin, "spoke-agent"),
-			"-node-name", n.name, "-controlplane", cpAddr, "-insecure",
+			"-node-name", n.name, "-controlplane", cpAddr, "-tls-ca-file", sec.caFile, "-token-file", token,
 			"-state-file", filepath.Join(l.dir, n.name+".db"),
 			"-inspect-address", addr + ":18001", "-healthz-address", addr + ":10256", "-metrics-address", addr + ":10249",
 		}, flags...)
@@ -267,23 +278,27 @@ func (l *local) waitProgrammed(ctx context.Context, agentAddrs []string, service
 
 // check sends a connection from every node and from outside to every demo
 // service and prints a summary.
-func (l *local) check(ctx context.Context, services []*demoService) error {
+func (l *local) check(ctx context.Context, services []*demoService, cpAddr string, sec *security) error {
 	cs := checks(l.nodes, services)
 	failed := runChecks(ctx, os.Stdout, cs, l.clients)
 	fmt.Printf("local-check: %d of %d connections went where they must, from %d nodes and from outside, to %d services (%s)\n",
 		len(cs)-failed, len(cs), len(l.nodes), len(services), kinds(services))
-	if failed > 0 {
-		return checkFailed(failed)
+	refused, err := sec.checkInspection(ctx, cpAddr, len(l.nodes))
+	if err != nil {
+		return err
+	}
+	if failed+refused > 0 {
+		return checkFailed(failed + refused)
 	}
 	return nil
 }
 
 // hint logs commands to try against the running cluster.
-func (l *local) hint(cpAddr string, agentAddrs []string, services []*demoService) {
+func (l *local) hint(cpAddr string, agentAddrs []string, services []*demoService, sec *security) {
 	web := services[0]
 	l.log.Info("demo services programmed on every node; try:",
-		"list", "go tool grpcurl -plaintext "+cpAddr+" list",
-		"nodes", "go tool grpcurl -plaintext "+cpAddr+" spoke.v1.ControlPlaneInspectionService/ListNodes",
+		"list", "go tool grpcurl -cacert "+sec.caFile+" "+cpAddr+" list",
+		"nodes", sec.grpcurl(cpAddr, "ListNodes"),
 		"agent", "go tool grpcurl -plaintext "+agentAddrs[0]+" spoke.v1.AgentInspectionService/GetState",
 		"nodeport", fmt.Sprintf("curl http://%s:%d/", nodeAddr(1), services[2].nodePort),
 		"clusterip", fmt.Sprintf("nsenter --net=%s sh -c 'echo $$ > %s/cgroup.procs && curl http://%s:%d/'", l.clients["node-1"].ns.Path(), l.nodes[0].cgroup, web.clusterIP, web.port))

@@ -22,8 +22,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
-	authenticationv1 "k8s.io/api/authentication/v1"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -73,29 +71,11 @@ func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
 // bound to it.
 func podToken(ctx context.Context, t *testing.T, client kubernetes.Interface, ns, sa, pod, node, aud string) string {
 	t.Helper()
-	if _, err := client.CoreV1().ServiceAccounts(ns).Get(ctx, sa, metav1.GetOptions{}); err != nil {
-		if _, err := client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	p, err := client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: pod},
-		Spec: corev1.PodSpec{ServiceAccountName: sa, NodeName: node,
-			Containers: []corev1.Container{{Name: "agent", Image: "spoke-agent"}}},
-	}, metav1.CreateOptions{})
+	token, err := kubeapi.IssuePodToken(ctx, client, kubeapi.PodToken{Namespace: ns, ServiceAccount: sa, Pod: pod, Node: node, Audience: aud})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr, err := client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{
-			Audiences:      []string{aud},
-			BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: p.Name, UID: p.UID},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tr.Status.Token
+	return token
 }
 
 func writeToken(t *testing.T, token string) string {

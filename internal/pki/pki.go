@@ -1,4 +1,7 @@
-package main
+// Package pki is a throwaway certificate authority for the local clusters
+// (make cluster, make local): it issues serving and client certificates
+// that live as long as the cluster does.
+package pki
 
 import (
 	"crypto/ecdsa"
@@ -15,23 +18,25 @@ import (
 	"time"
 )
 
-// ca is the cluster's certificate authority: it signs the kubelets' and the
-// API server's client certificates and the Spoke control plane's serving
-// certificate. It lives only as long as the cluster.
-type ca struct {
+// CA is a cluster's certificate authority: it signs, for make cluster, the
+// kubelets' and the API server's client certificates and the Spoke control
+// plane's serving certificate.
+type CA struct {
 	cert *x509.Certificate
 	key  *ecdsa.PrivateKey
-	pem  []byte
+	// PEM is the CA's certificate, for the bundles that trust it.
+	PEM []byte
 }
 
-func newCA() (*ca, error) {
+// NewCA returns a CA named name, valid for a week.
+func NewCA(name string) (*CA, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "spoke-cluster-ca"},
+		Subject:               pkix.Name{CommonName: name},
 		NotBefore:             time.Now().Add(-time.Hour),
 		NotAfter:              time.Now().Add(7 * 24 * time.Hour),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
@@ -46,20 +51,21 @@ func newCA() (*ca, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &ca{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}, nil
+	return &CA{cert: cert, key: key, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}, nil
 }
 
-// certSpec describes a certificate the CA issues.
-type certSpec struct {
-	cn     string
-	orgs   []string
-	dns    []string
-	ips    []net.IP
-	server bool
+// Spec describes a certificate the CA issues: a client certificate unless
+// Server.
+type Spec struct {
+	CN     string
+	Orgs   []string
+	DNS    []string
+	IPs    []net.IP
+	Server bool
 }
 
-// issue returns a PEM certificate and key for spec.
-func (c *ca) issue(spec certSpec) (certPEM, keyPEM []byte, err error) {
+// Issue returns a PEM certificate and key for spec.
+func (c *CA) Issue(spec Spec) (certPEM, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
@@ -69,14 +75,14 @@ func (c *ca) issue(spec certSpec) (certPEM, keyPEM []byte, err error) {
 		return nil, nil, err
 	}
 	usage := x509.ExtKeyUsageClientAuth
-	if spec.server {
+	if spec.Server {
 		usage = x509.ExtKeyUsageServerAuth
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: spec.cn, Organization: spec.orgs},
-		DNSNames:     spec.dns,
-		IPAddresses:  spec.ips,
+		Subject:      pkix.Name{CommonName: spec.CN, Organization: spec.Orgs},
+		DNSNames:     spec.DNS,
+		IPAddresses:  spec.IPs,
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(7 * 24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
@@ -94,10 +100,10 @@ func (c *ca) issue(spec certSpec) (certPEM, keyPEM []byte, err error) {
 		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), nil
 }
 
-// writePair issues a certificate for spec and writes it to dir/name.crt and
+// WritePair issues a certificate for spec and writes it to dir/name.crt and
 // dir/name.key, returning both paths.
-func (c *ca) writePair(dir, name string, spec certSpec) (certFile, keyFile string, err error) {
-	crt, key, err := c.issue(spec)
+func (c *CA) WritePair(dir, name string, spec Spec) (certFile, keyFile string, err error) {
+	crt, key, err := c.Issue(spec)
 	if err != nil {
 		return "", "", fmt.Errorf("issuing %s certificate: %w", name, err)
 	}
