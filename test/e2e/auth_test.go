@@ -87,14 +87,18 @@ func writeToken(t *testing.T, token string) string {
 	return path
 }
 
-func TestAgentsAreBoundToTheirPodsNode(t *testing.T) {
+// authCluster starts a real API server with two nodes and returns a
+// context for the test, a client and the control plane's TokenReview
+// authenticator for agents of kube-system/spoke-agent.
+func authCluster(t *testing.T) (context.Context, kubernetes.Interface, *auth.TokenReviewer) {
+	t.Helper()
 	api := kubeapi.ForTest(t)
 	client, err := kubernetes.NewForConfig(api.RESTConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	t.Cleanup(cancel)
 	for i, name := range []string{"node-1", "node-2"} {
 		if _, err := client.CoreV1().Nodes().Create(ctx, newNode(name, "zone-1", "192.168.0."+string(rune('1'+i))), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -104,6 +108,12 @@ func TestAgentsAreBoundToTheirPodsNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ctx, client, authn
+}
+
+func TestAgentsAreBoundToTheirPodsNode(t *testing.T) {
+	ctx, client, authn := authCluster(t)
+	var err error
 	cert, pool := selfSigned(t)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

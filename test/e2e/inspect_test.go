@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -19,7 +18,6 @@ import (
 
 	"github.com/spoke-proxy/spoke/controlplane/app"
 	"github.com/spoke-proxy/spoke/controlplane/auth"
-	"github.com/spoke-proxy/spoke/internal/kubeapi"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
 
@@ -65,22 +63,8 @@ func withToken(ctx context.Context, token string) context.Context {
 }
 
 func TestInspectionIsAuthorized(t *testing.T) {
-	api := kubeapi.ForTest(t)
-	client, err := kubernetes.NewForConfig(api.RESTConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	for i, name := range []string{"node-1", "node-2"} {
-		if _, err := client.CoreV1().Nodes().Create(ctx, newNode(name, "zone-1", "192.168.0."+string(rune('1'+i))), metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	authn, err := auth.New(auth.Options{Client: client, Audience: audience, ServiceAccounts: []string{"kube-system/spoke-agent"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, client, authn := authCluster(t)
+	var err error
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
