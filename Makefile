@@ -122,7 +122,8 @@ local-check: deps build
 ## cluster: a real Kubernetes cluster with Spoke as its only service proxy:
 ## kube-apiserver, etcd, kube-controller-manager and kube-scheduler on the
 ## host, two nodes (network namespaces, each with its own containerd and
-## kubelet, zones zone-a and zone-b), Spoke deployed from deploy/ with
+## kubelet, zones zone-a and zone-b; CLUSTER_FLAGS="-nodes=6 -zones=3" for
+## more), Spoke deployed from deploy/ with
 ## kustomize (its images built by make images first), CoreDNS behind kube-dns.
 ## Prints "READY kubeconfig=PATH nodes=N"; Ctrl-C or SIGTERM (to the
 ## spoke-cluster process) removes everything. Everything is built from Go
