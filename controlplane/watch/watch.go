@@ -57,8 +57,9 @@ type Watcher struct {
 	// started bounds the trigger times that count: earlier ones belong to
 	// changes made before the watcher existed.
 	started time.Time
-	// topo is only used by sync.
-	topo *topology
+	// topo and fronts are only used by sync.
+	topo   *topology
+	fronts *frontends
 
 	mu         sync.Mutex
 	dirtySvcs  map[string]bool
@@ -92,6 +93,7 @@ func New(opts Options) (*Watcher, error) {
 		debounce:   newDebouncer(opts.Window, opts.MaxDelay, opts.Clock),
 		started:    opts.Clock.Now(),
 		topo:       newTopology(),
+		fronts:     newFrontends(),
 		dirtySvcs:  map[string]bool{},
 		dirtyEps:   map[string]bool{},
 		dirtyNodes: map[string]bool{},
@@ -254,12 +256,12 @@ func (w *Watcher) sync() {
 			}
 		}
 	}
-	for key := range svcs {
-		views := w.compute(key)
+	for key, views := range w.computeAll(svcs) {
+		svcs[key] = true
 		views.Trigger = triggers[key]
 		w.topo.setReads(key, slices.Sorted(maps.Keys(views.ByNode)))
-		w.countViews(&views)
-		batch.Services[key] = &views
+		w.countViews(views)
+		batch.Services[key] = views
 	}
 	batch.APIRevisions = w.apiRevisions()
 	rev, err := w.opts.Store.Apply(batch)
@@ -310,14 +312,49 @@ func (w *Watcher) countViews(v *model.Views) {
 	w.metrics.views.WithLabelValues("node").Add(float64(len(v.ByNode)))
 }
 
-func (w *Watcher) compute(key string) model.Views {
+// computeAll computes the views of the dirty services and of every service
+// whose claim on a shared frontend they may have changed, then leaves out
+// of each the addresses that an older service keeps.
+func (w *Watcher) computeAll(dirty map[string]bool) map[string]*model.Views {
+	out := map[string]*model.Views{}
+	queue := slices.Sorted(maps.Keys(dirty))
+	for len(queue) > 0 {
+		key := queue[0]
+		queue = queue[1:]
+		if _, done := out[key]; done {
+			continue
+		}
+		views, created := w.compute(key)
+		out[key] = &views
+		for _, other := range w.fronts.set(key, created, frontendsOf(views.Default)) {
+			if _, done := out[other]; !done {
+				queue = append(queue, other)
+			}
+		}
+	}
+	for key, v := range out {
+		lost := w.fronts.losing(key)
+		if len(lost) == 0 {
+			continue
+		}
+		for _, addr := range slices.Sorted(maps.Keys(lost)) {
+			w.metrics.invalid.WithLabelValues("frontend_conflict").Inc()
+			w.log.Warn("leaving out an address an older service serves on the same port", "service", key, "address", addr, "kept_by", lost[addr])
+		}
+		*v = withoutAddresses(*v, lost)
+	}
+	return out
+}
+
+// compute returns a service's views and its creation time.
+func (w *Watcher) compute(key string) (model.Views, time.Time) {
 	ns, name, err := cache.SplitMetaNamespaceKey(key)
 	if err != nil {
-		return model.Views{}
+		return model.Views{}, time.Time{}
 	}
 	svc, err := w.services.Services(ns).Get(name)
 	if err != nil {
-		return model.Views{} // deleted, or not created yet
+		return model.Views{}, time.Time{} // deleted, or not created yet
 	}
 	objs, err := w.slices.ByIndex(byServiceIndex, key)
 	if err != nil {
@@ -338,7 +375,7 @@ func (w *Watcher) compute(key string) model.Views {
 		w.metrics.invalid.WithLabelValues(kind).Inc()
 		w.log.Warn("skipping invalid input", "service", key, "err", err)
 	}
-	return views
+	return views, svc.CreationTimestamp.Time
 }
 
 func objectKey(o any) (string, bool) {
