@@ -40,7 +40,8 @@ func InspectionInterceptor(in Inspector) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		var verb, node string
 		switch info.FullMethod {
-		case spokev1.ControlPlaneInspectionService_ListNodes_FullMethodName:
+		case spokev1.ControlPlaneInspectionService_ListNodes_FullMethodName,
+			spokev1.ControlPlaneInspectionService_ListHeldBack_FullMethodName:
 			verb = "list"
 		case spokev1.ControlPlaneInspectionService_GetNodeView_FullMethodName:
 			verb, node = "get", req.(*spokev1.GetNodeViewRequest).GetNodeName()
@@ -136,6 +137,15 @@ func (s *Server) GetNodeView(_ context.Context, req *spokev1.GetNodeViewRequest)
 	resp := &spokev1.GetNodeViewResponse{}
 	for _, e := range s.opts.Store.View(req.GetNodeName()) {
 		resp.Resources = append(resp.Resources, e.Resource)
+	}
+	return resp, nil
+}
+
+// ListHeldBack implements spokev1.ControlPlaneInspectionServiceServer.
+func (s *Server) ListHeldBack(context.Context, *spokev1.ListHeldBackRequest) (*spokev1.ListHeldBackResponse, error) {
+	resp := &spokev1.ListHeldBackResponse{}
+	for _, r := range s.opts.Store.Rejected() {
+		resp.Services = append(resp.Services, &spokev1.HeldBackService{Name: r.Name, ViewBytes: uint64(r.Bytes), LimitBytes: uint64(r.Limit)})
 	}
 	return resp, nil
 }

@@ -441,6 +441,13 @@ func TestOversizedViewIsHeldBack(t *testing.T) {
 		t.Fatalf("initial response carries %v, want [a/small] without the oversized a/huge", got)
 	}
 	c.ack(resp)
+	held, err := spokev1.NewControlPlaneInspectionServiceClient(f.conn).ListHeldBack(ctx, &spokev1.ListHeldBackRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hs := held.GetServices(); len(hs) != 1 || hs[0].GetName() != "a/huge" || hs[0].GetViewBytes() <= hs[0].GetLimitBytes() {
+		t.Errorf("held back: %v, want a/huge above its limit", hs)
+	}
 	f.set(t, svc("a", "other", "10.0.0.2"), svc("a", "huge", append(huge, "10.2.0.1")...))
 	resp = c.recv()
 	if got := names(resp); fmt.Sprint(got) != "[a/other]" {
@@ -453,6 +460,9 @@ func TestOversizedViewIsHeldBack(t *testing.T) {
 		t.Fatalf("after a/huge shrank the delta carries %v, want [a/huge]", got)
 	}
 	c.ack(resp)
+	if held, err := spokev1.NewControlPlaneInspectionServiceClient(f.conn).ListHeldBack(ctx, &spokev1.ListHeldBackRequest{}); err != nil || len(held.GetServices()) != 0 {
+		t.Errorf("held back after a/huge shrank: %v, %v", held.GetServices(), err)
+	}
 }
 
 func TestSlowAgentDoesNotDelayOthers(t *testing.T) {

@@ -94,6 +94,9 @@ func TestInspectionIsAuthorized(t *testing.T) {
 	listNodes := func(token string) (*spokev1.ListNodesResponse, error) {
 		return inspect.ListNodes(withToken(ctx, token), &spokev1.ListNodesRequest{})
 	}
+	listHeldBack := func(token string) (*spokev1.ListHeldBackResponse, error) {
+		return inspect.ListHeldBack(withToken(ctx, token), &spokev1.ListHeldBackRequest{})
+	}
 	refused := func(t *testing.T, what string, want codes.Code, answered bool, err error) {
 		t.Helper()
 		if status.Code(err) != want {
@@ -110,6 +113,8 @@ func TestInspectionIsAuthorized(t *testing.T) {
 			refused(t, "GetNodeView with token "+token, codes.Unauthenticated, v != nil, err)
 			l, err := listNodes(token)
 			refused(t, "ListNodes with token "+token, codes.Unauthenticated, l != nil, err)
+			h, err := listHeldBack(token)
+			refused(t, "ListHeldBack with token "+token, codes.Unauthenticated, h != nil, err)
 		}
 	})
 
@@ -119,6 +124,8 @@ func TestInspectionIsAuthorized(t *testing.T) {
 		refused(t, "GetNodeView", codes.PermissionDenied, v != nil, err)
 		l, err := listNodes(viewer)
 		refused(t, "ListNodes", codes.PermissionDenied, l != nil, err)
+		h, err := listHeldBack(viewer)
+		refused(t, "ListHeldBack", codes.PermissionDenied, h != nil, err)
 	})
 
 	t.Run("a user with the role reads every node", func(t *testing.T) {
@@ -138,6 +145,9 @@ func TestInspectionIsAuthorized(t *testing.T) {
 		if _, err := listNodes(viewer); err != nil {
 			t.Fatalf("ListNodes: %v", err)
 		}
+		if _, err := listHeldBack(viewer); err != nil {
+			t.Fatalf("ListHeldBack: %v", err)
+		}
 	})
 
 	agentToken := podToken(ctx, t, client, "kube-system", "spoke-agent", "agent-on-node-1", "node-1", audience)
@@ -150,5 +160,7 @@ func TestInspectionIsAuthorized(t *testing.T) {
 		refused(t, "the agent of node-1 reading node-2", codes.PermissionDenied, v != nil, err)
 		l, err := listNodes(agentToken)
 		refused(t, "the agent of node-1 listing nodes", codes.PermissionDenied, l != nil, err)
+		h, err := listHeldBack(agentToken)
+		refused(t, "the agent of node-1 listing held-back services", codes.PermissionDenied, h != nil, err)
 	})
 }

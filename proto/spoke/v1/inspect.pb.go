@@ -22,6 +22,151 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ListHeldBackRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListHeldBackRequest) Reset() {
+	*x = ListHeldBackRequest{}
+	mi := &file_spoke_v1_inspect_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListHeldBackRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListHeldBackRequest) ProtoMessage() {}
+
+func (x *ListHeldBackRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_spoke_v1_inspect_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListHeldBackRequest.ProtoReflect.Descriptor instead.
+func (*ListHeldBackRequest) Descriptor() ([]byte, []int) {
+	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{0}
+}
+
+type ListHeldBackResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// services are held back, by name.
+	Services      []*HeldBackService `protobuf:"bytes,1,rep,name=services,proto3" json:"services,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListHeldBackResponse) Reset() {
+	*x = ListHeldBackResponse{}
+	mi := &file_spoke_v1_inspect_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListHeldBackResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListHeldBackResponse) ProtoMessage() {}
+
+func (x *ListHeldBackResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_spoke_v1_inspect_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListHeldBackResponse.ProtoReflect.Descriptor instead.
+func (*ListHeldBackResponse) Descriptor() ([]byte, []int) {
+	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ListHeldBackResponse) GetServices() []*HeldBackService {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+// HeldBackService is a service whose view is too large to send.
+type HeldBackService struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is "namespace/name".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// view_bytes is the encoded size of its largest view.
+	ViewBytes uint64 `protobuf:"varint,2,opt,name=view_bytes,json=viewBytes,proto3" json:"view_bytes,omitempty"`
+	// limit_bytes is the largest view the control plane sends.
+	LimitBytes    uint64 `protobuf:"varint,3,opt,name=limit_bytes,json=limitBytes,proto3" json:"limit_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeldBackService) Reset() {
+	*x = HeldBackService{}
+	mi := &file_spoke_v1_inspect_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeldBackService) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeldBackService) ProtoMessage() {}
+
+func (x *HeldBackService) ProtoReflect() protoreflect.Message {
+	mi := &file_spoke_v1_inspect_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeldBackService.ProtoReflect.Descriptor instead.
+func (*HeldBackService) Descriptor() ([]byte, []int) {
+	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *HeldBackService) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HeldBackService) GetViewBytes() uint64 {
+	if x != nil {
+		return x.ViewBytes
+	}
+	return 0
+}
+
+func (x *HeldBackService) GetLimitBytes() uint64 {
+	if x != nil {
+		return x.LimitBytes
+	}
+	return 0
+}
+
 type ListNodesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// page_size is the most nodes to return: 0 means 100, more than 1000 is
@@ -36,7 +181,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_spoke_v1_inspect_proto_msgTypes[0]
+	mi := &file_spoke_v1_inspect_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -48,7 +193,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_spoke_v1_inspect_proto_msgTypes[0]
+	mi := &file_spoke_v1_inspect_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -61,7 +206,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{0}
+	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ListNodesRequest) GetPageSize() int32 {
@@ -89,7 +234,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_spoke_v1_inspect_proto_msgTypes[1]
+	mi := &file_spoke_v1_inspect_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -101,7 +246,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_spoke_v1_inspect_proto_msgTypes[1]
+	mi := &file_spoke_v1_inspect_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -114,7 +259,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{1}
+	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeStatus {
@@ -154,7 +299,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_spoke_v1_inspect_proto_msgTypes[2]
+	mi := &file_spoke_v1_inspect_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -166,7 +311,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_spoke_v1_inspect_proto_msgTypes[2]
+	mi := &file_spoke_v1_inspect_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -179,7 +324,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{2}
+	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *NodeStatus) GetNodeName() string {
@@ -258,7 +403,7 @@ type NackStatus struct {
 
 func (x *NackStatus) Reset() {
 	*x = NackStatus{}
-	mi := &file_spoke_v1_inspect_proto_msgTypes[3]
+	mi := &file_spoke_v1_inspect_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -270,7 +415,7 @@ func (x *NackStatus) String() string {
 func (*NackStatus) ProtoMessage() {}
 
 func (x *NackStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_spoke_v1_inspect_proto_msgTypes[3]
+	mi := &file_spoke_v1_inspect_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -283,7 +428,7 @@ func (x *NackStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NackStatus.ProtoReflect.Descriptor instead.
 func (*NackStatus) Descriptor() ([]byte, []int) {
-	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{3}
+	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *NackStatus) GetNonce() string {
@@ -323,7 +468,7 @@ type GetNodeViewRequest struct {
 
 func (x *GetNodeViewRequest) Reset() {
 	*x = GetNodeViewRequest{}
-	mi := &file_spoke_v1_inspect_proto_msgTypes[4]
+	mi := &file_spoke_v1_inspect_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -335,7 +480,7 @@ func (x *GetNodeViewRequest) String() string {
 func (*GetNodeViewRequest) ProtoMessage() {}
 
 func (x *GetNodeViewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_spoke_v1_inspect_proto_msgTypes[4]
+	mi := &file_spoke_v1_inspect_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -348,7 +493,7 @@ func (x *GetNodeViewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeViewRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeViewRequest) Descriptor() ([]byte, []int) {
-	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{4}
+	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetNodeViewRequest) GetNodeName() string {
@@ -367,7 +512,7 @@ type GetNodeViewResponse struct {
 
 func (x *GetNodeViewResponse) Reset() {
 	*x = GetNodeViewResponse{}
-	mi := &file_spoke_v1_inspect_proto_msgTypes[5]
+	mi := &file_spoke_v1_inspect_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -379,7 +524,7 @@ func (x *GetNodeViewResponse) String() string {
 func (*GetNodeViewResponse) ProtoMessage() {}
 
 func (x *GetNodeViewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_spoke_v1_inspect_proto_msgTypes[5]
+	mi := &file_spoke_v1_inspect_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -392,7 +537,7 @@ func (x *GetNodeViewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeViewResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeViewResponse) Descriptor() ([]byte, []int) {
-	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{5}
+	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetNodeViewResponse) GetResources() []*Resource {
@@ -410,7 +555,7 @@ type GetStateRequest struct {
 
 func (x *GetStateRequest) Reset() {
 	*x = GetStateRequest{}
-	mi := &file_spoke_v1_inspect_proto_msgTypes[6]
+	mi := &file_spoke_v1_inspect_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -422,7 +567,7 @@ func (x *GetStateRequest) String() string {
 func (*GetStateRequest) ProtoMessage() {}
 
 func (x *GetStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_spoke_v1_inspect_proto_msgTypes[6]
+	mi := &file_spoke_v1_inspect_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -435,7 +580,7 @@ func (x *GetStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStateRequest.ProtoReflect.Descriptor instead.
 func (*GetStateRequest) Descriptor() ([]byte, []int) {
-	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{6}
+	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{9}
 }
 
 type GetStateResponse struct {
@@ -466,7 +611,7 @@ type GetStateResponse struct {
 
 func (x *GetStateResponse) Reset() {
 	*x = GetStateResponse{}
-	mi := &file_spoke_v1_inspect_proto_msgTypes[7]
+	mi := &file_spoke_v1_inspect_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -478,7 +623,7 @@ func (x *GetStateResponse) String() string {
 func (*GetStateResponse) ProtoMessage() {}
 
 func (x *GetStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_spoke_v1_inspect_proto_msgTypes[7]
+	mi := &file_spoke_v1_inspect_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -491,7 +636,7 @@ func (x *GetStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStateResponse.ProtoReflect.Descriptor instead.
 func (*GetStateResponse) Descriptor() ([]byte, []int) {
-	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{7}
+	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetStateResponse) GetNodeName() string {
@@ -600,7 +745,7 @@ type TracePacketRequest struct {
 
 func (x *TracePacketRequest) Reset() {
 	*x = TracePacketRequest{}
-	mi := &file_spoke_v1_inspect_proto_msgTypes[8]
+	mi := &file_spoke_v1_inspect_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -612,7 +757,7 @@ func (x *TracePacketRequest) String() string {
 func (*TracePacketRequest) ProtoMessage() {}
 
 func (x *TracePacketRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_spoke_v1_inspect_proto_msgTypes[8]
+	mi := &file_spoke_v1_inspect_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -625,7 +770,7 @@ func (x *TracePacketRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TracePacketRequest.ProtoReflect.Descriptor instead.
 func (*TracePacketRequest) Descriptor() ([]byte, []int) {
-	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{8}
+	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *TracePacketRequest) GetProtocol() Protocol {
@@ -668,7 +813,7 @@ type TracePacketResponse struct {
 
 func (x *TracePacketResponse) Reset() {
 	*x = TracePacketResponse{}
-	mi := &file_spoke_v1_inspect_proto_msgTypes[9]
+	mi := &file_spoke_v1_inspect_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -680,7 +825,7 @@ func (x *TracePacketResponse) String() string {
 func (*TracePacketResponse) ProtoMessage() {}
 
 func (x *TracePacketResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_spoke_v1_inspect_proto_msgTypes[9]
+	mi := &file_spoke_v1_inspect_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -693,7 +838,7 @@ func (x *TracePacketResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TracePacketResponse.ProtoReflect.Descriptor instead.
 func (*TracePacketResponse) Descriptor() ([]byte, []int) {
-	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{9}
+	return file_spoke_v1_inspect_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *TracePacketResponse) GetAction() string {
@@ -721,7 +866,16 @@ var File_spoke_v1_inspect_proto protoreflect.FileDescriptor
 
 const file_spoke_v1_inspect_proto_rawDesc = "" +
 	"\n" +
-	"\x16spoke/v1/inspect.proto\x12\bspoke.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13spoke/v1/view.proto\"N\n" +
+	"\x16spoke/v1/inspect.proto\x12\bspoke.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13spoke/v1/view.proto\"\x15\n" +
+	"\x13ListHeldBackRequest\"M\n" +
+	"\x14ListHeldBackResponse\x125\n" +
+	"\bservices\x18\x01 \x03(\v2\x19.spoke.v1.HeldBackServiceR\bservices\"e\n" +
+	"\x0fHeldBackService\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"view_bytes\x18\x02 \x01(\x04R\tviewBytes\x12\x1f\n" +
+	"\vlimit_bytes\x18\x03 \x01(\x04R\n" +
+	"limitBytes\"N\n" +
 	"\x10ListNodesRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -780,10 +934,11 @@ const file_spoke_v1_inspect_proto_rawDesc = "" +
 	"\x13TracePacketResponse\x12\x16\n" +
 	"\x06action\x18\x01 \x01(\tR\x06action\x12\x18\n" +
 	"\abackend\x18\x02 \x01(\tR\abackend\x12\x18\n" +
-	"\aservice\x18\x03 \x01(\tR\aservice2\xb1\x01\n" +
+	"\aservice\x18\x03 \x01(\tR\aservice2\x80\x02\n" +
 	"\x1dControlPlaneInspectionService\x12D\n" +
 	"\tListNodes\x12\x1a.spoke.v1.ListNodesRequest\x1a\x1b.spoke.v1.ListNodesResponse\x12J\n" +
-	"\vGetNodeView\x12\x1c.spoke.v1.GetNodeViewRequest\x1a\x1d.spoke.v1.GetNodeViewResponse2\xa7\x01\n" +
+	"\vGetNodeView\x12\x1c.spoke.v1.GetNodeViewRequest\x1a\x1d.spoke.v1.GetNodeViewResponse\x12M\n" +
+	"\fListHeldBack\x12\x1d.spoke.v1.ListHeldBackRequest\x1a\x1e.spoke.v1.ListHeldBackResponse2\xa7\x01\n" +
 	"\x16AgentInspectionService\x12A\n" +
 	"\bGetState\x12\x19.spoke.v1.GetStateRequest\x1a\x1a.spoke.v1.GetStateResponse\x12J\n" +
 	"\vTracePacket\x12\x1c.spoke.v1.TracePacketRequest\x1a\x1d.spoke.v1.TracePacketResponseB5Z3github.com/spoke-proxy/spoke/proto/spoke/v1;spokev1b\x06proto3"
@@ -800,49 +955,55 @@ func file_spoke_v1_inspect_proto_rawDescGZIP() []byte {
 	return file_spoke_v1_inspect_proto_rawDescData
 }
 
-var file_spoke_v1_inspect_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_spoke_v1_inspect_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_spoke_v1_inspect_proto_goTypes = []any{
-	(*ListNodesRequest)(nil),      // 0: spoke.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),     // 1: spoke.v1.ListNodesResponse
-	(*NodeStatus)(nil),            // 2: spoke.v1.NodeStatus
-	(*NackStatus)(nil),            // 3: spoke.v1.NackStatus
-	(*GetNodeViewRequest)(nil),    // 4: spoke.v1.GetNodeViewRequest
-	(*GetNodeViewResponse)(nil),   // 5: spoke.v1.GetNodeViewResponse
-	(*GetStateRequest)(nil),       // 6: spoke.v1.GetStateRequest
-	(*GetStateResponse)(nil),      // 7: spoke.v1.GetStateResponse
-	(*TracePacketRequest)(nil),    // 8: spoke.v1.TracePacketRequest
-	(*TracePacketResponse)(nil),   // 9: spoke.v1.TracePacketResponse
-	nil,                           // 10: spoke.v1.NodeStatus.AckedVersionsEntry
-	nil,                           // 11: spoke.v1.NackStatus.VersionsEntry
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
-	(*Resource)(nil),              // 13: spoke.v1.Resource
-	(Protocol)(0),                 // 14: spoke.v1.Protocol
+	(*ListHeldBackRequest)(nil),   // 0: spoke.v1.ListHeldBackRequest
+	(*ListHeldBackResponse)(nil),  // 1: spoke.v1.ListHeldBackResponse
+	(*HeldBackService)(nil),       // 2: spoke.v1.HeldBackService
+	(*ListNodesRequest)(nil),      // 3: spoke.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),     // 4: spoke.v1.ListNodesResponse
+	(*NodeStatus)(nil),            // 5: spoke.v1.NodeStatus
+	(*NackStatus)(nil),            // 6: spoke.v1.NackStatus
+	(*GetNodeViewRequest)(nil),    // 7: spoke.v1.GetNodeViewRequest
+	(*GetNodeViewResponse)(nil),   // 8: spoke.v1.GetNodeViewResponse
+	(*GetStateRequest)(nil),       // 9: spoke.v1.GetStateRequest
+	(*GetStateResponse)(nil),      // 10: spoke.v1.GetStateResponse
+	(*TracePacketRequest)(nil),    // 11: spoke.v1.TracePacketRequest
+	(*TracePacketResponse)(nil),   // 12: spoke.v1.TracePacketResponse
+	nil,                           // 13: spoke.v1.NodeStatus.AckedVersionsEntry
+	nil,                           // 14: spoke.v1.NackStatus.VersionsEntry
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*Resource)(nil),              // 16: spoke.v1.Resource
+	(Protocol)(0),                 // 17: spoke.v1.Protocol
 }
 var file_spoke_v1_inspect_proto_depIdxs = []int32{
-	2,  // 0: spoke.v1.ListNodesResponse.nodes:type_name -> spoke.v1.NodeStatus
-	12, // 1: spoke.v1.NodeStatus.connected_at:type_name -> google.protobuf.Timestamp
-	10, // 2: spoke.v1.NodeStatus.acked_versions:type_name -> spoke.v1.NodeStatus.AckedVersionsEntry
-	3,  // 3: spoke.v1.NodeStatus.nacked:type_name -> spoke.v1.NackStatus
-	11, // 4: spoke.v1.NackStatus.versions:type_name -> spoke.v1.NackStatus.VersionsEntry
-	12, // 5: spoke.v1.NackStatus.at:type_name -> google.protobuf.Timestamp
-	13, // 6: spoke.v1.GetNodeViewResponse.resources:type_name -> spoke.v1.Resource
-	13, // 7: spoke.v1.GetStateResponse.cached:type_name -> spoke.v1.Resource
-	12, // 8: spoke.v1.GetStateResponse.cache_applied_at:type_name -> google.protobuf.Timestamp
-	12, // 9: spoke.v1.GetStateResponse.connected_at:type_name -> google.protobuf.Timestamp
-	14, // 10: spoke.v1.TracePacketRequest.protocol:type_name -> spoke.v1.Protocol
-	0,  // 11: spoke.v1.ControlPlaneInspectionService.ListNodes:input_type -> spoke.v1.ListNodesRequest
-	4,  // 12: spoke.v1.ControlPlaneInspectionService.GetNodeView:input_type -> spoke.v1.GetNodeViewRequest
-	6,  // 13: spoke.v1.AgentInspectionService.GetState:input_type -> spoke.v1.GetStateRequest
-	8,  // 14: spoke.v1.AgentInspectionService.TracePacket:input_type -> spoke.v1.TracePacketRequest
-	1,  // 15: spoke.v1.ControlPlaneInspectionService.ListNodes:output_type -> spoke.v1.ListNodesResponse
-	5,  // 16: spoke.v1.ControlPlaneInspectionService.GetNodeView:output_type -> spoke.v1.GetNodeViewResponse
-	7,  // 17: spoke.v1.AgentInspectionService.GetState:output_type -> spoke.v1.GetStateResponse
-	9,  // 18: spoke.v1.AgentInspectionService.TracePacket:output_type -> spoke.v1.TracePacketResponse
-	15, // [15:19] is the sub-list for method output_type
-	11, // [11:15] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	2,  // 0: spoke.v1.ListHeldBackResponse.services:type_name -> spoke.v1.HeldBackService
+	5,  // 1: spoke.v1.ListNodesResponse.nodes:type_name -> spoke.v1.NodeStatus
+	15, // 2: spoke.v1.NodeStatus.connected_at:type_name -> google.protobuf.Timestamp
+	13, // 3: spoke.v1.NodeStatus.acked_versions:type_name -> spoke.v1.NodeStatus.AckedVersionsEntry
+	6,  // 4: spoke.v1.NodeStatus.nacked:type_name -> spoke.v1.NackStatus
+	14, // 5: spoke.v1.NackStatus.versions:type_name -> spoke.v1.NackStatus.VersionsEntry
+	15, // 6: spoke.v1.NackStatus.at:type_name -> google.protobuf.Timestamp
+	16, // 7: spoke.v1.GetNodeViewResponse.resources:type_name -> spoke.v1.Resource
+	16, // 8: spoke.v1.GetStateResponse.cached:type_name -> spoke.v1.Resource
+	15, // 9: spoke.v1.GetStateResponse.cache_applied_at:type_name -> google.protobuf.Timestamp
+	15, // 10: spoke.v1.GetStateResponse.connected_at:type_name -> google.protobuf.Timestamp
+	17, // 11: spoke.v1.TracePacketRequest.protocol:type_name -> spoke.v1.Protocol
+	3,  // 12: spoke.v1.ControlPlaneInspectionService.ListNodes:input_type -> spoke.v1.ListNodesRequest
+	7,  // 13: spoke.v1.ControlPlaneInspectionService.GetNodeView:input_type -> spoke.v1.GetNodeViewRequest
+	0,  // 14: spoke.v1.ControlPlaneInspectionService.ListHeldBack:input_type -> spoke.v1.ListHeldBackRequest
+	9,  // 15: spoke.v1.AgentInspectionService.GetState:input_type -> spoke.v1.GetStateRequest
+	11, // 16: spoke.v1.AgentInspectionService.TracePacket:input_type -> spoke.v1.TracePacketRequest
+	4,  // 17: spoke.v1.ControlPlaneInspectionService.ListNodes:output_type -> spoke.v1.ListNodesResponse
+	8,  // 18: spoke.v1.ControlPlaneInspectionService.GetNodeView:output_type -> spoke.v1.GetNodeViewResponse
+	1,  // 19: spoke.v1.ControlPlaneInspectionService.ListHeldBack:output_type -> spoke.v1.ListHeldBackResponse
+	10, // 20: spoke.v1.AgentInspectionService.GetState:output_type -> spoke.v1.GetStateResponse
+	12, // 21: spoke.v1.AgentInspectionService.TracePacket:output_type -> spoke.v1.TracePacketResponse
+	17, // [17:22] is the sub-list for method output_type
+	12, // [12:17] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_spoke_v1_inspect_proto_init() }
@@ -857,7 +1018,7 @@ func file_spoke_v1_inspect_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_spoke_v1_inspect_proto_rawDesc), len(file_spoke_v1_inspect_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -19,8 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ControlPlaneInspectionService_ListNodes_FullMethodName   = "/spoke.v1.ControlPlaneInspectionService/ListNodes"
-	ControlPlaneInspectionService_GetNodeView_FullMethodName = "/spoke.v1.ControlPlaneInspectionService/GetNodeView"
+	ControlPlaneInspectionService_ListNodes_FullMethodName    = "/spoke.v1.ControlPlaneInspectionService/ListNodes"
+	ControlPlaneInspectionService_GetNodeView_FullMethodName  = "/spoke.v1.ControlPlaneInspectionService/GetNodeView"
+	ControlPlaneInspectionService_ListHeldBack_FullMethodName = "/spoke.v1.ControlPlaneInspectionService/ListHeldBack"
 )
 
 // ControlPlaneInspectionServiceClient is the client API for ControlPlaneInspectionService service.
@@ -34,6 +35,10 @@ type ControlPlaneInspectionServiceClient interface {
 	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
 	// GetNodeView returns the view the control plane computes for a node.
 	GetNodeView(ctx context.Context, in *GetNodeViewRequest, opts ...grpc.CallOption) (*GetNodeViewResponse, error)
+	// ListHeldBack lists the services whose views the control plane holds
+	// back, sending them to no node, because they exceed the per-view limit
+	// no agent could receive past. It is authorized as ListNodes is.
+	ListHeldBack(ctx context.Context, in *ListHeldBackRequest, opts ...grpc.CallOption) (*ListHeldBackResponse, error)
 }
 
 type controlPlaneInspectionServiceClient struct {
@@ -64,6 +69,16 @@ func (c *controlPlaneInspectionServiceClient) GetNodeView(ctx context.Context, i
 	return out, nil
 }
 
+func (c *controlPlaneInspectionServiceClient) ListHeldBack(ctx context.Context, in *ListHeldBackRequest, opts ...grpc.CallOption) (*ListHeldBackResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListHeldBackResponse)
+	err := c.cc.Invoke(ctx, ControlPlaneInspectionService_ListHeldBack_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlPlaneInspectionServiceServer is the server API for ControlPlaneInspectionService service.
 // All implementations must embed UnimplementedControlPlaneInspectionServiceServer
 // for forward compatibility.
@@ -75,6 +90,10 @@ type ControlPlaneInspectionServiceServer interface {
 	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
 	// GetNodeView returns the view the control plane computes for a node.
 	GetNodeView(context.Context, *GetNodeViewRequest) (*GetNodeViewResponse, error)
+	// ListHeldBack lists the services whose views the control plane holds
+	// back, sending them to no node, because they exceed the per-view limit
+	// no agent could receive past. It is authorized as ListNodes is.
+	ListHeldBack(context.Context, *ListHeldBackRequest) (*ListHeldBackResponse, error)
 	mustEmbedUnimplementedControlPlaneInspectionServiceServer()
 }
 
@@ -90,6 +109,9 @@ func (UnimplementedControlPlaneInspectionServiceServer) ListNodes(context.Contex
 }
 func (UnimplementedControlPlaneInspectionServiceServer) GetNodeView(context.Context, *GetNodeViewRequest) (*GetNodeViewResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetNodeView not implemented")
+}
+func (UnimplementedControlPlaneInspectionServiceServer) ListHeldBack(context.Context, *ListHeldBackRequest) (*ListHeldBackResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListHeldBack not implemented")
 }
 func (UnimplementedControlPlaneInspectionServiceServer) mustEmbedUnimplementedControlPlaneInspectionServiceServer() {
 }
@@ -149,6 +171,24 @@ func _ControlPlaneInspectionService_GetNodeView_Handler(srv interface{}, ctx con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ControlPlaneInspectionService_ListHeldBack_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListHeldBackRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlPlaneInspectionServiceServer).ListHeldBack(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControlPlaneInspectionService_ListHeldBack_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlPlaneInspectionServiceServer).ListHeldBack(ctx, req.(*ListHeldBackRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ControlPlaneInspectionService_ServiceDesc is the grpc.ServiceDesc for ControlPlaneInspectionService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -163,6 +203,10 @@ var ControlPlaneInspectionService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetNodeView",
 			Handler:    _ControlPlaneInspectionService_GetNodeView_Handler,
+		},
+		{
+			MethodName: "ListHeldBack",
+			Handler:    _ControlPlaneInspectionService_ListHeldBack_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
