@@ -8,13 +8,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/spoke-proxy/spoke/controlplane/model"
-	"github.com/spoke-proxy/spoke/controlplane/store"
 	"github.com/spoke-proxy/spoke/internal/kubeapi"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
@@ -96,18 +94,7 @@ func TestConflictingExternalIPsAgainstAPIServer(t *testing.T) {
 	time.Sleep(1100 * time.Millisecond) // creation times have a resolution of one second
 	createService(ctx, t, client, "alpha-new", corev1.ServiceTypeClusterIP, shared)
 
-	st := store.New()
-	reg := prometheus.NewPedanticRegistry()
-	w, err := New(Options{Client: client, Store: st, Window: 10 * time.Millisecond, MaxDelay: 100 * time.Millisecond, Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	st, reg := runWatcher(ctx, t, client)
 	externalIPs := func(name string) string {
 		e := encoded(st, "node-a", "default/"+name)
 		if e == nil {

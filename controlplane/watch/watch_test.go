@@ -47,25 +47,7 @@ func TestWatcherAgainstAPIServer(t *testing.T) {
 	createSlice(ctx, t, client, "zoned", "zoned-1", time.Time{},
 		sliceEndpoint("10.244.1.6", "node-a", "zone-1"), sliceEndpoint("10.244.2.6", "node-b", "zone-2"))
 
-	st := store.New()
-	reg := prometheus.NewPedanticRegistry()
-	w, err := New(Options{Client: client, Store: st, Window: 10 * time.Millisecond, MaxDelay: 100 * time.Millisecond, Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil && ctx.Err() == nil {
-			t.Errorf("watcher: %v", err)
-		}
-	}()
-	select {
-	case <-st.Ready():
-	case <-ctx.Done():
-		t.Fatal("store never became ready")
-	}
+	st, reg := runWatcher(ctx, t, client)
 
 	// "local" keeps cluster IP traffic on the node; its node port reaches
 	// the endpoints of the node's zone (zone hints), so its node views read
@@ -156,6 +138,33 @@ func TestWatcherAgainstAPIServer(t *testing.T) {
 	if got := metricValue(t, reg, "spoke_controlplane_invalid_input_total", "Service"); got < 1 {
 		t.Errorf("%v invalid inputs counted, want at least 1", got)
 	}
+}
+
+// runWatcher runs a watcher into a new store until the test ends, and
+// waits for the store to be ready.
+func runWatcher(ctx context.Context, t *testing.T, client kubernetes.Interface) (*store.Store, *prometheus.Registry) {
+	t.Helper()
+	st := store.New()
+	reg := prometheus.NewPedanticRegistry()
+	w, err := New(Options{Client: client, Store: st, Window: 10 * time.Millisecond, MaxDelay: 100 * time.Millisecond, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil && ctx.Err() == nil {
+			t.Errorf("watcher: %v", err)
+		}
+	})
+	select {
+	case <-st.Ready():
+	case <-ctx.Done():
+		t.Fatal("store never became ready")
+	}
+	return st, reg
 }
 
 func createService(ctx context.Context, t *testing.T, client kubernetes.Interface, name string, typ corev1.ServiceType, opt func(*corev1.Service)) {
