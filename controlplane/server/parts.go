@@ -9,7 +9,9 @@ import (
 type part struct {
 	resources []*store.Encoded
 	removed   []string
-	revisions *spokev1.ApiRevisions
+	// revisions is the api_revisions field, shared by every part of every
+	// stream (the store encodes it once).
+	revisions []byte
 }
 
 // encode returns the response's wire form as slices: the nonce, every
@@ -28,7 +30,7 @@ func (p part) encode(nonce string) [][]byte {
 		out = append(out, tail)
 	}
 	if p.revisions != nil {
-		out = append(out, spokev1.AppendResponseRevisions(nil, p.revisions))
+		out = append(out, p.revisions)
 	}
 	return out
 }
@@ -39,10 +41,10 @@ func (p part) encode(nonce string) [][]byte {
 func (s *Server) split(d store.Delta) []part {
 	limit := s.opts.MaxResponseBytes - spokev1.ResponseOverheadBytes
 	var parts []part
-	cur, size := part{revisions: d.APIRevisions}, 0
+	cur, size := part{revisions: d.APIRevisionsField}, 0
 	flush := func() {
 		parts = append(parts, cur)
-		cur, size = part{revisions: d.APIRevisions}, 0
+		cur, size = part{revisions: d.APIRevisionsField}, 0
 	}
 	for _, r := range d.Resources {
 		if size > 0 && size+len(r.Bytes)+8 > limit {

@@ -53,7 +53,7 @@ type Options struct {
 	Limits Limits
 	// CatchUpTimeout bounds how long a stream waits for this replica to
 	// reach the API revisions the agent already holds; then it ends with
-	// Unavailable, and the agent reconnects, perhaps to another replica.
+	// Aborted, and the agent reconnects, perhaps to another replica.
 	// 0 means 10 s.
 	CatchUpTimeout time.Duration
 	// Registerer receives the server's metrics; none when nil.

@@ -551,7 +551,7 @@ func TestLaggingReplicaDoesNotRollBack(t *testing.T) {
 	if err := s2.Send(&spokev1.StreamViewsRequest{NodeName: "node-2", InitialApiRevisions: &spokev1.ApiRevisions{Nodes: 51}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s2.Recv(); status.Code(err) != codes.Unavailable {
-		t.Errorf("stream to a replica that stayed behind: %v, want Unavailable", err)
+	if _, err := s2.Recv(); status.Code(err) != codes.Aborted {
+		t.Errorf("stream to a replica that stayed behind: %v, want Aborted", err)
 	}
 }

@@ -106,7 +106,8 @@ func (s *Server) handshake(ctx context.Context, stream viewStream, c *conn, t *t
 // catchUp waits until this replica's state has followed the API as far as
 // the state the agent holds, so that an agent failing over from a replica
 // that was ahead is never sent older views. A replica still behind after
-// CatchUpTimeout refuses the stream with Unavailable.
+// CatchUpTimeout refuses the stream with Aborted (a sequencer check that
+// failed); the agent tries again, perhaps on another replica.
 func (s *Server) catchUp(ctx context.Context, log *slog.Logger, held *spokev1.ApiRevisions) error {
 	if s.opts.Store.APIRevisions().AtLeast(held) {
 		return nil
@@ -121,7 +122,7 @@ func (s *Server) catchUp(ctx context.Context, log *slog.Logger, held *spokev1.Ap
 			return ctx.Err()
 		}
 		s.metrics.rejectedStreams.WithLabelValues("behind_agent").Inc()
-		return status.Errorf(codes.Unavailable, "this replica is behind the state the agent holds: %v", err)
+		return status.Errorf(codes.Aborted, "this replica is behind the state the agent holds: %v", err)
 	}
 	log.Info("caught up with the agent's state", "waited", time.Since(start))
 	return nil

@@ -97,9 +97,11 @@ type Store struct {
 	readyOnce  sync.Once
 	limits     limits
 	// apiRev is how far the applied batches had followed the API, per
-	// kind; advanced is closed and replaced whenever it moves.
-	apiRev   *spokev1.ApiRevisions
-	advanced chan struct{}
+	// kind, and apiRevField that as a response field, encoded once for
+	// every stream; advanced is closed and replaced whenever it moves.
+	apiRev      *spokev1.ApiRevisions
+	apiRevField []byte
+	advanced    chan struct{}
 }
 
 // New returns an empty store that is not ready, with default options.
@@ -162,6 +164,7 @@ func (s *Store) Apply(b Batch) (uint64, error) {
 			EndpointSlices: max(s.apiRev.GetEndpointSlices(), b.APIRevisions.GetEndpointSlices()),
 			Nodes:          max(s.apiRev.GetNodes(), b.APIRevisions.GetNodes()),
 		}
+		s.apiRevField = spokev1.AppendResponseRevisions(nil, s.apiRev)
 		close(s.advanced)
 		s.advanced = make(chan struct{})
 	}
@@ -437,10 +440,12 @@ func (s *Store) Unsubscribe(sub *Subscription) {
 type Delta struct {
 	// Rev is the revision the delta brings the agent to.
 	Rev uint64
-	// APIRevisions are the store's when the delta was computed.
-	APIRevisions *spokev1.ApiRevisions
-	Resources    []*Encoded
-	Removed      []string
+	// APIRevisions are the store's when the delta was computed, and
+	// APIRevisionsField the same as a StreamViewsResponse field, shared.
+	APIRevisions      *spokev1.ApiRevisions
+	APIRevisionsField []byte
+	Resources         []*Encoded
+	Removed           []string
 }
 
 // Empty reports whether the delta carries nothing.
@@ -451,7 +456,7 @@ func (d *Delta) Empty() bool { return len(d.Resources) == 0 && len(d.Removed) ==
 func (s *Store) Initial(node string, have map[string]string) Delta {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	d := Delta{Rev: s.rev, APIRevisions: s.apiRev}
+	d := Delta{Rev: s.rev, APIRevisions: s.apiRev, APIRevisionsField: s.apiRevField}
 	zone := ""
 	if n := s.nodes[node]; n != nil {
 		zone = n.zone
@@ -482,7 +487,7 @@ func (s *Store) Initial(node string, have map[string]string) Delta {
 func (s *Store) Since(node string, synced uint64, skip map[string]string) Delta {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	d := Delta{Rev: s.rev, APIRevisions: s.apiRev}
+	d := Delta{Rev: s.rev, APIRevisions: s.apiRev, APIRevisionsField: s.apiRevField}
 	zone := ""
 	if n := s.nodes[node]; n != nil {
 		zone = n.zone

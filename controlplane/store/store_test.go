@@ -169,6 +169,10 @@ func TestAPIRevisionsOnlyMoveForward(t *testing.T) {
 	if !proto.Equal(d.APIRevisions, s.APIRevisions()) {
 		t.Errorf("delta revisions %v, store %v", d.APIRevisions, s.APIRevisions())
 	}
+	var resp spokev1.StreamViewsResponse
+	if err := proto.Unmarshal(d.APIRevisionsField, &resp); err != nil || !proto.Equal(resp.GetApiRevisions(), s.APIRevisions()) {
+		t.Errorf("delta's encoded field decodes to %v (%v), want %v", resp.GetApiRevisions(), err, s.APIRevisions())
+	}
 	short, cancelShort := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancelShort()
 	if err := s.WaitAPIRevisions(short, &spokev1.ApiRevisions{Nodes: 5}); err == nil {

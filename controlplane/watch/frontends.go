@@ -43,12 +43,10 @@ func (c claim) before(o claim) bool {
 type frontends struct {
 	claims map[frontend]map[string]claim // frontend → service → its claim
 	bySvc  map[string][]frontend
-	// created is each claiming service's creation time.
-	created map[string]time.Time
 }
 
 func newFrontends() *frontends {
-	return &frontends{claims: map[frontend]map[string]claim{}, bySvc: map[string][]frontend{}, created: map[string]time.Time{}}
+	return &frontends{claims: map[frontend]map[string]claim{}, bySvc: map[string][]frontend{}}
 }
 
 // frontendsOf returns the frontends a service's view claims.
@@ -68,6 +66,9 @@ func frontendsOf(s *spokev1.Service) []frontend {
 // and returns the other services that claimed one of them, before or now:
 // which of them wins may have changed.
 func (f *frontends) set(key string, created time.Time, claims []frontend) []string {
+	if len(claims) == 0 && len(f.bySvc[key]) == 0 {
+		return nil // most services: neither external nor load-balancer IPs
+	}
 	others := map[string]bool{}
 	for _, fe := range f.bySvc[key] {
 		c := f.claims[fe]
@@ -80,10 +81,8 @@ func (f *frontends) set(key string, created time.Time, claims []frontend) []stri
 		}
 	}
 	delete(f.bySvc, key)
-	delete(f.created, key)
 	if len(claims) > 0 {
 		f.bySvc[key] = claims
-		f.created[key] = created
 	}
 	for _, fe := range claims {
 		c := f.claims[fe]
@@ -106,9 +105,9 @@ func (f *frontends) set(key string, created time.Time, claims []frontend) []stri
 // older service.
 func (f *frontends) losing(key string) map[string]string {
 	var out map[string]string
-	best := map[string]claim{}
-	mine := claim{created: f.created[key], key: key}
+	var best map[string]claim
 	for _, fe := range f.bySvc[key] {
+		mine := f.claims[fe][key]
 		for o, c := range f.claims[fe] {
 			if o == key || !c.before(mine) {
 				continue
@@ -116,10 +115,10 @@ func (f *frontends) losing(key string) map[string]string {
 			if b, ok := best[fe.addr]; ok && !c.before(b) {
 				continue
 			}
-			best[fe.addr] = c
 			if out == nil {
-				out = map[string]string{}
+				out, best = map[string]string{}, map[string]claim{}
 			}
+			best[fe.addr] = c
 			out[fe.addr] = o
 		}
 	}

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -227,11 +229,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		})
 	}
 	backoff := a.opts.MinBackoff
+	behind := 0
 	for {
 		progressed, err := a.stream(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
+		behind = a.refusedAsAhead(err, behind)
 		if progressed && !errors.Is(err, errProtocol) {
 			backoff = a.opts.MinBackoff
 		}
@@ -244,6 +248,34 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		backoff = min(2*backoff, a.opts.MaxBackoff)
 	}
+}
+
+// forgetRevisionsAfter is how many control-plane replicas in a row may
+// refuse the agent for holding newer API revisions than theirs before the
+// agent stops claiming them. Replicas that lag catch up within their
+// CatchUpTimeout; refusals that go on mean the revisions themselves moved
+// back (an etcd restored or replaced), and without forgetting them the
+// agent would never be served again.
+const forgetRevisionsAfter = 3
+
+// refusedAsAhead counts consecutive refusals of a stream because the agent
+// is ahead of the replica (codes.Aborted) and forgets the agent's API
+// revisions after forgetRevisionsAfter of them; it returns the new count.
+func (a *Agent) refusedAsAhead(err error, behind int) int {
+	if status.Code(err) != codes.Aborted {
+		return 0
+	}
+	behind++
+	if behind < forgetRevisionsAfter {
+		return behind
+	}
+	a.mu.Lock()
+	held := a.revisions
+	a.revisions = nil
+	a.mu.Unlock()
+	a.log.Warn("control-plane replicas keep refusing the API revisions this agent holds; forgetting them (the next response may be older than what the datapath holds)",
+		"revisions", held, "refusals", behind)
+	return 0
 }
 
 func (a *Agent) closeState() {

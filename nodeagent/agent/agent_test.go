@@ -38,14 +38,18 @@ type controlPlane struct {
 	reg    *prometheus.Registry
 }
 
-func startControlPlane(t *testing.T, addr string, st *store.Store) *controlPlane {
+func startControlPlane(t *testing.T, addr string, st *store.Store, with ...func(*server.Options)) *controlPlane {
 	t.Helper()
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cp := &controlPlane{store: st, addr: lis.Addr().String(), reg: prometheus.NewRegistry()}
-	cp.server = server.New(server.Options{Store: st, Registerer: cp.reg})
+	opts := server.Options{Store: st, Registerer: cp.reg}
+	for _, f := range with {
+		f(&opts)
+	}
+	cp.server = server.New(opts)
 	cp.grpc = grpc.NewServer(server.ServerOptions()...)
 	cp.server.Register(cp.grpc)
 	go cp.grpc.Serve(lis)
@@ -401,4 +405,40 @@ func counter(t *testing.T, cp *controlPlane, name string) float64 {
 		}
 	}
 	return 0
+}
+
+// TestAgentForgetsRevisionsNoReplicaReaches: when every replica keeps
+// refusing the agent for holding newer API revisions (an etcd restored to
+// an older revision), the agent stops claiming them after a few refusals
+// and is served again, rather than never.
+func TestAgentForgetsRevisionsNoReplicaReaches(t *testing.T) {
+	statePath := filepath.Join(t.TempDir(), "state.db")
+	publish := func(st *store.Store, slices uint64, s *spokev1.Service) {
+		t.Helper()
+		rev := &spokev1.ApiRevisions{Services: 10, EndpointSlices: slices, Nodes: 10}
+		if _, err := st.Apply(store.Batch{Services: map[string]*model.Views{"default/web": {Default: s}}, APIRevisions: rev}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before, restored := newStore(t), newStore(t)
+	publish(before, 900, svc("web", "10.96.0.10", "10.244.1.6"))
+	publish(restored, 40, svc("web", "10.96.0.10", "10.244.1.7"))
+	cpBefore := startControlPlane(t, "127.0.0.1:0", before)
+	cpRestored := startControlPlane(t, "127.0.0.1:0", restored, func(o *server.Options) { o.CatchUpTimeout = 50 * time.Millisecond })
+
+	dp := memory.New(memory.Options{})
+	a1 := newAgent(t, cpBefore.addr, statePath, dp)
+	stop := run(t, a1)
+	synced(t, cpBefore, a1)
+	stop()
+
+	a2 := newAgent(t, cpRestored.addr, statePath, dp)
+	run(t, a2)
+	synced(t, cpRestored, a2)
+	if v := trace(dp, "10.96.0.10:80"); v.Backend.String() != "10.244.1.7:8080" {
+		t.Errorf("after the refusals the agent programs %v, want the restored cluster's 10.244.1.7:8080", v)
+	}
+	if got := counter(t, cpRestored, "spoke_controlplane_agent_catch_up_waits_total"); got < agent.ForgetRevisionsAfter {
+		t.Errorf("%v refusals before the agent was served, want at least %d", got, agent.ForgetRevisionsAfter)
+	}
 }

@@ -7,7 +7,6 @@ import (
 	"sync"
 
 	"github.com/spoke-proxy/spoke/nodeagent/healthcheck"
-	"github.com/spoke-proxy/spoke/nodeagent/view"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
 
@@ -31,13 +30,10 @@ func (h *healthChecks) applied(applied []*spokev1.Resource, removed []string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, r := range applied {
-		if r.GetName() == spokev1.NodeResourceName {
-			continue
+		// The agent decoded and checked every resource it applied.
+		if s := r.GetService(); s != nil {
+			h.services[r.GetName()] = s
 		}
-		if _, err := view.Service(r); err != nil {
-			continue // the agent applied it, so it decoded there
-		}
-		h.services[r.GetName()] = r.GetService()
 	}
 	for _, name := range removed {
 		delete(h.services, name)

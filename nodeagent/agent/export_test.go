@@ -1,0 +1,4 @@
+package agent
+
+// ForgetRevisionsAfter exposes forgetRevisionsAfter to the external tests.
+const ForgetRevisionsAfter = forgetRevisionsAfter
