@@ -133,12 +133,29 @@ func TestManifestsApplyAndGrantLeastPrivilege(t *testing.T) {
 		{"list", "", "services", true, ""}, {"watch", "", "services", true, ""},
 		{"list", "discovery.k8s.io", "endpointslices", true, ""}, {"watch", "discovery.k8s.io", "endpointslices", true, ""},
 		{"list", "", "nodes", true, ""}, {"get", "", "pods", true, "kube-system"}, {"get", "", "pods", false, ""},
+		{"list", "", "pods", true, "kube-system"}, {"watch", "", "pods", true, "kube-system"}, {"watch", "", "pods", false, ""},
 		{"create", "authentication.k8s.io", "tokenreviews", true, ""}, {"create", "", "events", false, ""},
 		{"create", "authorization.k8s.io", "subjectaccessreviews", true, ""}, {"get", "spoke.io", "nodeviews", false, ""},
 		{"list", "", "secrets", false, ""}, {"get", "", "secrets", false, ""}, {"update", "", "services", false, ""},
 		{"delete", "discovery.k8s.io", "endpointslices", false, ""}, {"list", "", "pods", false, ""},
 		{"create", "", "serviceaccounts/token", false, ""}, {"patch", "", "nodes", false, ""},
 	})
+	// The service-account issuer's keys, which verify agents' tokens
+	// without a TokenReview each.
+	for _, path := range []string{"/.well-known/openid-configuration", "/openid/v1/jwks"} {
+		sar, err := client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
+			Spec: authorizationv1.SubjectAccessReviewSpec{
+				User:                  "system:serviceaccount:kube-system:spoke-controlplane",
+				NonResourceAttributes: &authorizationv1.NonResourceAttributes{Verb: "get", Path: path},
+			},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !sar.Status.Allowed {
+			t.Errorf("the control plane may not get %s", path)
+		}
+	}
 	check("system:serviceaccount:kube-system:spoke-agent", []access{
 		{"list", "", "services", false, ""}, {"list", "discovery.k8s.io", "endpointslices", false, ""},
 		{"get", "", "pods", false, ""}, {"get", "", "pods", false, "kube-system"}, {"list", "", "nodes", false, ""}, {"get", "", "secrets", false, ""},

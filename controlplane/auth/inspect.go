@@ -25,16 +25,16 @@ const (
 var ErrPermissionDenied = server.ErrPermissionDenied
 
 // Inspector implements server.Inspector. An agent's own token, as the
-// TokenReviewer binds it to a node, reads only that node's view; any other
+// Authenticator binds it to a node, reads only that node's view; any other
 // token is reviewed for the API server's audiences and its user is checked
 // with a SubjectAccessReview on nodeviews.spoke.io.
 type Inspector struct {
-	agents *TokenReviewer
+	agents *Authenticator
 }
 
 // NewInspector returns an Inspector that recognizes agents with agents and
 // reviews other tokens with the same client.
-func NewInspector(agents *TokenReviewer) *Inspector {
+func NewInspector(agents *Authenticator) *Inspector {
 	return &Inspector{agents: agents}
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -13,14 +14,18 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	jose "github.com/go-jose/go-jose/v4"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -88,9 +93,10 @@ func writeToken(t *testing.T, token string) string {
 }
 
 // authCluster starts a real API server with two nodes and returns a
-// context for the test, a client and the control plane's TokenReview
-// authenticator for agents of kube-system/spoke-agent.
-func authCluster(t *testing.T) (context.Context, kubernetes.Interface, *auth.TokenReviewer) {
+// context for the test, a client and the control plane's authenticator for
+// agents of kube-system/spoke-agent, which verifies tokens against the API
+// server's issuer keys, with a watched cache of the agents' pods.
+func authCluster(t *testing.T) (context.Context, kubernetes.Interface, *auth.Authenticator) {
 	t.Helper()
 	api := kubeapi.ForTest(t)
 	client, err := kubernetes.NewForConfig(api.RESTConfig())
@@ -104,16 +110,41 @@ func authCluster(t *testing.T) (context.Context, kubernetes.Interface, *auth.Tok
 			t.Fatal(err)
 		}
 	}
-	authn, err := auth.New(auth.Options{Client: client, Audience: audience, ServiceAccounts: []string{"kube-system/spoke-agent"}})
+	return ctx, client, localAuthenticator(ctx, t, client, nil)
+}
+
+// localAuthenticator returns an authenticator that verifies tokens of the
+// API server's issuer locally, with the clock now (time.Now when nil).
+func localAuthenticator(ctx context.Context, t *testing.T, client kubernetes.Interface, now func() time.Time) *auth.Authenticator {
+	t.Helper()
+	accounts := []string{"kube-system/spoke-agent"}
+	keys, err := auth.DiscoverIssuer(ctx, client.Discovery().RESTClient())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return ctx, client, authn
+	pods, err := auth.WatchAgentPods(ctx, client, accounts, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	authn, err := auth.New(auth.Options{Client: client, Audience: audience, ServiceAccounts: accounts, Keys: keys, Pods: pods, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return authn
 }
 
 func TestAgentsAreBoundToTheirPodsNode(t *testing.T) {
-	ctx, client, authn := authCluster(t)
-	var err error
+	ctx, client, local := authCluster(t)
+	reviewer, err := auth.New(auth.Options{Client: client, Audience: audience, ServiceAccounts: []string{"kube-system/spoke-agent"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, authn := range map[string]*auth.Authenticator{"local": local, "tokenreview": reviewer} {
+		t.Run(name, func(t *testing.T) { testAgentBinding(ctx, t, client, authn) })
+	}
+}
+
+func testAgentBinding(ctx context.Context, t *testing.T, client kubernetes.Interface, authn *auth.Authenticator) {
 	cert, pool := selfSigned(t)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -208,4 +239,146 @@ func TestAgentsAreBoundToTheirPodsNode(t *testing.T) {
 			}
 		})
 	}
+}
+
+// countingTransport counts the requests a client makes.
+type countingTransport struct {
+	rt http.RoundTripper
+	n  *atomic.Int64
+}
+
+func (c countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	return c.rt.RoundTrip(r)
+}
+
+// forge signs payload with a key of its own under the header key ID kid.
+func forge(t *testing.T, payload []byte, kid string) string {
+	t.Helper()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: jose.JSONWebKey{Key: key, KeyID: kid}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jws, err := signer.Sign(payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, err := jws.CompactSerialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return token
+}
+
+// TestAgentTokensVerifiedWithoutAPICalls checks tokens of the API server's
+// issuer against its keys: an agent's pod-bound token binds it to its
+// pod's node without a single request to the API server, and every token
+// that must be refused is, without one either (except one read of the keys
+// for a key ID not seen before, and a TokenReview for a token of another
+// issuer).
+func TestAgentTokensVerifiedWithoutAPICalls(t *testing.T) {
+	api := kubeapi.ForTest(t)
+	admin, err := kubernetes.NewForConfig(api.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var requests atomic.Int64
+	cfg := api.RESTConfig()
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return countingTransport{rt: rt, n: &requests} })
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	tokens := map[string]string{}
+	for _, node := range []string{"node-1", "node-2", "node-3"} {
+		tokens[node] = podToken(ctx, t, admin, "kube-system", "spoke-agent", "agent-on-"+node, node, audience)
+	}
+	otherAccount := podToken(ctx, t, admin, "kube-system", "intruder", "intruder-pod", "node-1", audience)
+	wrongAudience := podToken(ctx, t, admin, "kube-system", "spoke-agent", "agent-wrong-aud", "node-1", "kubernetes")
+	deletedPod := podToken(ctx, t, admin, "kube-system", "spoke-agent", "agent-deleted", "node-1", audience)
+	// No kubelet confirms the deletion: remove it at once.
+	if err := admin.CoreV1().Pods("kube-system").Delete(ctx, "agent-deleted", *metav1.NewDeleteOptions(0)); err != nil {
+		t.Fatal(err)
+	}
+	header, payload := tokenParts(t, tokens["node-1"])
+
+	authn := localAuthenticator(ctx, t, client, nil)
+	expiring := localAuthenticator(ctx, t, client, func() time.Time { return time.Now().Add(2 * time.Hour) })
+	withToken := func(token string) context.Context {
+		return metadata.NewIncomingContext(ctx, metadata.Pairs("authorization", "Bearer "+token))
+	}
+	// The informers' lists are done; their watches are open.
+	time.Sleep(time.Second)
+	requests.Store(0)
+
+	for node, token := range tokens {
+		got, err := authn.NodeName(withToken(token))
+		if err != nil || got != node {
+			t.Errorf("token of the agent on %s: node %q, %v", node, got, err)
+		}
+	}
+	if n := requests.Load(); n != 0 {
+		t.Fatalf("binding three agents made %d API requests, want 0", n)
+	}
+
+	for name, c := range map[string]struct {
+		authn *auth.Authenticator
+		token string
+	}{
+		"another account":   {authn, otherAccount},
+		"another audience":  {authn, wrongAudience},
+		"expired":           {expiring, tokens["node-2"]},
+		"forged, known key": {authn, forge(t, payload, header.KeyID)},
+	} {
+		requests.Store(0)
+		if node, err := c.authn.NodeName(withToken(c.token)); !errors.Is(err, auth.ErrUnauthenticated) {
+			t.Errorf("%s: node %q, %v; want unauthenticated", name, node, err)
+		}
+		if n := requests.Load(); n != 0 {
+			t.Errorf("%s: refusing the token made %d API requests, want 0", name, n)
+		}
+	}
+
+	// A key ID the issuer does not publish may be a rotation: the keys are
+	// read again, at most once however many such tokens arrive.
+	requests.Store(0)
+	for range 5 {
+		if _, err := authn.NodeName(withToken(forge(t, payload, "made-up"))); !errors.Is(err, auth.ErrUnauthenticated) {
+			t.Errorf("token signed with an unknown key: %v; want unauthenticated", err)
+		}
+	}
+	if n := requests.Load(); n != 1 {
+		t.Errorf("five tokens with an unknown key made %d API requests, want 1 (one read of the keys)", n)
+	}
+
+	// The pod of a token is gone: refused (the cache no longer holds it,
+	// and the API server says it does not exist).
+	if _, err := authn.NodeName(withToken(deletedPod)); !errors.Is(err, auth.ErrUnauthenticated) {
+		t.Errorf("token of a deleted pod: %v; want unauthenticated", err)
+	}
+	// A token the issuer did not sign goes to a TokenReview.
+	requests.Store(0)
+	if _, err := authn.NodeName(withToken("not-a-token")); !errors.Is(err, auth.ErrUnauthenticated) {
+		t.Errorf("garbage token: %v; want unauthenticated", err)
+	}
+	if n := requests.Load(); n != 1 {
+		t.Errorf("a token of another issuer made %d API requests, want 1 (a TokenReview)", n)
+	}
+}
+
+// tokenParts returns a token's JOSE header and its payload.
+func tokenParts(t *testing.T, token string) (jose.Header, []byte) {
+	t.Helper()
+	jws, err := jose.ParseSigned(token, []jose.SignatureAlgorithm{jose.RS256, jose.ES256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return jws.Signatures[0].Header, jws.UnsafePayloadWithoutVerification()
 }

@@ -75,7 +75,7 @@ func main() {
 	flag.IntVar(&c.apiBurst, "kube-api-burst", 100, "burst of queries to the API server")
 	flag.IntVar(&c.maxResponseMiB, "max-response-mib", 4, "split view responses larger than this")
 	flag.IntVar(&c.maxViewBytes, "max-view-bytes", spokev1.MaxViewBytes, "hold back a service whose encoded view is larger than this (at most the default, which every agent can receive)")
-	flag.StringVar(&c.authMode, "agent-auth", "tokenreview", "how agents are bound to nodes: tokenreview (their pod-bound ServiceAccount token), or none (trust the node name they send; tests only)")
+	flag.StringVar(&c.authMode, "agent-auth", "token", "how agents are bound to nodes: token (their pod-bound ServiceAccount token, verified against the API server's issuer keys and with a TokenReview for other issuers), tokenreview (the same token, always with a TokenReview), or none (trust the node name they send; tests only)")
 	flag.StringVar(&c.audience, "agent-token-audience", "spoke-controlplane", "audience agents' tokens must be issued for")
 	flag.StringVar(&c.agentAccounts, "agent-service-accounts", "kube-system/spoke-agent", "comma-separated namespace/name of the agents' ServiceAccounts")
 	flag.DurationVar(&c.limits.FirstRequestTimeout, "first-request-timeout", 10*time.Second, "end an agent stream whose first request has not arrived in this time")
@@ -131,7 +131,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", c.metricsAddr, err)
 	}
-	authn, inspector, err := c.authentication(client, log)
+	authn, inspector, err := c.authentication(ctx, client, log)
 	if err != nil {
 		return err
 	}
@@ -142,6 +142,9 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	})
 	if err != nil {
 		return err
+	}
+	if authn, ok := authn.(*auth.Authenticator); ok {
+		cp.Registry.MustRegister(authn)
 	}
 	log.Info("control plane serving", "grpc", lis.Addr().String(), "metrics", httpLis.Addr().String())
 	return cp.Run(ctx)
@@ -194,10 +197,26 @@ func (c config) transport(log *slog.Logger) ([]grpc.ServerOption, func(), error)
 
 // authentication returns what binds agents to nodes and what authorizes
 // inspection, as -agent-auth says.
-func (c config) authentication(client kubernetes.Interface, log *slog.Logger) (server.Authenticator, server.Inspector, error) {
+func (c config) authentication(ctx context.Context, client kubernetes.Interface, log *slog.Logger) (server.Authenticator, server.Inspector, error) {
 	switch c.authMode {
-	case "tokenreview":
-		authn, err := auth.New(auth.Options{Client: client, Audience: c.audience, ServiceAccounts: strings.Split(c.agentAccounts, ",")})
+	case "token", "tokenreview":
+		accounts := strings.Split(c.agentAccounts, ",")
+		opts := auth.Options{Client: client, Audience: c.audience, ServiceAccounts: accounts}
+		if c.authMode == "token" {
+			keys, err := auth.DiscoverIssuer(ctx, client.Discovery().RESTClient())
+			if err != nil {
+				log.Warn("verifying every agent token with a TokenReview: the API server's issuer keys are not readable", "err", err)
+			} else {
+				opts.Keys = keys
+				log.Info("verifying agent tokens against the API server's issuer keys", "issuer", keys.Issuer)
+			}
+			pods, err := auth.WatchAgentPods(ctx, client, accounts, time.Minute)
+			if err != nil {
+				return nil, nil, err
+			}
+			opts.Pods = pods
+		}
+		authn, err := auth.New(opts)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -207,6 +226,6 @@ func (c config) authentication(client kubernetes.Interface, log *slog.Logger) (s
 		log.Warn("inspection is not authorized: anyone who reaches the gRPC port may list nodes and read their views")
 		return server.ClaimedNode{}, nil, nil
 	default:
-		return nil, nil, fmt.Errorf("-agent-auth %q: want tokenreview or none", c.authMode)
+		return nil, nil, fmt.Errorf("-agent-auth %q: want token, tokenreview or none", c.authMode)
 	}
 }
