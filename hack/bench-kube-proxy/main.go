@@ -265,7 +265,7 @@ func (b *bench) startControlPlane() error {
 	}
 	b.cpGRPC, b.cpMetrics = fmt.Sprintf("127.0.0.1:%d", ports[0]), fmt.Sprintf("127.0.0.1:%d", ports[1])
 	p, err := b.startCmd(cp.proxyCgroup(), "spoke-controlplane", execCmd(filepath.Join(b.bin, "spoke-controlplane"),
-		"-kubeconfig", kubeconfig, "-grpc-address", b.cpGRPC, "-metrics-address", b.cpMetrics, "-agent-auth", "none"))
+		"-kubeconfig", kubeconfig, "-grpc-address", b.cpGRPC, "-metrics-address", b.cpMetrics, "-agent-auth", "none", "-insecure"))
 	if err != nil {
 		return err
 	}

@@ -73,7 +73,7 @@ func (b *bench) pinPath(n *node) string { return filepath.Join(b.bpffs, n.name) 
 
 func (b *bench) agentArgs(n *node, cp string) []string {
 	return append([]string{
-		"-node-name", n.name, "-controlplane", cp, "-token-file", "", "-state-file", "",
+		"-node-name", n.name, "-controlplane", cp, "-insecure", "-token-file", "", "-state-file", "",
 		"-inspect-address", "127.0.0.1:18001", "-healthz-address", "127.0.0.1:10256", "-metrics-address", metricsAddr,
 	}, b.agentDatapathFlags(n)...)
 }
