@@ -34,6 +34,12 @@ type apiSource interface {
 	// SentBytes returns the bytes the API has sent to its clients, when it
 	// knows.
 	SentBytes() (uint64, bool)
+	// Requests returns how many requests the API has received, when it
+	// knows.
+	Requests() (uint64, bool)
+	// AgentTokens creates an agent pod on each node and returns a token
+	// bound to each, for the control plane's audience.
+	AgentTokens(ctx context.Context, nodes []string) ([]string, error)
 	Stop()
 }
 
@@ -73,6 +79,8 @@ func (a *syntheticAPI) Update(_ context.Context, es *discoveryv1.EndpointSlice) 
 func (a *syntheticAPI) RESTConfig() *rest.Config { return a.s.RESTConfig() }
 
 func (a *syntheticAPI) SentBytes() (uint64, bool) { return a.s.SentBytes(), true }
+
+func (a *syntheticAPI) Requests() (uint64, bool) { return a.s.Requests(), true }
 
 func (a *syntheticAPI) Stop() { a.s.Stop() }
 
@@ -178,6 +186,8 @@ func (a *kubeAPI) Update(ctx context.Context, es *discoveryv1.EndpointSlice) (*d
 func (a *kubeAPI) RESTConfig() *rest.Config { return rest.CopyConfig(a.config) }
 
 func (a *kubeAPI) SentBytes() (uint64, bool) { return 0, false }
+
+func (a *kubeAPI) Requests() (uint64, bool) { return 0, false }
 
 func (a *kubeAPI) Stop() {
 	if a.server != nil {

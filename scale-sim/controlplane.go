@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -17,10 +18,13 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/spoke-proxy/spoke/controlplane/app"
+	"github.com/spoke-proxy/spoke/controlplane/auth"
 	"github.com/spoke-proxy/spoke/controlplane/model"
 	"github.com/spoke-proxy/spoke/controlplane/server"
 	"github.com/spoke-proxy/spoke/scale-sim/cluster"
@@ -59,6 +63,9 @@ type cpSettings struct {
 	dir                          string
 	bin                          string
 	log                          *slog.Logger
+	// id authenticates agents (TLS and their tokens); nil serves
+	// plaintext and trusts the node names agents send.
+	id *identity
 }
 
 // processCP runs the spoke-controlplane binary as a child process.
@@ -94,15 +101,21 @@ func (p *processCP) start() error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(p.s.bin,
+	args := []string{
 		"-kubeconfig", p.s.kubeconfig, "-grpc-address", p.grpcAddr, "-metrics-address", p.metricsAddr,
 		"-debounce-window", p.s.window.String(), "-debounce-max-delay", p.s.maxDelay.String(),
 		"-ack-timeout", p.s.ackTimeout.String(), "-proxy-name", cluster.ProxyName,
-		"-kube-api-qps", "1000", "-kube-api-burst", "2000", "-log-level", "warn",
-		// The fake nodes have no pods and no ServiceAccount tokens.
-		"-agent-auth", "none", "-insecure", "-profiling",
+		"-kube-api-qps", "1000", "-kube-api-burst", "2000", "-log-level", "warn", "-profiling",
 		// Every simulated agent connects from one address, all at once.
-		"-max-pending-streams-per-peer=-1", "-max-pending-streams=-1", "-new-streams-per-second=-1")
+		"-max-pending-streams-per-peer=-1", "-max-pending-streams=-1", "-new-streams-per-second=-1",
+	}
+	if p.s.id != nil {
+		args = append(args, "-tls-cert-file", p.s.id.certFile, "-tls-key-file", p.s.id.keyFile,
+			"-agent-auth", "token", "-agent-token-audience", agentAudience, "-agent-service-accounts", agentNamespace+"/"+agentAccount)
+	} else {
+		args = append(args, "-agent-auth", "none", "-insecure")
+	}
+	cmd := exec.Command(p.s.bin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -187,21 +200,58 @@ func (p *inprocCP) start() error {
 		lis.Close()
 		return fmt.Errorf("creating API client: %w", err)
 	}
-	cp, err := app.New(app.Options{
+	opts := app.Options{
 		Client: client, GRPCListener: lis, Model: model.Options{ProxyName: cluster.ProxyName},
 		Window: p.s.window, MaxDelay: p.s.maxDelay, AckTimeout: p.s.ackTimeout,
 		// Every simulated agent connects from one address, all at once.
 		Limits: server.Limits{MaxPendingPerPeer: -1, MaxPending: -1, NewStreamsPerSecond: -1},
 		Logger: p.s.log.With("component", "controlplane"),
-	})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var authn *auth.Authenticator
+	if p.s.id != nil {
+		// As spoke-controlplane -agent-auth=token does.
+		if authn, err = inprocAuthenticator(ctx, client); err != nil {
+			cancel()
+			lis.Close()
+			return err
+		}
+		cert, err := tls.LoadX509KeyPair(p.s.id.certFile, p.s.id.keyFile)
+		if err != nil {
+			cancel()
+			lis.Close()
+			return err
+		}
+		opts.Authenticator = authn
+		opts.GRPCOptions = []grpc.ServerOption{grpc.Creds(credentials.NewServerTLSFromCert(&cert))}
+	}
+	cp, err := app.New(opts)
 	if err != nil {
+		cancel()
 		lis.Close()
 		return err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	if authn != nil {
+		cp.Registry.MustRegister(authn)
+	}
 	p.cp, p.cancel, p.done = cp, cancel, make(chan error, 1)
 	go func() { p.done <- cp.Run(ctx) }()
 	return nil
+}
+
+// inprocAuthenticator verifies agents' tokens against the API's issuer
+// keys, with a watch of the agents' pods.
+func inprocAuthenticator(ctx context.Context, client kubernetes.Interface) (*auth.Authenticator, error) {
+	keys, err := auth.DiscoverIssuer(ctx, client.Discovery().RESTClient())
+	if err != nil {
+		return nil, err
+	}
+	accounts := []string{agentNamespace + "/" + agentAccount}
+	pods, err := auth.WatchAgentPods(ctx, client, accounts, time.Minute)
+	if err != nil {
+		return nil, err
+	}
+	return auth.New(auth.Options{Client: client, Audience: agentAudience, ServiceAccounts: accounts, Keys: keys, Pods: pods})
 }
 
 func (p *inprocCP) Address() string { return p.addr }

@@ -34,6 +34,7 @@ type config struct {
 	plot                              string
 	window, maxDelay, ackTimeout      time.Duration
 	bbolt                             bool
+	auth                              bool
 	fraction                          float64
 	slowRate                          int64
 	startRate                         float64
@@ -70,6 +71,7 @@ func main() {
 	flag.DurationVar(&c.window, "debounce-window", 50*time.Millisecond, "the control plane's debounce window")
 	flag.DurationVar(&c.maxDelay, "debounce-max-delay", 250*time.Millisecond, "the control plane's debounce maximum delay")
 	flag.DurationVar(&c.ackTimeout, "ack-timeout", time.Minute, "the control plane's acknowledgement timeout")
+	flag.BoolVar(&c.auth, "auth", true, "agents connect over TLS with tokens bound to agent pods, which the control plane verifies against the API's issuer keys (-agent-auth=token); false: plaintext, node names trusted")
 	flag.BoolVar(&c.bbolt, "bbolt", false, "give every agent a bbolt state file (always on for agent-restart)")
 	flag.Float64Var(&c.fraction, "fraction", 0.1, "fraction of agents restarted (agent-restart) or slow (slow-agents)")
 	flag.Int64Var(&c.slowRate, "slow-rate", 2048, "bytes per second a slow agent reads")
@@ -108,6 +110,8 @@ func (c *config) validate() error {
 		return errors.New("--fraction must be within [0, 1]")
 	case c.churn < 0:
 		return errors.New("--churn must not be negative")
+	case c.auth && c.controlplane != "process" && c.controlplane != "inproc":
+		return errors.New("--auth needs a control plane the simulator starts: --auth=false for a running one")
 	}
 	return nil
 }

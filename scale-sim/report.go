@@ -15,7 +15,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/spoke-proxy/spoke/datapath"
 	"github.com/spoke-proxy/spoke/nodeagent/view"
@@ -148,7 +150,11 @@ func (s *sim) phases() int {
 // (content hashes) of every resource, and each programmed service with the
 // decoded view.
 func (s *sim) checkConverged(ctx context.Context) (checked, mismatched int, examples []string, err error) {
-	conn, err := grpc.NewClient(s.cp.Address(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+	creds := insecure.NewCredentials()
+	if s.id != nil {
+		creds = credentials.NewTLS(s.id.tls)
+	}
+	conn, err := grpc.NewClient(s.cp.Address(), grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)))
 	if err != nil {
 		return 0, 0, nil, err
@@ -188,6 +194,10 @@ func (s *sim) compareNode(ctx context.Context, client spokev1.ControlPlaneInspec
 	name := s.cluster.Nodes[i].Name
 	cctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+	if s.id != nil {
+		// An agent's token reads its own node's view.
+		cctx = metadata.AppendToOutgoingContext(cctx, "authorization", "Bearer "+s.id.tokens[i])
+	}
 	v, err := client.GetNodeView(cctx, &spokev1.GetNodeViewRequest{NodeName: name})
 	if err != nil {
 		return fmt.Sprintf("control plane view: %v", err)

@@ -27,6 +27,8 @@ type sim struct {
 	cp      controlPlane
 	fleet   *fleet.Fleet
 	tracker *tracker.Tracker
+	// id authenticates the agents; nil with --auth=false.
+	id *identity
 	// spokeProxy counts what the API server sends the control plane
 	// (apiserver-load only).
 	spokeProxy *countingProxy
@@ -81,8 +83,20 @@ func setup(ctx context.Context, c config, log *slog.Logger) (*sim, error) {
 	if err := writeKubeconfig(kubeconfig, restCfg, host); err != nil {
 		return s, err
 	}
+	names := make([]string, len(s.cluster.Nodes))
+	for i, n := range s.cluster.Nodes {
+		names[i] = n.Name
+	}
+	var id *identity
+	if c.auth {
+		s.progressf("issuing a serving certificate and %d agent tokens bound to agent pods", len(names))
+		if id, err = newIdentity(ctx, s.api, c.workDir, names); err != nil {
+			return s, err
+		}
+		s.id = id
+	}
 	settings := cpSettings{window: c.window, maxDelay: c.maxDelay, ackTimeout: c.ackTimeout,
-		kubeconfig: kubeconfig, restConfig: restCfg, dir: c.workDir, bin: c.controlplaneBin, log: log}
+		kubeconfig: kubeconfig, restConfig: restCfg, dir: c.workDir, bin: c.controlplaneBin, log: log, id: id}
 	var cp controlPlane
 	switch c.controlplane {
 	case "process":
@@ -102,10 +116,6 @@ func setup(ctx context.Context, c config, log *slog.Logger) (*sim, error) {
 		return s, err
 	}
 
-	names := make([]string, len(s.cluster.Nodes))
-	for i, n := range s.cluster.Nodes {
-		names[i] = n.Name
-	}
 	stateDir := ""
 	if c.bbolt || c.scenario == "agent-restart" {
 		stateDir = filepath.Join(c.workDir, "state")
@@ -113,10 +123,14 @@ func setup(ctx context.Context, c config, log *slog.Logger) (*sim, error) {
 			return s, err
 		}
 	}
-	s.fleet = fleet.New(fleet.Options{
+	fo := fleet.Options{
 		Names: names, Address: s.cp.Address(), StateDir: stateDir,
 		OnApplied: s.tracker.Applied, Logger: log,
-	})
+	}
+	if id != nil {
+		fo.TLS, fo.Tokens = id.tls, id.tokens
+	}
+	s.fleet = fleet.New(fo)
 	if err := s.startAgents(ctx); err != nil {
 		return s, err
 	}

@@ -22,7 +22,7 @@ func TestScenariosConverge(t *testing.T) {
 		api      string
 	}{
 		{"churn", []string{"propagation_ms", "bytes_per_node_per_change"}, ""},
-		{"controlplane-restart", []string{"reconnect_all_ms", "resources_resent"}, ""},
+		{"controlplane-restart", []string{"reconnect_all_ms", "resources_resent", "agent_tokens_verified_locally", "api_requests_during_restart"}, ""},
 		{"agent-restart", []string{"restart_ready_ms", "resources_resent_to_restarted"}, ""},
 		{"slow-agents", []string{"healthy_p99_ms_with_slow", "healthy_p99_ms_without_slow"}, ""},
 		{"apiserver-load", []string{"apiserver_bytes_spoke", "apiserver_bytes_per_node_watch", "apiserver_bytes_ratio"}, "kube-apiserver"},
@@ -38,7 +38,7 @@ func TestScenariosConverge(t *testing.T) {
 				nodes: 30, zones: 3, services: 20, endpoints: 4, localFraction: 0.2, hintedFraction: 0.5,
 				churn: 40, duration: 2 * time.Second, controlplane: "process", api: api, scenario: c.scenario,
 				window: 20 * time.Millisecond, maxDelay: 100 * time.Millisecond, ackTimeout: time.Minute,
-				fraction: 0.2, slowRate: 4096, startRate: 1000, syncTimeout: time.Minute, seed: 1,
+				fraction: 0.2, slowRate: 4096, startRate: 1000, syncTimeout: time.Minute, seed: 1, auth: true,
 				out: io.Discard, progress: io.Discard, progressEvery: time.Second,
 			}
 			rep, err := run(ctx, cfg)
@@ -56,6 +56,17 @@ func TestScenariosConverge(t *testing.T) {
 				if _, ok := f[k]; !ok {
 					t.Errorf("figure %s missing", k)
 				}
+			}
+			// Agents reconnecting to a restarted control plane are bound
+			// to their nodes without an API call each.
+			if n, ok := f["agent_tokens_verified_locally"].(float64); ok && n < float64(cfg.nodes) {
+				t.Errorf("%v agent tokens verified locally after the restart, want %d", n, cfg.nodes)
+			}
+			if n, ok := f["agent_tokens_reviewed"].(float64); ok && n != 0 {
+				t.Errorf("%v agent tokens went to a TokenReview, want 0", n)
+			}
+			if n, ok := f["api_requests_during_restart"].(uint64); ok && n >= uint64(cfg.nodes) {
+				t.Errorf("%d API requests while %d agents reconnected: not independent of the agents", n, cfg.nodes)
 			}
 			if r, ok := f["apiserver_bytes_ratio"].(float64); ok && r <= 1 {
 				t.Errorf("per-node watches cost the API server %.1f× what Spoke's one watch does", r)

@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/spoke-proxy/spoke/datapath/memory"
@@ -30,7 +32,12 @@ type Options struct {
 	// OnApplied is called from each node's agent after it applied a
 	// response.
 	OnApplied func(node int, at time.Time, applied []*spokev1.Resource, removed []string)
-	Logger    *slog.Logger
+	// TLS secures the connections; plaintext when nil.
+	TLS *tls.Config
+	// Tokens are the nodes' agent tokens, by index, sent as bearer tokens
+	// (over TLS only); none are sent when nil.
+	Tokens []string
+	Logger *slog.Logger
 }
 
 // Fleet is the simulated nodes: each runs the real agent, with its own
@@ -175,8 +182,12 @@ func (f *Fleet) State(ctx context.Context, i int) (*spokev1.GetStateResponse, *m
 }
 
 func (f *Fleet) dialOptions(n *Node) []grpc.DialOption {
+	creds := insecure.NewCredentials()
+	if f.opts.TLS != nil {
+		creds = credentials.NewTLS(f.opts.TLS)
+	}
 	opts := append(agent.DialOptions(),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(f.codec)),
 		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 			c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
@@ -186,8 +197,20 @@ func (f *Fleet) dialOptions(n *Node) []grpc.DialOption {
 			return &countingConn{Conn: c, fleet: f, node: n}, nil
 		}),
 	)
+	if f.opts.Tokens != nil {
+		opts = append(opts, grpc.WithPerRPCCredentials(bearer(f.opts.Tokens[n.Index])))
+	}
 	return opts
 }
+
+// bearer sends an agent's token, as the agent's TokenFile does.
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (bearer) RequireTransportSecurity() bool { return true }
 
 // countingConn counts what a node reads, and reads slowly when the node is
 // set slow.

@@ -9,8 +9,13 @@
 // lets the simulator know to the microsecond when each change was handed
 // to the control plane's watch.
 //
-// Caveats: no authentication, no TLS, no selectors (a request with one is
-// refused), no pagination (a list returns everything), no writes through
+// It also serves the agents' pods (in kube-system, with the one field
+// selector spec.serviceAccountName) and, once told, a service-account
+// issuer's discovery document and keys, so that a control plane that
+// authenticates agents finds what it would find in a real API server.
+//
+// Caveats: no authentication, no TLS, no selectors but that one (a request
+// with another is refused), no pagination (a list returns everything), no writes through
 // HTTP, and no defaulting or validation: the simulator must hand it objects
 // as an API server would store them. A watch that falls more than 16,384
 // events behind is closed, and one that resumes from a version older than

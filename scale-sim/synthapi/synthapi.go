@@ -9,8 +9,12 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -29,8 +33,14 @@ const (
 	Nodes Kind = iota
 	Services
 	EndpointSlices
+	// Pods are the agents' pods, in AgentNamespace, which a control plane
+	// that authenticates agents watches.
+	Pods
 	numKinds
 )
+
+// AgentNamespace is the only namespace whose pods the server serves.
+const AgentNamespace = "kube-system"
 
 var kinds = [numKinds]struct {
 	path, apiVersion, kind string
@@ -38,7 +48,11 @@ var kinds = [numKinds]struct {
 	Nodes:          {"/api/v1/nodes", "v1", "Node"},
 	Services:       {"/api/v1/services", "v1", "Service"},
 	EndpointSlices: {"/apis/discovery.k8s.io/v1/endpointslices", "discovery.k8s.io/v1", "EndpointSlice"},
+	Pods:           {"/api/v1/namespaces/" + AgentNamespace + "/pods", "v1", "Pod"},
 }
+
+// podAccountField is the one field selector served, on pods.
+const podAccountField = "spec.serviceAccountName"
 
 // history is how many events per kind a watch can resume from.
 const history = 1 << 16
@@ -56,6 +70,9 @@ type Server struct {
 	mu   sync.Mutex
 	data [numKinds]*store
 	sent [numKinds]uint64 // bytes written to clients, by kind
+	mux  *http.ServeMux
+
+	requests atomic.Uint64
 }
 
 type store struct {
@@ -67,18 +84,21 @@ type store struct {
 }
 
 type object struct {
-	rv   uint64
-	json []byte
+	rv    uint64
+	json  []byte
+	field string // a pod's ServiceAccount, which a field selector matches
 }
 
 type event struct {
-	rv   uint64
-	line []byte // {"type":...,"object":...}\n
+	rv    uint64
+	line  []byte // {"type":...,"object":...}\n
+	field string
 }
 
 type watcher struct {
 	ch     chan []byte
 	closed bool
+	field  string // only events of this field value; every event when ""
 }
 
 // Start serves on a free port of 127.0.0.1 until Stop.
@@ -91,11 +111,15 @@ func Start() (*Server, error) {
 	for k := range s.data {
 		s.data[k] = &store{objects: map[string]*object{}, watchers: map[*watcher]struct{}{}}
 	}
-	mux := http.NewServeMux()
+	s.mux = http.NewServeMux()
 	for k := range numKinds {
-		mux.HandleFunc(kinds[k].path, func(w http.ResponseWriter, r *http.Request) { s.serve(k, w, r) })
+		s.mux.HandleFunc(kinds[k].path, func(w http.ResponseWriter, r *http.Request) { s.serve(k, w, r) })
 	}
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	count := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.requests.Add(1)
+		s.mux.ServeHTTP(w, r)
+	})
+	s.srv = &http.Server{Handler: count, ReadHeaderTimeout: 10 * time.Second}
 	go s.srv.Serve(lis)
 	return s, nil
 }
@@ -133,6 +157,36 @@ func (s *Server) Stop() {
 	}
 }
 
+// ServeIssuer publishes a service-account issuer's discovery document and
+// public keys where kube-apiserver does, so that a control plane verifies
+// tokens the simulator signs as it would a real API server's. Call it before
+// the first request.
+func (s *Server) ServeIssuer(issuer string, keys jose.JSONWebKeySet) error {
+	doc, err := json.Marshal(map[string]any{
+		"issuer": issuer, "jwks_uri": issuer + "/openid/v1/jwks",
+		"response_types_supported": []string{"id_token"}, "subject_types_supported": []string{"public"},
+		"id_token_signing_alg_values_supported": []string{"RS256"},
+	})
+	if err != nil {
+		return err
+	}
+	jwks, err := json.Marshal(keys)
+	if err != nil {
+		return err
+	}
+	for path, body := range map[string][]byte{"/.well-known/openid-configuration": doc, "/openid/v1/jwks": jwks} {
+		s.mux.HandleFunc(path, func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.Write(body)
+		})
+	}
+	return nil
+}
+
+// Requests returns how many HTTP requests the server has received, lists,
+// watches and the issuer's documents alike.
+func (s *Server) Requests() uint64 { return s.requests.Load() }
+
 // SentBytes returns the bytes of list and watch bodies written so far.
 func (s *Server) SentBytes() uint64 {
 	s.mu.Lock()
@@ -168,8 +222,9 @@ func (s *Server) Set(obj metav1.Object) error {
 	if err != nil {
 		return fmt.Errorf("encoding %s: %w", key, err)
 	}
-	st.objects[key] = &object{rv: s.rv, json: b}
-	s.publish(st, event{rv: s.rv, line: eventLine(typ, b)})
+	field := fieldOf(obj)
+	st.objects[key] = &object{rv: s.rv, json: b, field: field}
+	s.publish(st, event{rv: s.rv, line: eventLine(typ, b), field: field})
 	return nil
 }
 
@@ -189,7 +244,7 @@ func (s *Server) Delete(obj metav1.Object) error {
 	}
 	delete(st.objects, key)
 	s.rv++
-	s.publish(st, event{rv: s.rv, line: eventLine("DELETED", old.json)})
+	s.publish(st, event{rv: s.rv, line: eventLine("DELETED", old.json), field: old.field})
 	return nil
 }
 
@@ -204,8 +259,23 @@ func kindOf(obj metav1.Object) (Kind, error) {
 	case *discoveryv1.EndpointSlice:
 		o.APIVersion, o.Kind = "discovery.k8s.io/v1", "EndpointSlice"
 		return EndpointSlices, nil
+	case *corev1.Pod:
+		if o.Namespace != AgentNamespace {
+			return 0, fmt.Errorf("synthetic API: pods are served in %s only", AgentNamespace)
+		}
+		o.APIVersion, o.Kind = "v1", "Pod"
+		return Pods, nil
 	}
 	return 0, fmt.Errorf("synthetic API: %T is not served", obj)
+}
+
+// fieldOf returns the value of the field selector an object can be
+// selected by: a pod's ServiceAccount.
+func fieldOf(obj metav1.Object) string {
+	if pod, ok := obj.(*corev1.Pod); ok {
+		return pod.Spec.ServiceAccountName
+	}
+	return ""
 }
 
 func eventLine(typ string, obj []byte) []byte {
@@ -227,6 +297,9 @@ func (s *Server) publish(st *store, e event) {
 		st.events = append(st.events[:0:0], keep...)
 	}
 	for w := range st.watchers {
+		if w.field != "" && w.field != e.field {
+			continue
+		}
 		select {
 		case w.ch <- e.line:
 		default:
@@ -249,23 +322,31 @@ func (s *Server) serve(k Kind, w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, http.StatusMethodNotAllowed, "MethodNotAllowed", "the synthetic API serves list and watch only")
 		return
 	}
-	if q.Get("labelSelector") != "" || q.Get("fieldSelector") != "" {
-		writeStatus(w, http.StatusBadRequest, "BadRequest", "the synthetic API serves no selectors")
+	field, ok := "", true
+	if sel := q.Get("fieldSelector"); sel != "" {
+		field, ok = strings.CutPrefix(sel, podAccountField+"=")
+		ok = ok && k == Pods && field != ""
+	}
+	if q.Get("labelSelector") != "" || !ok {
+		writeStatus(w, http.StatusBadRequest, "BadRequest", "the synthetic API serves no selectors but "+podAccountField+" on pods")
 		return
 	}
 	if q.Get("watch") == "true" || q.Get("watch") == "1" {
-		s.watch(k, w, r)
+		s.watch(k, field, w, r)
 		return
 	}
-	s.list(k, w)
+	s.list(k, field, w)
 }
 
-func (s *Server) list(k Kind, w http.ResponseWriter) {
+func (s *Server) list(k Kind, field string, w http.ResponseWriter) {
 	var buf bytes.Buffer
 	s.mu.Lock()
 	fmt.Fprintf(&buf, `{"apiVersion":%q,"kind":"%sList","metadata":{"resourceVersion":"%d"},"items":[`, kinds[k].apiVersion, kinds[k].kind, s.rv)
 	first := true
 	for _, o := range s.data[k].objects {
+		if field != "" && o.field != field {
+			continue
+		}
 		if !first {
 			buf.WriteByte(',')
 		}
@@ -285,7 +366,7 @@ func (s *Server) count(k Kind, n int) {
 	s.mu.Unlock()
 }
 
-func (s *Server) watch(k Kind, w http.ResponseWriter, r *http.Request) {
+func (s *Server) watch(k Kind, field string, w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	ctx := r.Context()
 	if t, err := strconv.Atoi(q.Get("timeoutSeconds")); err == nil && t > 0 {
@@ -305,14 +386,16 @@ func (s *Server) watch(k Kind, w http.ResponseWriter, r *http.Request) {
 		from = v
 	}
 
-	wt := &watcher{ch: make(chan []byte, watcherBuffer)}
+	wt := &watcher{ch: make(chan []byte, watcherBuffer), field: field}
 	var backlog [][]byte
 	s.mu.Lock()
 	st := s.data[k]
 	switch {
 	case initial || from == 0:
 		for _, o := range st.objects {
-			backlog = append(backlog, eventLine("ADDED", o.json))
+			if field == "" || o.field == field {
+				backlog = append(backlog, eventLine("ADDED", o.json))
+			}
 		}
 		if initial {
 			backlog = append(backlog, eventLine("BOOKMARK", []byte(fmt.Sprintf(
@@ -327,7 +410,7 @@ func (s *Server) watch(k Kind, w http.ResponseWriter, r *http.Request) {
 		return
 	default:
 		for _, e := range st.events {
-			if e.rv > from {
+			if e.rv > from && (field == "" || e.field == field) {
 				backlog = append(backlog, e.line)
 			}
 		}
