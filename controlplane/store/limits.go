@@ -35,7 +35,10 @@ type limits struct {
 	rejected map[string]Rejection
 	total    *prometheus.CounterVec
 	current  prometheus.Gauge
-	log      *slog.Logger
+	// bytes names each held-back service with its view's size: a series
+	// per service held back, removed when it is sent again or deleted.
+	bytes *prometheus.GaugeVec
+	log   *slog.Logger
 }
 
 func newLimits(opts Options) limits {
@@ -50,6 +53,10 @@ func newLimits(opts Options) limits {
 			Namespace: "spoke", Subsystem: "controlplane", Name: "rejected_services",
 			Help: "Services currently held back from agents.",
 		}),
+		bytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "spoke", Subsystem: "controlplane", Name: "held_back_view_bytes",
+			Help: "Size of the largest view of each service held back from agents for exceeding the per-view limit.",
+		}, []string{"service"}),
 		log: opts.Logger,
 	}
 	if l.maxView <= 0 || l.maxView > spokev1.MaxViewBytes {
@@ -59,7 +66,7 @@ func newLimits(opts Options) limits {
 		l.log = slog.New(slog.DiscardHandler)
 	}
 	if opts.Registerer != nil {
-		opts.Registerer.MustRegister(l.total, l.current)
+		opts.Registerer.MustRegister(l.total, l.current, l.bytes)
 	}
 	return l
 }
@@ -78,6 +85,7 @@ func (l *limits) admit(name string, size int) bool {
 	l.rejected[name] = r
 	l.total.WithLabelValues("too_large").Inc()
 	l.current.Set(float64(len(l.rejected)))
+	l.bytes.WithLabelValues(name).Set(float64(size))
 	l.log.Error("service view too large; not sent to agents, which keep their previous version",
 		"service", name, "bytes", size, "limit", l.maxView)
 	return false
@@ -90,6 +98,7 @@ func (l *limits) accept(name string) {
 	}
 	delete(l.rejected, name)
 	l.current.Set(float64(len(l.rejected)))
+	l.bytes.DeleteLabelValues(name)
 	l.log.Info("service view back within the limit; sending it again", "service", name)
 }
 

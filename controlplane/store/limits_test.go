@@ -53,6 +53,9 @@ func TestOversizedViewsAreHeldBack(t *testing.T) {
 	if got := rejectedTotal(); got != 1 {
 		t.Errorf("views_rejected_total = %v, want 1", got)
 	}
+	if got := testutil.ToFloat64(s.limits.bytes.WithLabelValues("ns/big")); got <= limit {
+		t.Errorf(`held_back_view_bytes{service="ns/big"} = %v, want its size above %d`, got, limit)
+	}
 	// The same oversized content again is not counted again.
 	apply(t, s, Batch{Services: map[string]*model.Views{"ns/big": {Default: wide("big", 200)}}})
 	if got := rejectedTotal(); got != 1 {
@@ -92,6 +95,9 @@ func TestOversizedViewsAreHeldBack(t *testing.T) {
 	}
 	if n, err := testutil.GatherAndCount(reg, "spoke_controlplane_views_rejected_total"); err != nil || n != 1 {
 		t.Errorf("registered spoke_controlplane_views_rejected_total series: %d, %v", n, err)
+	}
+	if n, err := testutil.GatherAndCount(reg, "spoke_controlplane_held_back_view_bytes"); err != nil || n != 0 {
+		t.Errorf("held_back_view_bytes series once nothing is held back: %d, %v; want 0", n, err)
 	}
 }
 
