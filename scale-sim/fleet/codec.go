@@ -64,7 +64,7 @@ func (c *internCodec) Unmarshal(data mem.BufferSlice, v any) error {
 			return fmt.Errorf("decoding a view response: %w", protowire.ParseError(n))
 		}
 		b = b[n:]
-		if typ != protowire.BytesType || num < 1 || num > 3 {
+		if typ != protowire.BytesType || num < 1 || num > 4 {
 			// Not what this codec knows: decode it the standard way.
 			resp.Reset()
 			return proto.Unmarshal(whole, resp)
@@ -85,6 +85,11 @@ func (c *internCodec) Unmarshal(data mem.BufferSlice, v any) error {
 			resp.Resources = append(resp.Resources, r)
 		case 3:
 			resp.RemovedResources = append(resp.RemovedResources, string(field))
+		case 4:
+			resp.ApiRevisions = &spokev1.ApiRevisions{}
+			if err := proto.Unmarshal(field, resp.ApiRevisions); err != nil {
+				return fmt.Errorf("decoding a view response's API revisions: %w", err)
+			}
 		}
 	}
 	return nil
