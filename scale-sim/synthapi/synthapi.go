@@ -115,6 +115,8 @@ func Start() (*Server, error) {
 	for k := range numKinds {
 		s.mux.HandleFunc(kinds[k].path, func(w http.ResponseWriter, r *http.Request) { s.serve(k, w, r) })
 	}
+	// The control plane probes the API server's readiness.
+	s.mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok")) })
 	count := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.requests.Add(1)
 		s.mux.ServeHTTP(w, r)
