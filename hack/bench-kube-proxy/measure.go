@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
 )
 
 // programRun is one cold start of a proxy.
@@ -166,25 +168,43 @@ func (b *bench) programRound(ctx context.Context, res *results, kind string, ser
 	return nil
 }
 
-// ownSync reads the proxy's own programming figure; it fails when the
-// metrics cannot be read or hold no sync yet.
+// ownSync reads the proxy's own programming figure. Both kube-proxy and the
+// agent record a sync once it has returned, which may be a moment after
+// the rules already carry traffic: the metrics are read again for up to
+// ownSyncWait until the first sync is recorded. It fails when the metrics
+// cannot be read or hold no sync by then.
 func (b *bench) ownSync(ctx context.Context, r *running) (time.Duration, error) {
-	fams, err := r.scrape(ctx)
-	if err != nil {
-		return 0, err
-	}
+	return awaitOwnSync(ctx, r.kind, r.scrape, ownSyncWait)
+}
+
+// ownSyncWait bounds how long after traffic flows a sync may be recorded.
+const ownSyncWait = 20 * time.Second
+
+func awaitOwnSync(ctx context.Context, kind string, scrape func(context.Context) (map[string]*dto.MetricFamily, error), wait time.Duration) (time.Duration, error) {
 	name := "kubeproxy_sync_full_proxy_rules_duration_seconds"
-	if r.kind == spoke {
+	if kind == spoke {
 		name = "kubeproxy_sync_proxy_rules_duration_seconds"
 	}
-	h := histogramOf(fams, name)
-	if h.count == 0 {
-		return 0, fmt.Errorf("%s has no observation", name)
+	deadline := time.Now().Add(wait)
+	for {
+		fams, err := scrape(ctx)
+		if err == nil {
+			if h := histogramOf(fams, name); h.count > 0 {
+				if kind == spoke {
+					return seconds(h.sum), nil
+				}
+				return seconds(h.sum / h.count), nil
+			}
+			err = fmt.Errorf("%s has no observation after %s", name, wait)
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return 0, err
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
-	if r.kind == spoke {
-		return seconds(h.sum), nil
-	}
-	return seconds(h.sum / h.count), nil
 }
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

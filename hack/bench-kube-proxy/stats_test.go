@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"math"
 	"strings"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
 )
 
 const sample = `# TYPE kubeproxy_network_programming_duration_seconds histogram
@@ -66,5 +69,31 @@ func TestOwnSyncLeavesOutUnknownRounds(t *testing.T) {
 	}}}}
 	if got := r.ownSync("nftables", 1000); got != 3 {
 		t.Errorf("median own sync = %v s, want 3 (unknown and timed-out rounds left out)", got)
+	}
+}
+
+// TestOwnSyncWaitsForTheFirstSync checks that a sync recorded a moment
+// after the rules carry traffic is read, not reported unknown.
+func TestOwnSyncWaitsForTheFirstSync(t *testing.T) {
+	const synced = `# TYPE kubeproxy_sync_full_proxy_rules_duration_seconds histogram
+kubeproxy_sync_full_proxy_rules_duration_seconds_bucket{le="+Inf"} 1
+kubeproxy_sync_full_proxy_rules_duration_seconds_sum 0.75
+kubeproxy_sync_full_proxy_rules_duration_seconds_count 1
+`
+	calls := 0
+	scrape := func(context.Context) (map[string]*dto.MetricFamily, error) {
+		calls++
+		if calls < 3 {
+			return families(strings.NewReader("# TYPE kubeproxy_sync_full_proxy_rules_duration_seconds histogram\n"))
+		}
+		return families(strings.NewReader(synced))
+	}
+	got, err := awaitOwnSync(context.Background(), "nftables", scrape, 10*time.Second)
+	if err != nil || got != 750*time.Millisecond {
+		t.Fatalf("own sync %v, %v; want 750ms once recorded", got, err)
+	}
+	never := func(context.Context) (map[string]*dto.MetricFamily, error) { return families(strings.NewReader("")) }
+	if _, err := awaitOwnSync(context.Background(), "nftables", never, 300*time.Millisecond); err == nil {
+		t.Error("a sync never recorded gave a figure")
 	}
 }
