@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -18,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"k8s.io/client-go/kubernetes"
@@ -291,17 +293,13 @@ func (p *inprocCP) Metric(name string) (float64, bool) {
 	if err != nil {
 		return 0, false
 	}
+	var buf bytes.Buffer
 	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
+		if _, err := expfmt.MetricFamilyToText(&buf, mf); err != nil {
+			return 0, false
 		}
-		sum := 0.0
-		for _, m := range mf.GetMetric() {
-			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-		return sum, true
 	}
-	return 0, false
+	return sumSamples(&buf, name)
 }
 
 // remoteCP is a control plane someone else runs.
@@ -402,6 +400,7 @@ func procUsage(pid int) usage {
 
 // scrape returns the sum of a metric's samples from a Prometheus text
 // endpoint.
+// scrape sums the samples of a metric served at url; see sumSamples.
 func scrape(url, name string) (float64, bool) {
 	client := &http.Client{Timeout: 5 * time.Second}
 	resp, err := client.Get(url)
@@ -409,7 +408,14 @@ func scrape(url, name string) (float64, bool) {
 		return 0, false
 	}
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
+	return sumSamples(resp.Body, name)
+}
+
+// sumSamples sums the samples of a metric in the Prometheus text format:
+// every series of name, or only those whose name and labels start with
+// name when it holds labels (`name{method="local"`...).
+func sumSamples(r io.Reader, name string) (float64, bool) {
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	sum, found := 0.0, false
 	for sc.Scan() {
@@ -418,7 +424,7 @@ func scrape(url, name string) (float64, bool) {
 			continue
 		}
 		rest := line[len(name):]
-		if rest == "" || (rest[0] != ' ' && rest[0] != '{') {
+		if rest == "" || (rest[0] != ' ' && rest[0] != '{' && !strings.Contains(name, "{")) {
 			continue
 		}
 		fields := strings.Fields(line)

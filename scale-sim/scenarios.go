@@ -55,9 +55,17 @@ func (s *sim) scenarioControlPlaneRestart(ctx context.Context) error {
 	for i := range s.fleet.Len() {
 		resent += s.tracker.Activity(i).Resources
 	}
-	s.restartAuthFigures(requestsBefore, requestsKnown)
-	cpResent, cpKnown := s.cp.Metric("spoke_controlplane_resources_sent_total")
-	connected, _ := s.cp.Metric("spoke_controlplane_connected_agents")
+	if err := s.restartAuthFigures(requestsBefore, requestsKnown); err != nil {
+		return err
+	}
+	cpResent, err := s.metric("spoke_controlplane_resources_sent_total")
+	if err != nil {
+		return err
+	}
+	connected, err := s.metric("spoke_controlplane_connected_agents")
+	if err != nil {
+		return err
+	}
 	all := last.Sub(t0)
 	if missing > 0 {
 		s.note("controlplane-restart: %d agents had not reconnected after 2 minutes", missing)
@@ -73,12 +81,10 @@ func (s *sim) scenarioControlPlaneRestart(ctx context.Context) error {
 		[2]string{"every agent reconnected and acked", fmtDur(all)},
 		[2]string{"resources resent (agents' count)", fmt.Sprint(resent)},
 		[2]string{"bytes to agents after restart", fmt.Sprint(s.fleet.RxBytes() - rx)})
-	if cpKnown {
-		s.extra["controlplane_resources_sent_after_restart"] = cpResent
-		s.extra["controlplane_connected_agents"] = connected
-		s.table = append(s.table, [2]string{"resources sent by the new control plane", fmt.Sprint(cpResent)},
-			[2]string{"agents connected to it", fmt.Sprint(connected)})
-	}
+	s.extra["controlplane_resources_sent_after_restart"] = cpResent
+	s.extra["controlplane_connected_agents"] = connected
+	s.table = append(s.table, [2]string{"resources sent by the new control plane", fmt.Sprint(cpResent)},
+		[2]string{"agents connected to it", fmt.Sprint(connected)})
 	if s.c.churn > 0 && s.c.duration > 0 {
 		s.measuredChurn(ctx, 1, "churn after restart")
 	}
@@ -89,16 +95,23 @@ func (s *sim) scenarioControlPlaneRestart(ctx context.Context) error {
 // new control plane's token checks by method, and the requests the API
 // received from the restart until every agent was served (its informers'
 // lists and watches, the issuer's keys, and nothing per agent).
-func (s *sim) restartAuthFigures(requestsBefore uint64, requestsKnown bool) {
+func (s *sim) restartAuthFigures(requestsBefore uint64, requestsKnown bool) error {
 	s.extra["auth"] = s.c.auth
 	if !s.c.auth {
 		s.table = append(s.table, [2]string{"agent authentication", "off (--auth=false)"})
-		return
+		return nil
 	}
 	const checks = "spoke_controlplane_agent_token_checks_total"
-	local, _ := s.cp.Metric(checks + `{method="local",result="ok"}`)
-	reviewed, _ := s.cp.Metric(checks + `{method="tokenreview",result="ok"}`)
-	refused, _ := s.cp.Metric(checks + `{method="local",result="rejected"}`)
+	var local, reviewed, refused float64
+	for _, m := range []struct {
+		v      *float64
+		labels string
+	}{{&local, `{method="local",result="ok"}`}, {&reviewed, `{method="tokenreview",result="ok"}`}, {&refused, `{method="local",result="rejected"}`}} {
+		var err error
+		if *m.v, err = s.metric(checks + m.labels); err != nil {
+			return err
+		}
+	}
 	s.extra["agent_tokens_verified_locally"] = local
 	s.extra["agent_tokens_reviewed"] = reviewed
 	s.extra["agent_tokens_refused"] = refused
@@ -112,6 +125,7 @@ func (s *sim) restartAuthFigures(requestsBefore uint64, requestsKnown bool) {
 		s.extra["api_requests_per_agent"] = float64(n) / float64(s.fleet.Len())
 		s.table = append(s.table, [2]string{"API requests from restart to every agent served", fmt.Sprintf("%d (%.4f per agent)", n, float64(n)/float64(s.fleet.Len()))})
 	}
+	return nil
 }
 
 // scenarioAgentRestart restarts a fraction of the agents one after another:
@@ -185,7 +199,10 @@ func (s *sim) scenarioSlowAgents(ctx context.Context) error {
 	without := s.tracker.Phase(1, tracker.Healthy).Histogram
 	with := s.tracker.Phase(2, tracker.Healthy).Histogram
 	slowH := s.tracker.Phase(2, tracker.Slow).Histogram
-	stuck, _ := s.cp.Metric("spoke_controlplane_stuck_agent_disconnects_total")
+	stuck, err := s.metric("spoke_controlplane_stuck_agent_disconnects_total")
+	if err != nil {
+		return err
+	}
 	s.extra["slow_agents"] = n
 	s.extra["healthy_p99_ms_without_slow"] = ms(without.Quantile(0.99))
 	s.extra["healthy_p99_ms_with_slow"] = ms(with.Quantile(0.99))

@@ -368,6 +368,17 @@ func (s *sim) scenarioChurn(ctx context.Context) error {
 	return nil
 }
 
+// metric returns the sum of a control-plane metric's samples (name may
+// carry labels: `name{label="value"}`); a metric the control plane does
+// not serve is an error, not a zero.
+func (s *sim) metric(name string) (float64, error) {
+	v, ok := s.cp.Metric(name)
+	if !ok {
+		return 0, fmt.Errorf("the control plane serves no metric %s (a remote control plane needs --controlplane-metrics)", name)
+	}
+	return v, nil
+}
+
 func fmtDur(d time.Duration) string {
 	switch {
 	case d >= 10*time.Second:

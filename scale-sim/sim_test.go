@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 )
@@ -88,4 +89,28 @@ func TestFailedAPIStartClosesCleanly(t *testing.T) {
 		t.Fatal("setup returned no simulator to close")
 	}
 	s.close() // panicked on the nil *kubeAPI inside the interface
+}
+
+func TestSumSamples(t *testing.T) {
+	const text = `# TYPE spoke_controlplane_agent_token_checks_total counter
+spoke_controlplane_agent_token_checks_total{method="local",result="ok"} 30
+spoke_controlplane_agent_token_checks_total{method="local",result="rejected"} 2
+spoke_controlplane_agent_token_checks_total{method="tokenreview",result="ok"} 1
+spoke_controlplane_agent_token_checks_total_extra 100
+`
+	for _, c := range []struct {
+		name  string
+		want  float64
+		found bool
+	}{
+		{"spoke_controlplane_agent_token_checks_total", 33, true},
+		{`spoke_controlplane_agent_token_checks_total{method="local",result="ok"}`, 30, true},
+		{`spoke_controlplane_agent_token_checks_total{method="local"`, 32, true},
+		{"spoke_controlplane_missing_total", 0, false},
+	} {
+		got, found := sumSamples(strings.NewReader(text), c.name)
+		if got != c.want || found != c.found {
+			t.Errorf("%s: %v, %v; want %v, %v", c.name, got, found, c.want, c.found)
+		}
+	}
 }
