@@ -216,31 +216,10 @@ func (d *Datapath) apply(ctx context.Context, upsert []*datapath.Service, remove
 	if d.ipvs == nil {
 		return errors.New("ipvs datapath is closed")
 	}
-	remove, err := d.removeLeftovers(remove)
+	remove, leftovers := splitLeftovers(remove)
+	plans, err := d.plan(upsert, remove)
 	if err != nil {
 		return err
-	}
-	// Refuse, changing nothing, two services on one virtual server.
-	changing := map[string]bool{}
-	for _, s := range upsert {
-		changing[s.Key] = true
-	}
-	for _, k := range remove {
-		changing[k] = true
-	}
-	plans := map[string][]virtual{}
-	claimed := map[vkey]string{}
-	for _, s := range upsert {
-		plans[s.Key] = plan(s, d.node)
-		for _, v := range plans[s.Key] {
-			if other, ok := claimed[v.key]; ok && other != s.Key {
-				return fmt.Errorf("%w %s: %s is also programmed by %s", datapath.ErrInvalid, s.Key, v.key, other)
-			}
-			claimed[v.key] = s.Key
-			if owner, ok := d.owners[v.key]; ok && owner != s.Key && !changing[owner] {
-				return fmt.Errorf("%w %s: %s is already programmed by %s", datapath.ErrInvalid, s.Key, v.key, owner)
-			}
-		}
 	}
 	target := maps.Clone(d.plans)
 	for _, k := range remove {
@@ -249,6 +228,9 @@ func (d *Datapath) apply(ctx context.Context, upsert []*datapath.Service, remove
 	maps.Copy(target, plans)
 	marks, err := assignMarks(d.marks, target)
 	if err != nil {
+		return err
+	}
+	if err := d.removeLeftovers(leftovers); err != nil {
 		return err
 	}
 	// Removals first, so that a virtual server moving between services is
@@ -298,6 +280,33 @@ func (d *Datapath) apply(ctx context.Context, upsert []*datapath.Service, remove
 	return nil
 }
 
+// plan returns the plans of the upserted services, or, changing nothing,
+// an error for two services on one virtual server.
+func (d *Datapath) plan(upsert []*datapath.Service, remove []string) (map[string][]virtual, error) {
+	changing := map[string]bool{}
+	for _, s := range upsert {
+		changing[s.Key] = true
+	}
+	for _, k := range remove {
+		changing[k] = true
+	}
+	plans := map[string][]virtual{}
+	claimed := map[vkey]string{}
+	for _, s := range upsert {
+		plans[s.Key] = plan(s, d.node)
+		for _, v := range plans[s.Key] {
+			if other, ok := claimed[v.key]; ok && other != s.Key {
+				return nil, fmt.Errorf("%w %s: %s is also programmed by %s", datapath.ErrInvalid, s.Key, v.key, other)
+			}
+			claimed[v.key] = s.Key
+			if owner, ok := d.owners[v.key]; ok && owner != s.Key && !changing[owner] {
+				return nil, fmt.Errorf("%w %s: %s is already programmed by %s", datapath.ErrInvalid, s.Key, v.key, owner)
+			}
+		}
+	}
+	return plans, nil
+}
+
 // syncRules replaces the nftables table with rs unless it already holds
 // it.
 func (d *Datapath) syncRules(rs *ruleset) error {
@@ -312,23 +321,31 @@ func (d *Datapath) syncRules(rs *ruleset) error {
 	return nil
 }
 
-// removeLeftovers removes what the remove keys name that the last
-// Programmed reported as leftovers, and returns the other keys.
-func (d *Datapath) removeLeftovers(remove []string) ([]string, error) {
-	var rest []string
+// splitLeftovers splits keys to remove into service keys and leftover
+// keys.
+func splitLeftovers(remove []string) (services, leftovers []string) {
 	for _, k := range remove {
-		if !strings.HasPrefix(k, leftoverPrefix) {
-			rest = append(rest, k)
-			continue
+		if strings.HasPrefix(k, leftoverPrefix) {
+			leftovers = append(leftovers, k)
+		} else {
+			services = append(services, k)
 		}
+	}
+	return services, leftovers
+}
+
+// removeLeftovers removes what the keys name that the last Programmed
+// reported as leftovers; a key it did not report is gone already.
+func (d *Datapath) removeLeftovers(keys []string) error {
+	for _, k := range keys {
 		if rm, ok := d.leftovers[k]; ok {
 			if err := rm(); err != nil {
-				return nil, fmt.Errorf("removing %s: %w", k, err)
+				return fmt.Errorf("removing %s: %w", k, err)
 			}
 			delete(d.leftovers, k)
 		}
 	}
-	return rest, nil
+	return nil
 }
 
 // servers returns the kernel's virtual servers for a plan: one per
@@ -525,6 +542,15 @@ func (d *Datapath) Programmed(ctx context.Context) (map[string]*datapath.Service
 			d.rules = nil // the next Apply replaces the table
 		}
 	}
+	d.findLeftovers(out, kernel, planned, held, rules)
+	return out, nil
+}
+
+// findLeftovers adds to out, and to d.leftovers with how to remove each,
+// the virtual servers and addresses in the kernel that no service planned,
+// and the table when it holds what no service needs.
+func (d *Datapath) findLeftovers(out map[string]*datapath.Service, kernel map[vkey]*virtual, planned map[vkey]bool,
+	held map[netip.Addr]bool, rules *readBack) {
 	d.leftovers = map[string]func() error{}
 	leftover := func(what string, remove func() error) {
 		key := leftoverPrefix + what
@@ -556,7 +582,6 @@ func (d *Datapath) Programmed(ctx context.Context) (map[string]*datapath.Service
 			return d.syncRules(buildRuleset(d.plans, d.marks, d.node, d.devices))
 		})
 	}
-	return out, nil
 }
 
 // delService deletes a virtual server; one already gone is no error.
