@@ -17,9 +17,10 @@
 // policy's external addresses is marked for a firewall-mark virtual server
 // that reaches every endpoint (IPVS looks marks up before addresses); a new
 // connection to a port no service has on a service address is rejected;
-// traffic from outside that IPVS sends to a backend on another node, and
-// the node's own connections from a service address, are masqueraded, so
-// that replies come back through this node. The rules are fixed and what
+// traffic from outside that IPVS sends to a backend on another node, the
+// node's own connections from a service address, and a backend's
+// connections that IPVS sends back to itself (hairpin) are masqueraded,
+// so that replies come back through this node. The rules are fixed and what
 // the services need is in sets and maps, computed by a pure plan; every
 // change replaces the whole table in one transaction.
 //

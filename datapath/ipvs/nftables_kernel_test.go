@@ -274,3 +274,35 @@ func TestLeftoversAndTableRepair(t *testing.T) {
 		t.Fatalf("after removing the added element: programmed %v, leftovers %q", ok, left)
 	}
 }
+
+// TestHairpin checks that a backend that reaches itself through its
+// service gets an answer: without masquerading, the packet IPVS sends back
+// to it carries its own address as the source, and its kernel drops it.
+func TestHairpin(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	lab := testnet.NewForTest(t, testnet.Options{})
+	d := newDatapath(t, lab)
+	node := []netip.Addr{a("192.168.0.1")}
+	if err := lab.SetNodeAddrs(node); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetNode(ctx, datapath.Node{Name: "n", Addresses: node}); err != nil {
+		t.Fatal(err)
+	}
+	svc := webService("10.244.1.5:8080")
+	if err := lab.AddBackend(ap("10.244.1.5:8080"), datapath.TCP, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Apply(ctx, []*datapath.Service{svc}, nil); err != nil {
+		t.Fatal(err)
+	}
+	pkt := datapath.Packet{Protocol: datapath.TCP, Src: ap("10.244.1.5:40000"), Dst: ap("10.96.0.10:80")}
+	res, err := lab.Send(ctx, datapath.FromNode, pkt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Outcome != testnet.Reached || res.Local != ap("10.244.1.5:8080") || res.Remote != pkt.Dst {
+		t.Errorf("%s: %s; want the backend itself, through the service address", pkt, res)
+	}
+}

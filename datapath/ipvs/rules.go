@@ -31,9 +31,12 @@ import (
 //	        firewall-mark virtual server that serves it from the node
 //	    input to a service address (service-ips) on a port no virtual
 //	        server has (frontends): reject
-//	postrouting (nat, 100), leaving on a device towards other nodes:
-//	    marked masqMark: masquerade
-//	    from a service address (the node's own connections to one): masquerade
+//	postrouting (nat, 100):
+//	    leaving on a device towards other nodes, marked masqMark: masquerade
+//	    leaving on such a device from a service address (the node's own
+//	        connections to one): masquerade
+//	    from an endpoint to itself (hairpin: a pod that reached itself
+//	        through a service): masquerade
 //
 // Every set but devices comes in an IPv4 ("4") and an IPv6 ("6") flavour.
 // (nft list shows node-marks' values byte-swapped: the library cannot tell
@@ -62,6 +65,7 @@ const (
 	setOutsideDrop = "outside-drop"
 	setNodeDrop    = "node-drop"
 	setNodeMarks   = "node-marks"
+	setHairpin     = "hairpin"
 )
 
 // ruleset is the content of the table's sets: what a plan puts in it.
@@ -75,6 +79,8 @@ type ruleset struct {
 	outsideDrop []vkey
 	nodeDrop    []vkey
 	marks       []marked
+	// endpoints are the real servers' addresses, for hairpin traffic.
+	endpoints []netip.Addr
 }
 
 // allowed is one source range of a firewalled frontend.
@@ -94,6 +100,14 @@ type marked struct {
 func (rs *ruleset) add(vs []virtual, marks map[vkey]uint32, node []netip.Addr) {
 	for _, v := range vs {
 		rs.frontends = append(rs.frontends, v.key)
+		for _, d := range v.dests {
+			rs.endpoints = append(rs.endpoints, d.addr.Addr())
+		}
+		if v.fromNode != nil {
+			for _, d := range v.fromNode.dests {
+				rs.endpoints = append(rs.endpoints, d.addr.Addr())
+			}
+		}
 		if v.firewall {
 			rs.firewall = append(rs.firewall, v.key)
 			for _, p := range v.allow {
@@ -127,7 +141,7 @@ func buildRuleset(plans map[string][]virtual, marks map[vkey]uint32, node []neti
 	}
 	slices.Sort(rs.devices)
 	rs.devices = slices.Compact(rs.devices)
-	for _, s := range []*[]netip.Addr{&rs.vips, &rs.serviceIPs} {
+	for _, s := range []*[]netip.Addr{&rs.vips, &rs.serviceIPs, &rs.endpoints} {
 		slices.SortFunc(*s, netip.Addr.Compare)
 		*s = slices.Compact(*s)
 	}
@@ -173,6 +187,9 @@ func (rs *ruleset) elements() map[string]map[string]nftables.SetElement {
 			Key:    append(frontendBytes(a.key), a.src.Addr().AsSlice()...),
 			KeyEnd: append(frontendBytes(a.key), last.AsSlice()...),
 		})
+	}
+	for _, a := range rs.endpoints {
+		put(setHairpin+fam(a), nftables.SetElement{Key: append(a.AsSlice(), a.AsSlice()...)})
 	}
 	for _, m := range rs.marks {
 		put(setNodeMarks+fam(m.key.addr), nftables.SetElement{Key: frontendBytes(m.key), Val: binaryutil.NativeEndian.PutUint32(m.mark)})
@@ -231,6 +248,8 @@ var (
 	frontend6    = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)
 	allowType    = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeIPAddr)
 	allow6       = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeIP6Addr)
+	hairpinType  = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIPAddr)
+	hairpin6     = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeIP6Addr)
 )
 
 // tableSets returns the table's sets and maps, without their elements.
@@ -238,9 +257,9 @@ func tableSets() []*nftables.Set {
 	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: tableName}
 	out := []*nftables.Set{{Table: t, Name: setDevices, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}}
 	for _, f := range []struct {
-		suffix          string
-		addr, key, allw nftables.SetDatatype
-	}{{"4", nftables.TypeIPAddr, frontendType, allowType}, {"6", nftables.TypeIP6Addr, frontend6, allow6}} {
+		suffix                   string
+		addr, key, allw, hairpin nftables.SetDatatype
+	}{{"4", nftables.TypeIPAddr, frontendType, allowType, hairpinType}, {"6", nftables.TypeIP6Addr, frontend6, allow6, hairpin6}} {
 		out = append(out,
 			&nftables.Set{Table: t, Name: setVIPs + f.suffix, KeyType: f.addr},
 			&nftables.Set{Table: t, Name: setServiceIPs + f.suffix, KeyType: f.addr},
@@ -250,6 +269,7 @@ func tableSets() []*nftables.Set {
 			&nftables.Set{Table: t, Name: setOutsideDrop + f.suffix, KeyType: f.key, Concatenation: true},
 			&nftables.Set{Table: t, Name: setNodeDrop + f.suffix, KeyType: f.key, Concatenation: true},
 			&nftables.Set{Table: t, Name: setNodeMarks + f.suffix, KeyType: f.key, Concatenation: true, IsMap: true, DataType: nftables.TypeMark},
+			&nftables.Set{Table: t, Name: setHairpin + f.suffix, KeyType: f.hairpin, Concatenation: true},
 		)
 	}
 	return out
@@ -314,8 +334,11 @@ func tableChains() []chain {
 				[]expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}}),
 		)
 		out.rules = append(out.rules, firewall, nodeDrop(nil), nodeMark(nil))
-		post.rules = append(post.rules, join(f.match(), device(expr.MetaKeyOIFNAME, false),
-			f.addr(f.saddr, 1), lookup(1, setServiceIPs+f.suffix, false), []expr.Any{&expr.Masq{}}))
+		post.rules = append(post.rules,
+			join(f.match(), device(expr.MetaKeyOIFNAME, false),
+				f.addr(f.saddr, 1), lookup(1, setServiceIPs+f.suffix, false), []expr.Any{&expr.Masq{}}),
+			join(f.match(), f.addr(f.saddr, regConcat), f.addr(f.daddr, f.pairReg),
+				lookup(regConcat, setHairpin+f.suffix, false), []expr.Any{&expr.Masq{}}))
 	}
 	return []chain{pre, in, out, post}
 }
@@ -342,13 +365,13 @@ type ipFamily struct {
 	len          uint32 // address length
 	// protoReg and portReg hold the protocol and port after the address
 	// in a concatenation starting at regConcat; srcReg the source after
-	// them.
-	protoReg, portReg, srcReg uint32
+	// them; pairReg a second address right after the first.
+	protoReg, portReg, srcReg, pairReg uint32
 }
 
 var families = []ipFamily{
-	{suffix: "4", nfproto: unix.NFPROTO_IPV4, daddr: 16, saddr: 12, len: 4, protoReg: reg32(1), portReg: reg32(2), srcReg: reg32(3)},
-	{suffix: "6", nfproto: unix.NFPROTO_IPV6, daddr: 24, saddr: 8, len: 16, protoReg: reg32(4), portReg: reg32(5), srcReg: reg32(6)},
+	{suffix: "4", nfproto: unix.NFPROTO_IPV4, daddr: 16, saddr: 12, len: 4, protoReg: reg32(1), portReg: reg32(2), srcReg: reg32(3), pairReg: reg32(1)},
+	{suffix: "6", nfproto: unix.NFPROTO_IPV6, daddr: 24, saddr: 8, len: 16, protoReg: reg32(4), portReg: reg32(5), srcReg: reg32(6), pairReg: reg32(4)},
 }
 
 func (f ipFamily) match() []expr.Any {

@@ -19,9 +19,9 @@ func testRuleset() *ruleset {
 	lb6 := vkey{addr: a("2001:db8:51::10"), proto: datapath.UDP, port: 53}
 	plans := map[string][]virtual{
 		"default/web": {
-			{key: vkey{addr: a("10.96.0.10"), proto: datapath.TCP, port: 80}, drop: true},
+			{key: vkey{addr: a("10.96.0.10"), proto: datapath.TCP, port: 80}, drop: true, dests: []dest{{ap("10.244.1.5:8080"), 0}}},
 			{key: lb, firewall: true, allow: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}, fromNode: &nodePath{drop: true}},
-			{key: vkey{addr: a("192.168.0.1"), proto: datapath.TCP, port: 30080}, drop: true, fromNode: &nodePath{}},
+			{key: vkey{addr: a("192.168.0.1"), proto: datapath.TCP, port: 30080}, drop: true, fromNode: &nodePath{dests: []dest{{ap("10.244.2.5:8080"), 1}}}},
 		},
 		"default/dns": {{key: lb6, firewall: true, allow: []netip.Prefix{netip.MustParsePrefix("2001:db8:99::/48")}}},
 	}
@@ -45,6 +45,7 @@ func TestBuildRuleset(t *testing.T) {
 		outsideDrop: []vkey{cluster, np},
 		nodeDrop:    []vkey{cluster, lb},
 		marks:       []marked{{np, markBase + 2}, {lb, markBase + 1}},
+		endpoints:   []netip.Addr{a("10.244.1.5"), a("10.244.2.5")},
 	}
 	if !reflect.DeepEqual(rs, want) {
 		t.Fatalf("ruleset:\n got %+v\nwant %+v", rs, want)
@@ -68,6 +69,7 @@ func TestBuildRuleset(t *testing.T) {
 	check("frontends6", "20010db8005100000000000000000010"+"11000000"+"00350000")
 	check("allow6", "20010db8005100000000000000000010110000000035000020010db8009900000000000000000000-"+
 		"20010db80051000000000000000000101100000000350000"+"20010db80099ffffffffffffffffffff")
+	check("hairpin4", "0af40105"+"0af40105")
 	check("devices", "6574683000000000000000000000000000"[:32])
 	if len(el["node-marks4"]) != 2 {
 		t.Errorf("node-marks4 has %d elements, want 2", len(el["node-marks4"]))
