@@ -28,7 +28,11 @@
 // interface but those towards other nodes (Options.Devices): with an
 // overlay whose device is not among them, other nodes' pods count as the
 // node's. The firewall marks (0x1000001 up) share skb->mark with other
-// software. A port a service lacks on its address is rejected, as in
+// software. An Apply that changes any of the table's content (a service's
+// addresses, policies, or endpoints, which the hairpin set holds) replaces
+// the whole table: its cost grows with every service of the node, not with
+// the change (about 0.3 s for 5,000 services on a busy 2-core machine,
+// BenchmarkReplaceTable). A port a service lacks on its address is rejected, as in
 // kube-proxy's IPVS mode, not passed on as the eBPF datapath does: IPVS
 // serves only the node's own addresses. The datapath owns the namespace's
 // IPVS table: Programmed reports virtual servers and dummy-device addresses

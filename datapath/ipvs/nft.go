@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -20,16 +21,16 @@ type table struct {
 
 var nftTable = &nftables.Table{Family: nftables.TableFamilyINet, Name: tableName}
 
-func (t *table) conn() (*nftables.Conn, func(), error) {
+func (t *table) conn(opts ...nftables.ConnOption) (*nftables.Conn, func(), error) {
 	if t.netns == "" {
-		c, err := nftables.New()
+		c, err := nftables.New(opts...)
 		return c, func() {}, err
 	}
 	fd, err := vnetns.GetFromPath(t.netns)
 	if err != nil {
 		return nil, nil, err
 	}
-	c, err := nftables.New(nftables.WithNetNSFd(int(fd)))
+	c, err := nftables.New(append(opts, nftables.WithNetNSFd(int(fd)))...)
 	if err != nil {
 		fd.Close()
 		return nil, nil, err
@@ -37,10 +38,39 @@ func (t *table) conn() (*nftables.Conn, func(), error) {
 	return c, func() { fd.Close() }, nil
 }
 
+// sendBuffer makes the netlink socket's send buffer hold a batch of the
+// given size: a transaction goes out in one sendmsg, which fails beyond
+// the buffer's size (by default about 200 KiB, some 4,000 elements). As
+// nft does, it forces the size, which CAP_NET_ADMIN allows.
+func sendBuffer(size int) nftables.ConnOption {
+	return nftables.WithSockOptions(func(c *netlink.Conn) error {
+		raw, err := c.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var serr error
+		err = raw.Control(func(fd uintptr) {
+			serr = errors.Join(unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, size),
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size))
+		})
+		if err := errors.Join(err, serr); err != nil {
+			return fmt.Errorf("setting the netlink send buffer to %d bytes: %w", size, err)
+		}
+		return nil
+	})
+}
+
 // replace makes the table hold exactly the ruleset, in one transaction:
 // whatever it held before is gone, and no packet sees a half-built table.
 func (t *table) replace(rs *ruleset) error {
-	c, done, err := t.conn()
+	elems := rs.elements()
+	size := 1 << 20
+	for _, es := range elems {
+		for _, e := range es {
+			size += 64 + len(e.Key) + len(e.KeyEnd) + len(e.Val)
+		}
+	}
+	c, done, err := t.conn(sendBuffer(size))
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
@@ -50,14 +80,20 @@ func (t *table) replace(rs *ruleset) error {
 	c.AddTable(nftTable)
 	c.DelTable(nftTable)
 	c.AddTable(nftTable)
-	elems := rs.elements()
 	for _, s := range tableSets() {
 		var vals []nftables.SetElement
 		for _, id := range sortedKeys(elems[s.Name]) {
 			vals = append(vals, elems[s.Name][id])
 		}
-		if err := c.AddSet(s, vals); err != nil {
+		if err := c.AddSet(s, nil); err != nil {
 			return fmt.Errorf("nftables set %s: %w", s.Name, err)
+		}
+		// The elements of one message are one netlink attribute, whose
+		// length field has 16 bits.
+		for chunk := range slices.Chunk(vals, elementsPerMessage) {
+			if err := c.SetAddElements(s, chunk); err != nil {
+				return fmt.Errorf("nftables set %s: %w", s.Name, err)
+			}
 		}
 	}
 	for _, ch := range tableChains() {
@@ -71,6 +107,11 @@ func (t *table) replace(rs *ruleset) error {
 	}
 	return nil
 }
+
+// elementsPerMessage keeps a message's elements under 64 KiB: an element
+// takes at most about 130 bytes (a 40-byte key, as long a key end, a
+// value, their headers).
+const elementsPerMessage = 256
 
 // readBack is what the kernel's table holds.
 type readBack struct {
