@@ -23,6 +23,12 @@ type Datapath interface {
 	// ErrInvalid or ErrFull leaves the datapath as it was.
 	Apply(ctx context.Context, upsert []*Service, remove []string) error
 	// Programmed reads back what is actually programmed, by service key.
+	// What a datapath finds programmed that belongs to no service it
+	// programmed (an earlier process's leftovers, or another program's
+	// entries in tables the datapath owns) it may report under keys of
+	// its own that no service key ("namespace/name") looks like; Apply
+	// removes what such a key names, so that the reconciler's drift check
+	// removes leftovers as it removes services nobody wants.
 	Programmed(ctx context.Context) (map[string]*Service, error)
 }
 

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
+	"reflect"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/moby/ipvs"
@@ -42,8 +45,8 @@ type Options struct {
 }
 
 // Datapath is the IPVS implementation of datapath.Datapath. It owns the
-// IPVS virtual servers of the services it programs and the addresses of
-// its dummy device.
+// namespace's IPVS virtual servers, the addresses of its dummy device and
+// the nftables table spoke-ipvs.
 type Datapath struct {
 	opts Options
 
@@ -52,12 +55,30 @@ type Datapath struct {
 	nl       *netlink.Handle
 	dev      netlink.Link
 	node     []netip.Addr
+	devices  []string // towards other nodes
 	services map[string]*datapath.Service
 	plans    map[string][]virtual
 	owners   map[vkey]string
 	addrRefs map[netip.Addr]int
-	masq     *masq
+	// marks are the firewall marks of the frontends whose traffic from
+	// the node has a virtual server of its own.
+	marks map[vkey]uint32
+	table *table
+	// rules is what the table was last replaced with; nil when that is
+	// not known or the kernel's table was found to differ.
+	rules *ruleset
+	// leftovers are what the last Programmed found in the kernel that no
+	// service planned, by the key it reported them under, with how to
+	// remove each.
+	leftovers map[string]func() error
 }
+
+// leftoverPrefix starts the keys under which Programmed reports what it
+// finds in the kernel that no service planned: a virtual server or an
+// address an earlier process left, or rules someone changed. No service
+// key ("namespace/name") looks like one; removing such a key removes what
+// it names.
+const leftoverPrefix = "ipvs leftover: "
 
 // New opens the IPVS table of opts.NetNS and makes sure the dummy device
 // exists. What is already programmed stays until Apply replaces it.
@@ -79,16 +100,14 @@ func New(opts Options) (*Datapath, error) {
 		return nil, fmt.Errorf("opening IPVS: %w", err)
 	}
 	d := &Datapath{
-		opts: opts, ipvs: h, nl: nl,
+		opts: opts, ipvs: h, nl: nl, devices: slices.Clone(opts.Devices),
 		services: map[string]*datapath.Service{}, plans: map[string][]virtual{},
-		owners: map[vkey]string{}, addrRefs: map[netip.Addr]int{},
+		owners: map[vkey]string{}, addrRefs: map[netip.Addr]int{}, marks: map[vkey]uint32{},
+		table: &table{netns: opts.NetNS}, leftovers: map[string]func() error{},
 	}
+	// The nftables table an earlier process left keeps its rules (source
+	// ranges among them) until the first Apply replaces it.
 	if err := d.setup(); err != nil {
-		d.Close()
-		return nil, err
-	}
-	d.masq = newMasq(opts.NetNS, opts.Devices)
-	if err := d.masq.setup(nil); err != nil {
 		d.Close()
 		return nil, err
 	}
@@ -172,12 +191,7 @@ func (d *Datapath) SetNode(ctx context.Context, node datapath.Node) error {
 		if err != nil {
 			return err
 		}
-		if !slices.Equal(devs, d.masq.devices) {
-			d.masq.devices = devs
-			if err := d.masq.setup(nil); err != nil {
-				return err
-			}
-		}
+		d.devices = devs
 	}
 	var all []*datapath.Service
 	for _, s := range d.services {
@@ -202,7 +216,73 @@ func (d *Datapath) apply(ctx context.Context, upsert []*datapath.Service, remove
 	if d.ipvs == nil {
 		return errors.New("ipvs datapath is closed")
 	}
-	// Refuse, changing nothing, two services on one virtual server.
+	remove, leftovers := splitLeftovers(remove)
+	plans, err := d.plan(upsert, remove)
+	if err != nil {
+		return err
+	}
+	target := maps.Clone(d.plans)
+	for _, k := range remove {
+		delete(target, k)
+	}
+	maps.Copy(target, plans)
+	marks, err := assignMarks(d.marks, target)
+	if err != nil {
+		return err
+	}
+	if err := d.removeLeftovers(leftovers); err != nil {
+		return err
+	}
+	// Removals first, so that a virtual server moving between services is
+	// free when its new owner takes it.
+	for _, k := range remove {
+		if plans[k] != nil {
+			continue
+		}
+		if err := d.release(servers(d.plans[k], d.marks), nil); err != nil {
+			return fmt.Errorf("removing %s: %w", k, err)
+		}
+		if err := d.holdAddresses(d.plans[k], nil); err != nil {
+			return fmt.Errorf("removing %s: %w", k, err)
+		}
+		delete(d.services, k)
+		delete(d.plans, k)
+	}
+	for _, s := range upsert {
+		if err := d.release(servers(d.plans[s.Key], d.marks), servers(plans[s.Key], marks)); err != nil {
+			return fmt.Errorf("programming %s: %w", s.Key, err)
+		}
+	}
+	d.marks = marks
+	// The table changes between the deletions and the additions: a
+	// virtual server never exists without its source ranges and drops.
+	if err := d.syncRules(buildRuleset(target, marks, d.node, d.devices)); err != nil {
+		return err
+	}
+	for _, s := range upsert {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		for _, v := range servers(plans[s.Key], marks) {
+			if err := d.program(&v); err != nil {
+				return fmt.Errorf("programming %s: %s: %w", s.Key, v.key, err)
+			}
+			if v.key.mark == 0 {
+				d.owners[v.key] = s.Key
+			}
+		}
+		if err := d.holdAddresses(d.plans[s.Key], plans[s.Key]); err != nil {
+			return fmt.Errorf("programming %s: %w", s.Key, err)
+		}
+		d.services[s.Key] = s
+		d.plans[s.Key] = plans[s.Key]
+	}
+	return nil
+}
+
+// plan returns the plans of the upserted services, or, changing nothing,
+// an error for two services on one virtual server.
+func (d *Datapath) plan(upsert []*datapath.Service, remove []string) (map[string][]virtual, error) {
 	changing := map[string]bool{}
 	for _, s := range upsert {
 		changing[s.Key] = true
@@ -216,74 +296,114 @@ func (d *Datapath) apply(ctx context.Context, upsert []*datapath.Service, remove
 		plans[s.Key] = plan(s, d.node)
 		for _, v := range plans[s.Key] {
 			if other, ok := claimed[v.key]; ok && other != s.Key {
-				return fmt.Errorf("%w %s: %s is also programmed by %s", datapath.ErrInvalid, s.Key, v.key, other)
+				return nil, fmt.Errorf("%w %s: %s is also programmed by %s", datapath.ErrInvalid, s.Key, v.key, other)
 			}
 			claimed[v.key] = s.Key
 			if owner, ok := d.owners[v.key]; ok && owner != s.Key && !changing[owner] {
-				return fmt.Errorf("%w %s: %s is already programmed by %s", datapath.ErrInvalid, s.Key, v.key, owner)
+				return nil, fmt.Errorf("%w %s: %s is already programmed by %s", datapath.ErrInvalid, s.Key, v.key, owner)
 			}
 		}
 	}
-	upserted := map[string]bool{}
-	for _, s := range upsert {
-		upserted[s.Key] = true
+	return plans, nil
+}
+
+// syncRules replaces the nftables table with rs unless it already holds
+// it.
+func (d *Datapath) syncRules(rs *ruleset) error {
+	if d.rules != nil && reflect.DeepEqual(d.rules, rs) {
+		return nil
 	}
-	// Removals first, so that a virtual server moving between services is
-	// free when its new owner takes it.
+	d.rules = nil
+	if err := d.table.replace(rs); err != nil {
+		return err
+	}
+	d.rules = rs
+	return nil
+}
+
+// splitLeftovers splits keys to remove into service keys and leftover
+// keys.
+func splitLeftovers(remove []string) (services, leftovers []string) {
 	for _, k := range remove {
-		if upserted[k] {
+		if strings.HasPrefix(k, leftoverPrefix) {
+			leftovers = append(leftovers, k)
+		} else {
+			services = append(services, k)
+		}
+	}
+	return services, leftovers
+}
+
+// removeLeftovers removes what the keys name that the last Programmed
+// reported as leftovers; a key it did not report is gone already.
+func (d *Datapath) removeLeftovers(keys []string) error {
+	for _, k := range keys {
+		if rm, ok := d.leftovers[k]; ok {
+			if err := rm(); err != nil {
+				return fmt.Errorf("removing %s: %w", k, err)
+			}
+			delete(d.leftovers, k)
+		}
+	}
+	return nil
+}
+
+// servers returns the kernel's virtual servers for a plan: one per
+// frontend, and a firewall-mark one for each frontend whose traffic from
+// the node goes elsewhere.
+func servers(vs []virtual, marks map[vkey]uint32) []virtual {
+	out := make([]virtual, 0, len(vs))
+	for _, v := range vs {
+		out = append(out, virtual{key: v.key, timeout: v.timeout, dests: v.dests})
+		if v.fromNode != nil {
+			out = append(out, virtual{key: markKey(v.key.addr, marks[v.key]), timeout: v.timeout, dests: v.fromNode.dests})
+		}
+	}
+	return out
+}
+
+// assignMarks returns the firewall marks of every frontend of plans that
+// needs one: those it had keep theirs, new ones take the lowest free mark.
+func assignMarks(have map[vkey]uint32, plans map[string][]virtual) (map[vkey]uint32, error) {
+	var need []vkey
+	for _, vs := range plans {
+		for _, v := range vs {
+			if v.fromNode != nil {
+				need = append(need, v.key)
+			}
+		}
+	}
+	slices.SortFunc(need, compareKeys)
+	out := map[vkey]uint32{}
+	used := map[uint32]bool{}
+	for _, k := range need {
+		if m, ok := have[k]; ok {
+			out[k] = m
+			used[m] = true
+		}
+	}
+	next := uint32(markBase)
+	for _, k := range need {
+		if _, ok := out[k]; ok {
 			continue
 		}
-		if err := d.release(d.plans[k], nil); err != nil {
-			return fmt.Errorf("removing %s: %w", k, err)
+		for next++; used[next]; next++ {
 		}
-		delete(d.services, k)
-		delete(d.plans, k)
+		if next > markBase+maxMarks {
+			return nil, fmt.Errorf("firewall marks for traffic from the node: more than %d frontends: %w", maxMarks, datapath.ErrFull)
+		}
+		out[k] = next
+		used[next] = true
 	}
-	for _, s := range upsert {
-		if err := d.release(d.plans[s.Key], plans[s.Key]); err != nil {
-			return fmt.Errorf("programming %s: %w", s.Key, err)
-		}
-	}
-	for _, s := range upsert {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		for i := range plans[s.Key] {
-			v := &plans[s.Key][i]
-			if err := d.program(v); err != nil {
-				return fmt.Errorf("programming %s: %s: %w", s.Key, v.key, err)
-			}
-			d.owners[v.key] = s.Key
-		}
-		if err := d.holdAddresses(d.plans[s.Key], plans[s.Key]); err != nil {
-			return fmt.Errorf("programming %s: %w", s.Key, err)
-		}
-		d.services[s.Key] = s
-		d.plans[s.Key] = plans[s.Key]
-	}
-	return d.masq.update(d.vips())
+	return out, nil
 }
 
-// vips are the addresses whose traffic from outside may be masqueraded:
-// the service addresses and the node's.
-func (d *Datapath) vips() []netip.Addr {
-	out := slices.Clone(d.node)
-	for a := range d.addrRefs {
-		out = append(out, a)
-	}
-	slices.SortFunc(out, netip.Addr.Compare)
-	return slices.Compact(out)
-}
-
-// release deletes the virtual servers of before that after does not have,
-// and the addresses only they needed.
+// release deletes the virtual servers of before that after does not have.
 func (d *Datapath) release(before, after []virtual) error {
 	keep := map[vkey]bool{}
 	for _, v := range after {
 		keep[v.key] = true
 	}
-	var gone []virtual
 	for _, v := range before {
 		if keep[v.key] {
 			continue
@@ -293,12 +413,8 @@ func (d *Datapath) release(before, after []virtual) error {
 			return fmt.Errorf("deleting %s: %w", v.key, err)
 		}
 		delete(d.owners, v.key)
-		gone = append(gone, v)
 	}
-	if after != nil {
-		return nil // holdAddresses moves the addresses of a replaced plan
-	}
-	return d.holdAddresses(gone, nil)
+	return nil
 }
 
 // holdAddresses moves the dummy device's address references from before's
@@ -374,9 +490,12 @@ func (d *Datapath) program(v *virtual) error {
 	return nil
 }
 
-// Programmed implements datapath.Datapath: it reads every virtual server
-// of the services Apply programmed back from the kernel, with the dummy
-// device's addresses, and reports the services whose entries all match.
+// Programmed implements datapath.Datapath: it reads the virtual servers,
+// the dummy device's addresses and the nftables table back from the
+// kernel, and reports the services whose entries all match. What the
+// kernel holds that no service planned (virtual servers and addresses an
+// earlier process left, elements or rules someone else added) is reported
+// under keys that start with leftoverPrefix, which Apply removes.
 func (d *Datapath) Programmed(ctx context.Context) (map[string]*datapath.Service, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -395,24 +514,83 @@ func (d *Datapath) Programmed(ctx context.Context) (map[string]*datapath.Service
 	for _, a := range addrs {
 		held[fromIP(a.IP)] = true
 	}
+	rules, err := d.table.read()
+	if err != nil {
+		return nil, err
+	}
 	out := map[string]*datapath.Service{}
+	planned := map[vkey]bool{}
 	for key, vs := range d.plans {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		ok := true
-		for i := range vs {
-			got, found := kernel[vs[i].key]
-			ok = ok && found && got.equal(&vs[i])
+		ok := rules.rulesOK
+		for _, v := range servers(vs, d.marks) {
+			got, found := kernel[v.key]
+			ok = ok && found && got.sameServer(&v)
+			planned[v.key] = true
 		}
 		for _, a := range addresses(vs, d.node) {
 			ok = ok && held[a]
 		}
+		own := &ruleset{}
+		own.add(vs, d.marks, d.node)
+		ok = ok && rules.has(own)
 		if ok {
 			out[key] = d.services[key]
+		} else {
+			d.rules = nil // the next Apply replaces the table
 		}
 	}
+	d.findLeftovers(out, kernel, planned, held, rules)
 	return out, nil
+}
+
+// findLeftovers adds to out, and to d.leftovers with how to remove each,
+// the virtual servers and addresses in the kernel that no service planned,
+// and the table when it holds what no service needs.
+func (d *Datapath) findLeftovers(out map[string]*datapath.Service, kernel map[vkey]*virtual, planned map[vkey]bool,
+	held map[netip.Addr]bool, rules *readBack) {
+	d.leftovers = map[string]func() error{}
+	leftover := func(what string, remove func() error) {
+		key := leftoverPrefix + what
+		out[key] = &datapath.Service{Key: key}
+		d.leftovers[key] = remove
+	}
+	for k, v := range kernel {
+		if !planned[k] {
+			leftover("virtual server "+k.String(), func() error { return d.delService(v) })
+		}
+	}
+	for a := range held {
+		// The kernel gives the device an IPv6 link-local address of its own.
+		if d.addrRefs[a] == 0 && !a.IsLinkLocalUnicast() {
+			leftover("address "+a.String()+" on "+d.opts.Device, func() error {
+				err := d.nl.AddrDel(d.dev, hostAddr(a))
+				if errors.Is(err, unix.EADDRNOTAVAIL) {
+					return nil
+				}
+				return err
+			})
+		}
+	}
+	want := buildRuleset(d.plans, d.marks, d.node, d.devices)
+	if !rules.rulesOK || len(rules.extra(want)) > 0 {
+		d.rules = nil
+		leftover("nftables table "+tableName, func() error {
+			d.rules = nil
+			return d.syncRules(buildRuleset(d.plans, d.marks, d.node, d.devices))
+		})
+	}
+}
+
+// delService deletes a virtual server; one already gone is no error.
+func (d *Datapath) delService(v *virtual) error {
+	err := d.ipvs.DelService(toService(v))
+	if err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("deleting %s: %w", v.key, err)
+	}
+	return nil
 }
 
 // read returns every virtual server in the kernel.
@@ -423,11 +601,21 @@ func (d *Datapath) read() (map[vkey]*virtual, error) {
 	}
 	out := make(map[vkey]*virtual, len(svcs))
 	for _, s := range svcs {
-		proto, ok := fromProto(s.Protocol)
-		if !ok || s.FWMark != 0 {
-			continue
+		var k vkey
+		if s.FWMark != 0 {
+			zero := netip.IPv4Unspecified()
+			if s.AddressFamily == unix.AF_INET6 {
+				zero = netip.IPv6Unspecified()
+			}
+			k = markKey(zero, s.FWMark)
+		} else {
+			proto, ok := fromProto(s.Protocol)
+			if !ok {
+				continue
+			}
+			k = vkey{addr: fromIP(s.Address), proto: proto, port: s.Port}
 		}
-		v := &virtual{key: vkey{fromIP(s.Address), proto, s.Port}}
+		v := &virtual{key: k}
 		if s.Flags&svcFlagPersistent != 0 {
 			v.timeout = s.Timeout
 		}
@@ -449,13 +637,15 @@ func (d *Datapath) read() (map[vkey]*virtual, error) {
 
 func toService(v *virtual) *ipvs.Service {
 	s := &ipvs.Service{
-		Address:  ipOf(v.key.addr),
-		Protocol: toProto(v.key.proto),
-		Port:     v.key.port,
 		// Scheduler and netmask as kube-proxy sets them.
 		SchedName:     scheduler,
 		AddressFamily: family(v.key.addr),
 		Netmask:       0xffffffff,
+	}
+	if v.key.mark != 0 {
+		s.FWMark = v.key.mark
+	} else {
+		s.Address, s.Protocol, s.Port = ipOf(v.key.addr), toProto(v.key.proto), v.key.port
 	}
 	if v.key.addr.Is6() {
 		s.Netmask = 128
@@ -537,7 +727,7 @@ func Cleanup(opts Options) error {
 	if dev, err := nl.LinkByName(opts.Device); err == nil {
 		errs = append(errs, nl.LinkDel(dev))
 	}
-	if err := newMasq(opts.NetNS, nil).remove(); err != nil && !errors.Is(err, unix.ENOENT) {
+	if err := (&table{netns: opts.NetNS}).remove(); err != nil && !errors.Is(err, unix.ENOENT) {
 		errs = append(errs, fmt.Errorf("removing nftables table %s: %w", tableName, err))
 	}
 	return errors.Join(errs...)

@@ -68,43 +68,17 @@ func TestConformance(t *testing.T) {
 	kernel.Run(t, lab, d, kernel.Options{KnownGap: knownGap})
 }
 
-// knownGap lists what IPVS alone cannot express, which kube-proxy's IPVS
-// mode does with iptables rules beside it, and what IPVS does instead.
+// knownGap lists where the IPVS datapath does not do what the table wants,
+// and what it does instead.
 func knownGap(q kernel.GapQuery) *conformance.Gap {
 	p := q.Packet
-	svc, served, external := frontend(q.Case, p.Packet)
-	switch {
-	case p.Want == datapath.Pass && svc != nil && !served:
-		return &conformance.Gap{Got: datapath.Refuse, Why: "service addresses are local to the node: ports the service does not have are refused, not left alone"}
-	case p.Want == datapath.Discard && svc != nil && outsideSourceRanges(svc, p.Packet):
-		return &conformance.Gap{Got: datapath.Forward, Why: "loadBalancerSourceRanges are not enforced: a source outside them is forwarded"}
-	case p.Want == datapath.Discard:
-		return &conformance.Gap{Got: datapath.Refuse, Why: "IPVS refuses what it cannot forward: no silent drop for a Local policy without local endpoints"}
-	case p.Want == datapath.Forward && p.Origin == datapath.FromNode && external && svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal:
-		return &conformance.Gap{Got: datapath.Refuse, Why: "no short-circuit to every endpoint for traffic from the node to a Local-policy service's external addresses"}
+	if svc, served, _ := frontend(q.Case, p.Packet); p.Want == datapath.Pass && svc != nil && !served {
+		return &conformance.Gap{Got: datapath.Refuse, Why: "kube-proxy's IPVS mode does the same: service addresses are the node's own " +
+			"(IPVS serves only local addresses), and a new connection to a port no service has on them is rejected, " +
+			"so that the node's own sockets are not reachable through them (kubernetes#72236); " +
+			"passing it on would take the addresses off the node"}
 	}
 	return nil
-}
-
-// outsideSourceRanges reports whether a packet goes to one of a service's
-// load-balancer addresses from a source outside its source ranges.
-func outsideSourceRanges(svc *corev1.Service, pkt datapath.Packet) bool {
-	if len(svc.Spec.LoadBalancerSourceRanges) == 0 {
-		return false
-	}
-	lb := false
-	for _, in := range svc.Status.LoadBalancer.Ingress {
-		lb = lb || in.IP == pkt.Dst.Addr().String()
-	}
-	if !lb {
-		return false
-	}
-	for _, r := range svc.Spec.LoadBalancerSourceRanges {
-		if p, err := netip.ParsePrefix(r); err == nil && p.Contains(pkt.Src.Addr()) {
-			return false
-		}
-	}
-	return true
 }
 
 // frontend finds the service of a case with an address at the packet's

@@ -24,7 +24,7 @@ set -euo pipefail
 
 kernel_pkg=${SPOKE_VM_KERNEL:-linux-image-6.1.0-56-amd64}
 cache=${SPOKE_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/spoke/vm}
-modules=${SPOKE_VM_MODULES:-crc32c_generic veth dummy sch_ingress cls_bpf sctp nf_conntrack nf_conntrack_netlink nf_tables nft_chain_nat nft_masq ip_vs ip_vs_rr ip_vs_wrr ip_vs_sh}
+modules=${SPOKE_VM_MODULES:-crc32c_generic veth dummy sch_ingress cls_bpf sctp nf_conntrack nf_conntrack_netlink nf_tables nft_chain_nat nft_masq nft_ct nft_reject_inet ip_vs ip_vs_rr ip_vs_wrr ip_vs_sh}
 memory=${SPOKE_VM_MEMORY:-2048}
 cpus=${SPOKE_VM_CPUS:-2}
 wall=${SPOKE_VM_TIMEOUT:-1800}

@@ -150,7 +150,12 @@ func DevicesHolding(path string, addrs []netip.Addr) ([]string, error) {
 		return nil, err
 	}
 	defer h.Close()
+	// A dump that addresses changed under (NLM_F_DUMP_INTR) may be
+	// incomplete: read it again.
 	all, err := h.AddrList(nil, unix.AF_UNSPEC)
+	for try := 1; errors.Is(err, netlink.ErrDumpInterrupted) && try < 5; try++ {
+		all, err = h.AddrList(nil, unix.AF_UNSPEC)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("listing addresses: %w", err)
 	}
