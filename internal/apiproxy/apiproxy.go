@@ -9,6 +9,9 @@
 // server with the credentials of the rest.Config it is given, so its
 // clients need none.
 //
+// Besides freezing, it can answer watches 410 Gone (Gone) and act as an API
+// server that is down (Block).
+//
 // Caveats: a frozen stream neither forwards nor is closed; thawing it
 // forwards what the server sent meanwhile (as a proxy whose buffers
 // drained would). Clients see HTTP/1.1, one connection per watch.
@@ -24,15 +27,20 @@ import (
 	"sync"
 
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
 // Proxy forwards requests to an API server; see the package comment.
 type Proxy struct {
 	srv *httptest.Server
 
-	mu     sync.Mutex
-	frozen map[string]chan struct{} // resource -> closed when thawed
-	held   map[string]int           // watch responses waiting, by resource
+	mu       sync.Mutex
+	frozen   map[string]chan struct{} // resource -> closed when thawed
+	held     map[string]int           // watch responses waiting, by resource
+	gone     map[string]int           // watch requests still to answer 410 Gone
+	goneSent map[string]int
+	blocked  bool
 }
 
 // New starts a proxy to the API server cfg names.
@@ -45,13 +53,27 @@ func New(cfg *rest.Config) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("API server transport: %w", err)
 	}
-	p := &Proxy{frozen: map[string]chan struct{}{}, held: map[string]int{}}
+	p := &Proxy{frozen: map[string]chan struct{}{}, held: map[string]int{}, gone: map[string]int{}, goneSent: map[string]int{}}
 	rp := httputil.NewSingleHostReverseProxy(target)
 	rp.Transport = transport
 	rp.FlushInterval = -1 // watch events go out as they come
 	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p.isBlocked() {
+			// As a server that is down: the connection ends unanswered.
+			if c, _, err := http.NewResponseController(w).Hijack(); err == nil {
+				c.Close()
+			}
+			return
+		}
 		if r.URL.Query().Get("watch") == "true" || r.URL.Query().Get("watch") == "1" {
-			w = &freezable{ResponseWriter: w, p: p, resource: resourceOf(r.URL.Path), r: r}
+			resource := resourceOf(r.URL.Path)
+			if p.takeGone(resource) {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusGone)
+				fmt.Fprint(w, goneStatus)
+				return
+			}
+			w = &freezable{ResponseWriter: w, p: p, resource: resource, r: r}
 		}
 		rp.ServeHTTP(w, r)
 	}))
@@ -83,6 +105,73 @@ func (p *Proxy) Thaw(resource string) {
 		close(ch)
 		delete(p.frozen, resource)
 	}
+}
+
+// goneStatus is what kube-apiserver answers a watch from a resourceVersion
+// it no longer has (compacted, or older than its watch cache).
+const goneStatus = `{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"too old resource version","reason":"Expired","code":410}`
+
+// Gone makes the next n watch requests of resource fail with 410 Gone, as
+// after a compaction: the client must list again.
+func (p *Proxy) Gone(resource string, n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.gone[resource] += n
+}
+
+// GoneSent returns how many watch requests of resource were answered 410.
+func (p *Proxy) GoneSent(resource string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.goneSent[resource]
+}
+
+func (p *Proxy) takeGone(resource string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.gone[resource] == 0 {
+		return false
+	}
+	p.gone[resource]--
+	p.goneSent[resource]++
+	return true
+}
+
+// Block makes the API server unreachable through the proxy, as if it were
+// down: open connections are closed and new requests end unanswered, until
+// Unblock.
+func (p *Proxy) Block() {
+	p.mu.Lock()
+	p.blocked = true
+	p.mu.Unlock()
+	p.srv.CloseClientConnections()
+}
+
+// Unblock lets requests through again.
+func (p *Proxy) Unblock() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.blocked = false
+}
+
+func (p *Proxy) isBlocked() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.blocked
+}
+
+// WriteKubeconfig writes a kubeconfig file that reaches the API server
+// through the proxy, for a client in another process.
+func (p *Proxy) WriteKubeconfig(path string) error {
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["proxy"] = &clientcmdapi.Cluster{Server: p.srv.URL}
+	cfg.AuthInfos["proxy"] = &clientcmdapi.AuthInfo{}
+	cfg.Contexts["proxy"] = &clientcmdapi.Context{Cluster: "proxy", AuthInfo: "proxy"}
+	cfg.CurrentContext = "proxy"
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		return fmt.Errorf("writing kubeconfig: %w", err)
+	}
+	return nil
 }
 
 // Held returns how many watch responses of resource are waiting to be
