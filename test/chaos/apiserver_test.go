@@ -24,9 +24,14 @@ type record struct {
 	mu      sync.Mutex
 	applied []string // names, one per resource applied
 	removed []string
+	// onAdd, when set, also sees each response's resources as applied.
+	onAdd func(applied []*spokev1.Resource)
 }
 
 func (r *record) add(applied []*spokev1.Resource, removed []string) {
+	if r.onAdd != nil {
+		r.onAdd(applied)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, a := range applied {
@@ -48,12 +53,18 @@ func (r *record) take() (applied, removed []string) {
 // datapath, recording what it applies.
 func runAgent(ctx context.Context, t *testing.T, node, cpAddr string, rec *record) *agent.Agent {
 	t.Helper()
+	return runAgentWith(ctx, t, node, cpAddr, rec, filepath.Join(t.TempDir(), node+".db"))
+}
+
+// runAgentWith is runAgent with its state file at statePath ("" for none).
+func runAgentWith(ctx context.Context, t *testing.T, node, cpAddr string, rec *record, statePath string) *agent.Agent {
+	t.Helper()
 	conn, err := grpc.NewClient(cpAddr, append(agent.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	a, err := agent.New(agent.Options{NodeName: node, Conn: conn, Datapath: memory.New(memory.Options{}),
-		StatePath: filepath.Join(t.TempDir(), node+".db"), RepairInterval: time.Second,
+		StatePath: statePath, RepairInterval: time.Second,
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 500 * time.Millisecond, OnApplied: rec.add})
 	if err != nil {
 		t.Fatal(err)
