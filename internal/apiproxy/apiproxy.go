@@ -18,7 +18,9 @@
 package apiproxy
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -34,6 +36,9 @@ import (
 // Proxy forwards requests to an API server; see the package comment.
 type Proxy struct {
 	srv *httptest.Server
+	// stop ends every request in flight: a watch through the proxy lasts
+	// minutes, and its client reconnects at once.
+	stop context.CancelFunc
 
 	mu       sync.Mutex
 	frozen   map[string]chan struct{} // resource -> closed when thawed
@@ -57,7 +62,7 @@ func New(cfg *rest.Config) (*Proxy, error) {
 	rp := httputil.NewSingleHostReverseProxy(target)
 	rp.Transport = transport
 	rp.FlushInterval = -1 // watch events go out as they come
-	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	p.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if p.isBlocked() {
 			// As a server that is down: the connection ends unanswered.
 			if c, _, err := http.NewResponseController(w).Hijack(); err == nil {
@@ -77,6 +82,10 @@ func New(cfg *rest.Config) (*Proxy, error) {
 		}
 		rp.ServeHTTP(w, r)
 	}))
+	ctx, stop := context.WithCancel(context.Background())
+	p.stop = stop
+	p.srv.Config.BaseContext = func(net.Listener) context.Context { return ctx }
+	p.srv.Start()
 	return p, nil
 }
 
@@ -182,14 +191,13 @@ func (p *Proxy) Held(resource string) int {
 	return p.held[resource]
 }
 
-// Close thaws everything and stops the proxy.
+// Close ends every request in flight and stops the proxy; its clients
+// then find no server.
 func (p *Proxy) Close() {
 	p.mu.Lock()
-	for r, ch := range p.frozen {
-		close(ch)
-		delete(p.frozen, r)
-	}
+	p.blocked = true
 	p.mu.Unlock()
+	p.stop()
 	p.srv.CloseClientConnections()
 	p.srv.Close()
 }
