@@ -203,17 +203,6 @@ func (w *Watcher) Stalled(after time.Duration) []Stall {
 	return w.hearing.stalled(after)
 }
 
-// LastHeard returns when the watch of kind (services, endpointslices,
-// nodes) last heard from the API server, and false for another kind.
-func (w *Watcher) LastHeard(kind string) (time.Time, bool) {
-	for i, k := range kindNames {
-		if k == kind {
-			return w.hearing.last(i), true
-		}
-	}
-	return time.Time{}, false
-}
-
 func (w *Watcher) serviceChanged(o any) {
 	key, ok := objectKey(o)
 	if !ok {
