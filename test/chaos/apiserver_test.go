@@ -138,11 +138,22 @@ func TestScenario4APIServerRestartAndGone(t *testing.T) {
 	cp.startReady(ctx)
 	rec := &record{}
 	a := runAgent(ctx, t, node, cp.grpcAddr, rec)
-	eventually(ctx, t, "first sync", func() error { return agentConverged(ctx, cp, a, node) })
+	eventually(ctx, t, "first sync", func() error {
+		if err := agentConverged(ctx, cp, a, node); err != nil {
+			return err
+		}
+		if view, _ := cp.view(ctx, node); len(view) < services+1 {
+			return fmt.Errorf("the view has %d resources, want the %d services and more", len(view), services+1)
+		}
+		return nil
+	})
 	if _, removed := rec.take(); len(removed) != 0 {
 		t.Fatalf("the first sync removed %v", removed)
 	}
 
+	if view, _ := cp.view(ctx, node); view[api.key("doomed")] == "" {
+		t.Fatalf("the first view lacks %s", api.key("doomed"))
+	}
 	// The API server restarts: the watches end and start again.
 	restarts := pick(1, 5)
 	for i := range restarts {

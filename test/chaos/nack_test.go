@@ -98,7 +98,10 @@ func TestScenario6NackOnceTransientRetried(t *testing.T) {
 		key := api.key(name)
 		dp.FailApply(key, fmt.Errorf("%w %s: injected", datapath.ErrInvalid, key), -1)
 		rejected = key
-		api.create(ctx, t, service(name, "", 0), slice(name, "10.244.2.1"))
+		if _, err := api.client.DiscoveryV1().EndpointSlices(api.ns).Create(ctx, slice(name, "10.244.2.1"), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		api.create(ctx, t, service(name, "", 0), nil)
 		eventually(ctx, t, "the NACK of "+key, func() error {
 			if n := st().GetNacks(); n != uint64(i+1) {
 				return fmt.Errorf("%d NACKs", n)
@@ -146,7 +149,12 @@ func TestScenario6NackOnceTransientRetried(t *testing.T) {
 	nacks, received := st().GetNacks(), st().GetResourcesReceived()
 	failures := pick(3, 20)
 	dp.FailApply(api.key("flaky"), syscall.ENOMEM, failures)
-	api.create(ctx, t, service("flaky", "", 0), slice("flaky", "10.244.3.1"))
+	// The slice first: the service then comes with its endpoints, as one
+	// version.
+	if _, err := api.client.DiscoveryV1().EndpointSlices(api.ns).Create(ctx, slice("flaky", "10.244.3.1"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	api.create(ctx, t, service("flaky", "", 0), nil)
 	flakyIP := clusterIP(ctx, t, api, "flaky")
 	eventually(ctx, t, "flaky applied after its failures", func() error {
 		if v := mem.Trace(datapath.FromNode, pod(flakyIP)); v.Backend.String() != "10.244.3.1:8080" {
