@@ -15,6 +15,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/spoke-proxy/spoke/nodeagent/state"
 )
@@ -219,8 +220,17 @@ func TestScenario7BadStateFiles(t *testing.T) {
 			cp.startReady(ctx)
 			eventually(ctx, t, when+": the agent holds its view again", func() error { return converged(ctx, cp, ag) })
 			f.check(ctx, when+", resynced", web)
-			if bad.name == "full-disk" && len(ag.logLines(bad.log)) == said {
-				t.Errorf("%s: the agent's log does not say %q", when, bad.log)
+			if bad.name == "full-disk" {
+				if len(ag.logLines(bad.log)) == said {
+					t.Errorf("%s: the agent's log does not say %q", when, bad.log)
+				}
+				// The next round's file starts as small as this one did.
+				for j := range 30 {
+					name := fmt.Sprintf("grow-%d-%d", round, j)
+					if err := api.client.CoreV1().Services(api.ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+						t.Fatal(err)
+					}
+				}
 			}
 			moved, _ := filepath.Glob(ag.statePath + ".corrupt-*")
 			switch {
