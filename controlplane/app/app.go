@@ -35,8 +35,8 @@ type Options struct {
 	// GRPCListener serves the view stream and inspection services.
 	GRPCListener net.Listener
 	// HTTPListener serves /metrics, /healthz (the first state is
-	// published), /readyz (and the API server answers) and /livez; none
-	// when nil.
+	// published), /readyz (and the API server answers, and no watch has
+	// stalled) and /livez; none when nil.
 	HTTPListener net.Listener
 	// GRPCOptions are extra server options, such as TLS credentials.
 	GRPCOptions []grpc.ServerOption
@@ -63,8 +63,19 @@ type Options struct {
 	// answered for this long: the watches then cannot be following it.
 	// 0 means 30 s. The API server is asked every APIStaleAfter/6.
 	APIStaleAfter time.Duration
-	Logger        *slog.Logger
+	// WatchStallAfter makes /readyz fail once a watch (Services,
+	// EndpointSlices or Nodes) has heard nothing from the API server for
+	// this long, even though the API server answers: no list, no new watch,
+	// no event and no bookmark. The API server's watch cache sends a
+	// bookmark about every minute, so a few minutes means a watch that
+	// stopped, not a quiet cluster. 0 means 3 minutes.
+	WatchStallAfter time.Duration
+	Logger          *slog.Logger
 }
+
+// DefaultWatchStallAfter is Options.WatchStallAfter's default: three of
+// the API server's once-a-minute bookmarks missed.
+const DefaultWatchStallAfter = 3 * time.Minute
 
 // ControlPlane is an assembled control plane.
 type ControlPlane struct {
@@ -85,6 +96,9 @@ func New(opts Options) (*ControlPlane, error) {
 	}
 	if opts.APIStaleAfter == 0 {
 		opts.APIStaleAfter = 30 * time.Second
+	}
+	if opts.WatchStallAfter == 0 {
+		opts.WatchStallAfter = DefaultWatchStallAfter
 	}
 	c := &ControlPlane{opts: opts, Registry: prometheus.NewRegistry()}
 	c.Store = store.NewWithOptions(store.Options{
@@ -160,6 +174,7 @@ func (c *ControlPlane) probeAPI(ctx context.Context) {
 	tick := time.NewTicker(c.opts.APIStaleAfter / 6)
 	defer tick.Stop()
 	failing := false
+	var stalled map[string]bool
 	for {
 		select {
 		case <-ctx.Done():
@@ -180,7 +195,26 @@ func (c *ControlPlane) probeAPI(ctx context.Context) {
 			c.opts.Logger.Warn("the API server does not answer; /readyz fails once this lasts", "err", err, "after", c.opts.APIStaleAfter)
 			failing = true
 		}
+		stalled = c.logStalls(stalled)
 	}
+}
+
+// logStalls logs the watches that stalled or recovered since the kinds in
+// before were stalled, and returns the kinds stalled now.
+func (c *ControlPlane) logStalls(before map[string]bool) map[string]bool {
+	now := map[string]bool{}
+	for _, s := range c.watcher.Stalled(c.opts.WatchStallAfter) {
+		now[s.Kind] = true
+		if !before[s.Kind] {
+			c.opts.Logger.Warn("a watch has stalled; /readyz fails until it hears from the API server again", "kind", s.Kind, "silent", s.Silent.Round(time.Second))
+		}
+	}
+	for kind := range before {
+		if !now[kind] {
+			c.opts.Logger.Info("a stalled watch hears from the API server again", "kind", kind)
+		}
+	}
+	return now
 }
 
 func (c *ControlPlane) httpHandler() http.Handler {
@@ -195,8 +229,9 @@ func (c *ControlPlane) httpHandler() http.Handler {
 			http.Error(w, "waiting for the API watch to sync", http.StatusServiceUnavailable)
 		}
 	})
-	// /readyz is what a readiness probe asks: the first state is published
-	// and the API server, which the watches follow, answered lately.
+	// /readyz is what a readiness probe asks: the first state is published,
+	// the API server, which the watches follow, answered lately, and every
+	// watch heard from it lately.
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		select {
 		case <-c.Store.Ready():
@@ -206,6 +241,10 @@ func (c *ControlPlane) httpHandler() http.Handler {
 		}
 		if since := time.Since(time.Unix(0, c.apiSeen.Load())); since > c.opts.APIStaleAfter {
 			http.Error(w, fmt.Sprintf("the API server has not answered for %s: the views may be stale", since.Round(time.Second)), http.StatusServiceUnavailable)
+			return
+		}
+		if stalls := c.watcher.Stalled(c.opts.WatchStallAfter); len(stalls) > 0 {
+			http.Error(w, fmt.Sprintf("%s: the views may be stale", stalls[0]), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")

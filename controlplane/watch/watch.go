@@ -15,6 +15,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	apiwatch "k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
@@ -53,7 +55,9 @@ type Watcher struct {
 	// positions report how far each watch has read (services,
 	// EndpointSlices, nodes).
 	positions [3]func() string
-	debounce  *debouncer
+	// hearing is when each watch last heard from the API server.
+	hearing  *hearing
+	debounce *debouncer
 	// started bounds the trigger times that count: earlier ones belong to
 	// changes made before the watcher existed.
 	started time.Time
@@ -98,8 +102,39 @@ func New(opts Options) (*Watcher, error) {
 		dirtyEps:   map[string]bool{},
 		dirtyNodes: map[string]bool{},
 		triggers:   map[string]time.Time{},
+		hearing:    newHearing(opts.Clock),
+	}
+	if opts.Registerer != nil {
+		opts.Registerer.MustRegister(w.hearing.collectors()...)
 	}
 	w.factory = informers.NewSharedInformerFactoryWithOptions(opts.Client, 0, informers.WithTransform(trim))
+	// The factory's informers for these kinds are ours, so that what each
+	// watch hears from the API server is recorded (Stalled).
+	core, discovery := opts.Client.CoreV1(), opts.Client.DiscoveryV1()
+	w.factory.InformerFor(&corev1.Service{}, informer(w.hearing.listWatch(kindServices,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return core.Services("").List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (apiwatch.Interface, error) {
+			return core.Services("").Watch(ctx, o)
+		},
+	), &corev1.Service{}))
+	w.factory.InformerFor(&discoveryv1.EndpointSlice{}, informer(w.hearing.listWatch(kindEndpointSlices,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return discovery.EndpointSlices("").List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (apiwatch.Interface, error) {
+			return discovery.EndpointSlices("").Watch(ctx, o)
+		},
+	), &discoveryv1.EndpointSlice{}))
+	w.factory.InformerFor(&corev1.Node{}, informer(w.hearing.listWatch(kindNodes,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return core.Nodes().List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (apiwatch.Interface, error) {
+			return core.Nodes().Watch(ctx, o)
+		},
+	), &corev1.Node{}))
 	svcInf := w.factory.Core().V1().Services()
 	sliceInf := w.factory.Discovery().V1().EndpointSlices()
 	nodeInf := w.factory.Core().V1().Nodes()
@@ -145,6 +180,7 @@ func New(opts Options) (*Watcher, error) {
 // have synced, marks the store ready, and then publishes each burst of
 // changes until ctx is done.
 func (w *Watcher) Run(ctx context.Context) error {
+	w.hearing.reset()
 	w.factory.Start(ctx.Done())
 	defer w.factory.Shutdown()
 	if !cache.WaitForCacheSync(ctx.Done(), w.synced...) {
@@ -155,6 +191,16 @@ func (w *Watcher) Run(ctx context.Context) error {
 	w.opts.Store.MarkReady()
 	w.debounce.Run(ctx, w.sync)
 	return nil
+}
+
+// Stalled returns the kinds (services, endpointslices, nodes) whose watch
+// has heard nothing from the API server for longer than after: no list
+// answered, no watch opened and no event or bookmark received. Such a watch
+// no longer follows the API even if the API server answers other requests
+// (a stream stuck in the server or in a proxy on the way); its views go
+// stale without any error anywhere. Counting starts when Run starts.
+func (w *Watcher) Stalled(after time.Duration) []Stall {
+	return w.hearing.stalled(after)
 }
 
 func (w *Watcher) serviceChanged(o any) {

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"slices"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/spoke-proxy/spoke/datapath"
@@ -22,8 +21,8 @@ const helperEnv = "SPOKE_TESTNET_HELPER"
 
 // Main runs a test binary's tests, or, when the binary was started as a
 // lab's client helper, serves probes until its input ends. Call it from
-// TestMain.
-func Main(m *testing.M) {
+// TestMain, with the *testing.M or with what wraps its Run.
+func Main(m interface{ Run() int }) {
 	if os.Getenv(helperEnv) == "1" {
 		if err := serve(os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "testnet helper:", err)

@@ -20,6 +20,7 @@ import (
 	"hash/crc32"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -76,6 +77,11 @@ func Open(path string) (s *Store, err error) {
 			s, err = nil, fmt.Errorf("opening state file %s: %w: %v", path, ErrCorrupt, r)
 		}
 	}()
+	// A page past the end of a file cut short faults in bbolt's memory map
+	// (SIGBUS), which kills the process whatever recovers, unless the
+	// goroutine turns faults into panics. checkSize keeps the reads of
+	// every other goroutine inside the file.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {
@@ -84,6 +90,10 @@ func Open(path string) (s *Store, err error) {
 		return nil, fmt.Errorf("opening state file %s: %w: %w", path, classify(err), err)
 	}
 	s = &Store{db: db, path: path}
+	if err := s.checkSize(); err != nil {
+		db.Close()
+		return nil, err
+	}
 	if err := s.init(); err != nil {
 		db.Close()
 		return nil, err
@@ -137,6 +147,22 @@ func OpenOrReset(path string) (s *Store, moved string, err error) {
 	}
 	s, err = Open(path)
 	return s, moved, err
+}
+
+// checkSize reports a file shorter than its pages reach as corrupt: cut
+// short by a full disk, or by a crash of a file system that does not order
+// its writes. Reading those pages would fault.
+func (s *Store) checkSize() error {
+	fi, err := os.Stat(s.path)
+	if err != nil {
+		return fmt.Errorf("%w: %w", classify(err), err)
+	}
+	return s.db.View(func(tx *bolt.Tx) error {
+		if reach := tx.Size(); reach > fi.Size() {
+			return fmt.Errorf("%w: the file is %d bytes, its pages reach %d: cut short", ErrCorrupt, fi.Size(), reach)
+		}
+		return nil
+	})
 }
 
 func (s *Store) init() error {

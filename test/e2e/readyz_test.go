@@ -2,15 +2,20 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/spoke-proxy/spoke/controlplane/app"
+	"github.com/spoke-proxy/spoke/internal/apiproxy"
 	"github.com/spoke-proxy/spoke/internal/kubeapi"
 )
 
@@ -80,5 +85,150 @@ func TestReadinessFollowsTheAPIServer(t *testing.T) {
 	}
 	if code, _ := get("/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz with the API server down: %d", code)
+	}
+}
+
+// TestReadinessFailsWhenAWatchStalls: with the API server answering every
+// request but the EndpointSlice watch frozen on the way (a proxy holds its
+// stream), /readyz fails within the stall bound and names the watch; once
+// the stream flows again, it recovers. Changes to every kind keep the
+// healthy watches hearing from the API server well within the test's short
+// bound (a real one hears a bookmark about every minute).
+func TestReadinessFailsWhenAWatchStalls(t *testing.T) {
+	api := kubeapi.ForTest(t)
+	direct, err := kubernetes.NewForConfig(api.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := apiproxy.New(api.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+	client, err := kubernetes.NewForConfig(proxy.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	churn := startChurn(ctx, t, direct)
+	defer churn()
+
+	const stallAfter = 4 * time.Second
+	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp, err := app.New(app.Options{Client: client, GRPCListener: grpcLis, HTTPListener: httpLis,
+		APIStaleAfter: 2 * time.Second, WatchStallAfter: stallAfter})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- cp.Run(cpCtx) }()
+	defer func() {
+		stop()
+		<-done
+	}()
+	probe := newProber("http://" + httpLis.Addr().String())
+	probe.wait(t, "synced", "/readyz", http.StatusOK, 30*time.Second)
+	// Ready throughout three stall bounds while every watch follows.
+	for end := time.Now().Add(3 * stallAfter); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		if code, body := probe.get("/readyz"); code != http.StatusOK {
+			t.Fatalf("/readyz while every watch follows the API: %d %q", code, body)
+		}
+	}
+
+	proxy.Freeze("endpointslices")
+	frozen := time.Now()
+	body := probe.wait(t, "the EndpointSlice watch frozen", "/readyz", http.StatusServiceUnavailable, 30*time.Second)
+	t.Logf("/readyz failed %v after the freeze: %s", time.Since(frozen).Round(time.Millisecond), strings.TrimSpace(body))
+	if !strings.Contains(body, "endpointslices") {
+		t.Errorf("/readyz does not name the stalled watch: %q", body)
+	}
+	if proxy.Held("endpointslices") == 0 {
+		t.Error("the proxy held no EndpointSlice watch: the freeze caught nothing")
+	}
+	if code, body := probe.get("/livez"); code != http.StatusOK {
+		t.Errorf("/livez with a stalled watch: %d %q", code, body)
+	}
+
+	proxy.Thaw("endpointslices")
+	probe.wait(t, "the EndpointSlice watch thawed", "/readyz", http.StatusOK, 30*time.Second)
+}
+
+// prober asks a control plane's HTTP endpoints.
+type prober struct{ base string }
+
+func newProber(base string) *prober { return &prober{base: base} }
+
+func (p *prober) get(path string) (int, string) {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(p.base + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// wait polls path until it answers want and returns the body.
+func (p *prober) wait(t *testing.T, what, path string, want int, within time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		code, body := p.get(path)
+		if code == want {
+			return body
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s answered %d %q, want %d", what, path, code, body, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// startChurn changes a Service, an EndpointSlice and a Node every 250 ms
+// until the returned function is called.
+func startChurn(ctx context.Context, t *testing.T, client kubernetes.Interface) func() {
+	t.Helper()
+	if _, err := client.CoreV1().Nodes().Create(ctx, newNode("churn-node", "zone-1", "192.168.0.9"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CoreV1().Services("default").Create(ctx, newService("default", "churn"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.DiscoveryV1().EndpointSlices("default").Create(ctx, newSlice("default", "churn", "10.244.9.1"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			label := fmt.Sprintf(`{"metadata":{"labels":{"churn":"%d"}}}`, i)
+			patch := []byte(label)
+			// Errors are the test ending; the readiness checks tell the rest.
+			client.CoreV1().Nodes().Patch(ctx, "churn-node", types.MergePatchType, patch, metav1.PatchOptions{})
+			client.CoreV1().Services("default").Patch(ctx, "churn", types.MergePatchType, patch, metav1.PatchOptions{})
+			client.DiscoveryV1().EndpointSlices("default").Patch(ctx, "churn-1", types.MergePatchType, patch, metav1.PatchOptions{})
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
 	}
 }

@@ -53,6 +53,7 @@ type config struct {
 	audience       string
 	agentAccounts  string
 	limits         server.Limits
+	watchStall     time.Duration
 }
 
 func main() {
@@ -84,6 +85,7 @@ func main() {
 	flag.IntVar(&c.limits.MaxStreams, "max-streams", 100_000, "streams served at once; -1 for no limit")
 	flag.Float64Var(&c.limits.NewStreamsPerSecond, "new-streams-per-second", 2000, "rate of new streams (a token bucket); -1 for no limit")
 	flag.IntVar(&c.limits.NewStreamsBurst, "new-streams-burst", 5000, "burst of new streams")
+	flag.DurationVar(&c.watchStall, "watch-stall-timeout", app.DefaultWatchStallAfter, "fail /readyz once a watch (Services, EndpointSlices, Nodes) has heard nothing from the API server for this long, no event, no bookmark, no new list or watch; the API server sends a bookmark about every minute (raise it above 10m for API servers without watch bookmarks)")
 	flag.BoolVar(&c.profiling, "profiling", false, "serve /debug/pprof/ on the metrics address")
 	flag.Parse()
 
@@ -138,7 +140,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	cp, err := app.New(app.Options{
 		Client: client, Authenticator: authn, Inspector: inspector, GRPCListener: lis, HTTPListener: httpLis, GRPCOptions: grpcOpts,
 		Model: model.Options{ProxyName: c.proxyName}, Window: c.window, MaxDelay: c.maxDelay,
-		AckTimeout: c.ackTimeout, MaxResponseBytes: c.maxResponseMiB << 20, MaxViewBytes: c.maxViewBytes, Limits: c.limits, Profiling: c.profiling, Logger: log,
+		AckTimeout: c.ackTimeout, MaxResponseBytes: c.maxResponseMiB << 20, MaxViewBytes: c.maxViewBytes, Limits: c.limits, Profiling: c.profiling, WatchStallAfter: c.watchStall, Logger: log,
 	})
 	if err != nil {
 		return err
