@@ -1,4 +1,4 @@
-// Package chaos runs the fault scenarios of the project's issue 10 as
+// Package chaos runs Spoke's fault scenarios as
 // tests, one per scenario (TestScenarioN...), each asserting the scenario's
 // pass criterion: the real control-plane and agent binaries as processes
 // (built by the tests), one real kube-apiserver shared by the scenarios
