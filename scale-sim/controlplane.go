@@ -249,7 +249,7 @@ func inprocAuthenticator(ctx context.Context, client kubernetes.Interface) (*aut
 		return nil, err
 	}
 	accounts := []string{agentNamespace + "/" + agentAccount}
-	pods, err := auth.WatchAgentPods(ctx, client, accounts, time.Minute)
+	pods, err := auth.WatchAgentPods(ctx, client, accounts)
 	if err != nil {
 		return nil, err
 	}

@@ -223,7 +223,11 @@ func (r *Authenticator) review(ctx context.Context, token string) (string, error
 func (r *Authenticator) podNode(ctx context.Context, ns, name, uid string) (string, error) {
 	var pod *corev1.Pod
 	if r.opts.Pods != nil {
-		if p, ok := r.opts.Pods.get(ns, name); ok && string(p.UID) == uid {
+		p, ok, err := r.opts.Pods.get(ctx, ns, name)
+		if err != nil {
+			return "", err
+		}
+		if ok && string(p.UID) == uid {
 			pod = p
 		}
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -25,9 +24,10 @@ type AgentPods struct {
 
 // WatchAgentPods watches the pods of each "namespace/name" ServiceAccount
 // (a field selector on spec.serviceAccountName, so other pods of the
-// namespace are neither sent nor held) until ctx ends, and waits at most
-// timeout for the first list.
-func WatchAgentPods(ctx context.Context, client kubernetes.Interface, serviceAccounts []string, timeout time.Duration) (*AgentPods, error) {
+// namespace are neither sent nor held) until ctx ends. It returns at once:
+// the first list runs beside the control plane's other informers, and
+// binding a stream waits for it (see get).
+func WatchAgentPods(ctx context.Context, client kubernetes.Interface, serviceAccounts []string) (*AgentPods, error) {
 	p := &AgentPods{stores: map[string][]cache.Store{}}
 	for _, account := range serviceAccounts {
 		ns, name, ok := strings.Cut(account, "/")
@@ -46,12 +46,15 @@ func WatchAgentPods(ctx context.Context, client kubernetes.Interface, serviceAcc
 		p.synced = append(p.synced, inf.HasSynced)
 		factory.Start(ctx.Done())
 	}
-	waitCtx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	if !cache.WaitForCacheSync(waitCtx.Done(), p.synced...) {
-		return nil, fmt.Errorf("the agents' pods were not listed within %s", timeout)
-	}
 	return p, nil
+}
+
+// WaitSynced waits until the first list of every watch is in, or ctx ends.
+func (p *AgentPods) WaitSynced(ctx context.Context) error {
+	if !cache.WaitForCacheSync(ctx.Done(), p.synced...) {
+		return fmt.Errorf("the agents' pods are not listed yet: %w", ctx.Err())
+	}
+	return nil
 }
 
 // podIdentity keeps only what binding needs: a pod of a large DaemonSet
@@ -67,12 +70,22 @@ func podIdentity(obj any) (any, error) {
 	}, nil
 }
 
-// get returns the cached pod ns/name, if any.
-func (p *AgentPods) get(ns, name string) (*corev1.Pod, bool) {
-	for _, s := range p.stores[ns] {
-		if obj, ok, _ := s.GetByKey(ns + "/" + name); ok {
-			return obj.(*corev1.Pod), true
+// get returns the cached pod ns/name, if any, once the first list is in:
+// a herd of agents reconnecting to a control plane that has just started
+// waits for one list instead of reading a pod each.
+func (p *AgentPods) get(ctx context.Context, ns, name string) (*corev1.Pod, bool, error) {
+	for _, synced := range p.synced {
+		if !synced() {
+			if err := p.WaitSynced(ctx); err != nil {
+				return nil, false, err
+			}
+			break
 		}
 	}
-	return nil, false
+	for _, s := range p.stores[ns] {
+		if obj, ok, _ := s.GetByKey(ns + "/" + name); ok {
+			return obj.(*corev1.Pod), true, nil
+		}
+	}
+	return nil, false, nil
 }

@@ -122,8 +122,11 @@ func localAuthenticator(ctx context.Context, t *testing.T, client kubernetes.Int
 	if err != nil {
 		t.Fatal(err)
 	}
-	pods, err := auth.WatchAgentPods(ctx, client, accounts, time.Minute)
+	pods, err := auth.WatchAgentPods(ctx, client, accounts)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pods.WaitSynced(ctx); err != nil {
 		t.Fatal(err)
 	}
 	authn, err := auth.New(auth.Options{Client: client, Audience: audience, ServiceAccounts: accounts, Keys: keys, Pods: pods, Now: now})

@@ -212,10 +212,17 @@ func (c config) authentication(ctx context.Context, client kubernetes.Interface,
 				opts.Keys = keys
 				log.Info("verifying agent tokens against the API server's issuer keys", "issuer", keys.Issuer)
 			}
-			pods, err := auth.WatchAgentPods(ctx, client, accounts, time.Minute)
+			pods, err := auth.WatchAgentPods(ctx, client, accounts)
 			if err != nil {
 				return nil, nil, err
 			}
+			go func() {
+				wctx, cancel := context.WithTimeout(ctx, time.Minute)
+				defer cancel()
+				if err := pods.WaitSynced(wctx); err != nil && ctx.Err() == nil {
+					log.Error("agent streams wait for the agents' pods, which cannot be listed (RBAC: list and watch pods in the agents' namespace)", "err", err)
+				}
+			}()
 			opts.Pods = pods
 		}
 		authn, err := auth.New(opts)
