@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -123,60 +122,36 @@ func (a *kubeAPI) Load(ctx context.Context, c *cluster.Cluster) error {
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("creating namespace: %w", err)
 	}
-	var mu sync.Mutex
-	var firstErr error
-	fail := func(err error) {
-		mu.Lock()
-		if firstErr == nil {
-			firstErr = err
+	err = parallel(len(c.Nodes), func(i int) error {
+		n, err := a.client.CoreV1().Nodes().Create(ctx, c.Nodes[i], metav1.CreateOptions{})
+		if err != nil {
+			return fmt.Errorf("creating node %s: %w", c.Nodes[i].Name, err)
 		}
-		mu.Unlock()
+		c.Nodes[i] = n
+		return nil
+	})
+	if err != nil {
+		return err
 	}
-	jobs := make(chan func() error)
-	var wg sync.WaitGroup
-	for range 16 {
-		wg.Go(func() {
-			for job := range jobs {
-				if err := job(); err != nil {
-					fail(err)
-				}
-			}
-		})
-	}
-	for i := range c.Nodes {
-		jobs <- func() error {
-			n, err := a.client.CoreV1().Nodes().Create(ctx, c.Nodes[i], metav1.CreateOptions{})
+	return parallel(len(c.Services), func(i int) error {
+		svc := c.Services[i].DeepCopy()
+		for p := range svc.Spec.Ports {
+			svc.Spec.Ports[p].NodePort = 0 // allocated by the API server
+		}
+		svc, err := a.client.CoreV1().Services(cluster.Namespace).Create(ctx, svc, metav1.CreateOptions{})
+		if err != nil {
+			return fmt.Errorf("creating service %d: %w", i, err)
+		}
+		c.Services[i] = svc
+		for s, es := range c.Slices[i] {
+			stored, err := a.client.DiscoveryV1().EndpointSlices(cluster.Namespace).Create(ctx, es, metav1.CreateOptions{})
 			if err != nil {
-				return fmt.Errorf("creating node %s: %w", c.Nodes[i].Name, err)
+				return fmt.Errorf("creating endpoint slice %s: %w", es.Name, err)
 			}
-			c.Nodes[i] = n
-			return nil
+			c.Slices[i][s] = stored
 		}
-	}
-	for i := range c.Services {
-		jobs <- func() error {
-			svc := c.Services[i].DeepCopy()
-			for p := range svc.Spec.Ports {
-				svc.Spec.Ports[p].NodePort = 0 // allocated by the API server
-			}
-			svc, err := a.client.CoreV1().Services(cluster.Namespace).Create(ctx, svc, metav1.CreateOptions{})
-			if err != nil {
-				return fmt.Errorf("creating service %d: %w", i, err)
-			}
-			c.Services[i] = svc
-			for s, es := range c.Slices[i] {
-				stored, err := a.client.DiscoveryV1().EndpointSlices(cluster.Namespace).Create(ctx, es, metav1.CreateOptions{})
-				if err != nil {
-					return fmt.Errorf("creating endpoint slice %s: %w", es.Name, err)
-				}
-				c.Slices[i][s] = stored
-			}
-			return nil
-		}
-	}
-	close(jobs)
-	wg.Wait()
-	return firstErr
+		return nil
+	})
 }
 
 func (a *kubeAPI) Update(ctx context.Context, es *discoveryv1.EndpointSlice) (*discoveryv1.EndpointSlice, error) {

@@ -19,7 +19,7 @@ import (
 // per agent ServiceAccount, not one request per agent.
 type AgentPods struct {
 	stores map[string][]cache.Store // by namespace, one per ServiceAccount
-	synced []cache.InformerSynced
+	synced chan struct{}            // closed once every first list is in
 }
 
 // WatchAgentPods watches the pods of each "namespace/name" ServiceAccount
@@ -28,7 +28,8 @@ type AgentPods struct {
 // the first list runs beside the control plane's other informers, and
 // binding a stream waits for it (see get).
 func WatchAgentPods(ctx context.Context, client kubernetes.Interface, serviceAccounts []string) (*AgentPods, error) {
-	p := &AgentPods{stores: map[string][]cache.Store{}}
+	p := &AgentPods{stores: map[string][]cache.Store{}, synced: make(chan struct{})}
+	var synced []cache.InformerSynced
 	for _, account := range serviceAccounts {
 		ns, name, ok := strings.Cut(account, "/")
 		if !ok || ns == "" || name == "" {
@@ -43,18 +44,25 @@ func WatchAgentPods(ctx context.Context, client kubernetes.Interface, serviceAcc
 			return nil, err
 		}
 		p.stores[ns] = append(p.stores[ns], inf.GetStore())
-		p.synced = append(p.synced, inf.HasSynced)
+		synced = append(synced, inf.HasSynced)
 		factory.Start(ctx.Done())
 	}
+	go func() {
+		if cache.WaitForCacheSync(ctx.Done(), synced...) {
+			close(p.synced)
+		}
+	}()
 	return p, nil
 }
 
 // WaitSynced waits until the first list of every watch is in, or ctx ends.
 func (p *AgentPods) WaitSynced(ctx context.Context) error {
-	if !cache.WaitForCacheSync(ctx.Done(), p.synced...) {
+	select {
+	case <-p.synced:
+		return nil
+	case <-ctx.Done():
 		return fmt.Errorf("the agents' pods are not listed yet: %w", ctx.Err())
 	}
-	return nil
 }
 
 // podIdentity keeps only what binding needs: a pod of a large DaemonSet
@@ -74,13 +82,8 @@ func podIdentity(obj any) (any, error) {
 // a herd of agents reconnecting to a control plane that has just started
 // waits for one list instead of reading a pod each.
 func (p *AgentPods) get(ctx context.Context, ns, name string) (*corev1.Pod, bool, error) {
-	for _, synced := range p.synced {
-		if !synced() {
-			if err := p.WaitSynced(ctx); err != nil {
-				return nil, false, err
-			}
-			break
-		}
+	if err := p.WaitSynced(ctx); err != nil {
+		return nil, false, err
 	}
 	for _, s := range p.stores[ns] {
 		if obj, ok, _ := s.GetByKey(ns + "/" + name); ok {
