@@ -105,7 +105,7 @@ test-fuzz:
 fuzz: FUZZTIME = 5m
 fuzz: test-fuzz
 
-## chaos: the fault scenarios of issue 10 (test/chaos, one test per
+## chaos: the fault scenarios (test/chaos, one test per
 ## scenario, TestScenarioN...) at full length: real processes, the real API
 ## server, eBPF in network namespaces; make test runs their short forms.
 ## Prints each scenario's result and ends with "chaos: N of M scenarios
