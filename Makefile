@@ -73,6 +73,8 @@ test: deps
 	@mkdir -p $(BIN) && rm -f $(BIN)/conformance.txt
 	CI=1 SPOKE_CONFORMANCE_SUMMARY=$(BIN)/conformance.txt $(GO) test -race -timeout $(TEST_TIMEOUT) ./...
 	@cat $(BIN)/conformance.txt
+	@echo "== a 200 MiB view held back (1 GiB of heap: without the race detector)"
+	$(GO) test -count=1 -run '^TestViewOf200MiBIsHeldBack$$' ./controlplane/server
 	@echo "== the kernel datapath tests again, on Debian's 6.1 kernel under qemu"
 	$(MAKE) test-vm
 	@echo "== the local cluster: traffic from every node and from outside to every demo service"
