@@ -83,6 +83,28 @@ func BenchmarkProgram10kServices(b *testing.B) {
 			}
 		}
 	})
+	// Every service changed in one Apply, as when an agent restarts on
+	// maps it programmed before and its state file is newer.
+	b.Run("every-service-changed", func(b *testing.B) {
+		changed := make([]*datapath.Service, len(services))
+		for i, s := range services {
+			c := *s
+			c.Ports = []datapath.Port{s.Ports[0]}
+			c.Ports[0].Internal.Endpoints = append([]datapath.Endpoint(nil), s.Ports[0].Internal.Endpoints...)
+			changed[i] = &c
+		}
+		i := 0
+		for b.Loop() {
+			i++
+			for _, c := range changed {
+				last := &c.Ports[0].Internal.Endpoints[len(c.Ports[0].Internal.Endpoints)-1]
+				last.Addr = netip.AddrPortFrom(last.Addr.Addr(), uint16(8080+i%2))
+			}
+			if err := d.Apply(ctx, changed, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
 
 // BenchmarkConnect compares, in one run, the time of a TCP connection from
