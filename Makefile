@@ -73,6 +73,10 @@ test: deps
 	@mkdir -p $(BIN) && rm -f $(BIN)/conformance.txt
 	CI=1 SPOKE_CONFORMANCE_SUMMARY=$(BIN)/conformance.txt $(GO) test -race -timeout $(TEST_TIMEOUT) ./...
 	@cat $(BIN)/conformance.txt
+	@echo "== every benchmark once, at its -short size, so that none rots"
+	$(GO) test -run '^$$' -bench . -benchtime 1x -short ./...
+	@echo "== Spoke against kube-proxy, smoke size"
+	$(MAKE) bench-kube-proxy BENCH_FLAGS=-quick
 	@echo "== the kernel datapath tests again, on Debian's 6.1 kernel under qemu"
 	$(MAKE) test-vm
 	@echo "== the local cluster: traffic from every node and from outside to every demo service"
