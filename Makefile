@@ -75,6 +75,10 @@ test: deps
 	@cat $(BIN)/conformance.txt
 	@echo "== a 200 MiB view held back (1 GiB of heap: without the race detector)"
 	$(GO) test -count=1 -run '^TestViewOf200MiBIsHeldBack$$' ./controlplane/server
+	@echo "== every benchmark once, at its -short size, so that none rots"
+	$(GO) test -run '^$$' -bench . -benchtime 1x -short ./...
+	@echo "== Spoke against kube-proxy, smoke size"
+	$(MAKE) bench-kube-proxy BENCH_FLAGS=-quick
 	@echo "== the kernel datapath tests again, on Debian's 6.1 kernel under qemu"
 	$(MAKE) test-vm
 	@echo "== the local cluster: traffic from every node and from outside to every demo service"

@@ -39,9 +39,6 @@ func benchDatapath(b *testing.B) *Datapath {
 	return newDatapath(b, Options{
 		PinPath:    "/sys/fs/bpf/spoke-bench-" + hex.EncodeToString(r[:]),
 		CgroupPath: testnet.Cgroup(b),
-		// 10,000 services with 100,000 distinct backends.
-		MaxBackends:  131072,
-		MaxEndpoints: 262144,
 	})
 }
 
@@ -86,6 +83,28 @@ func BenchmarkProgram10kServices(b *testing.B) {
 			}
 		}
 	})
+	// Every service changed in one Apply, as when an agent restarts on
+	// maps it programmed before and its state file is newer.
+	b.Run("every-service-changed", func(b *testing.B) {
+		changed := make([]*datapath.Service, len(services))
+		for i, s := range services {
+			c := *s
+			c.Ports = []datapath.Port{s.Ports[0]}
+			c.Ports[0].Internal.Endpoints = append([]datapath.Endpoint(nil), s.Ports[0].Internal.Endpoints...)
+			changed[i] = &c
+		}
+		i := 0
+		for b.Loop() {
+			i++
+			for _, c := range changed {
+				last := &c.Ports[0].Internal.Endpoints[len(c.Ports[0].Internal.Endpoints)-1]
+				last.Addr = netip.AddrPortFrom(last.Addr.Addr(), uint16(8080+i%2))
+			}
+			if err := d.Apply(ctx, changed, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
 
 // BenchmarkConnect compares, in one run, the time of a TCP connection from
@@ -101,7 +120,6 @@ func BenchmarkConnect(b *testing.B) {
 	d := newDatapath(b, Options{
 		PinPath: "/sys/fs/bpf/spoke-bench-" + hex.EncodeToString(r[:]), CgroupPath: lab.CgroupPath(),
 		NetNS: lab.NodeNS().Path(), Devices: []string{testnet.ExternalDevice},
-		MaxBackends: 131072, MaxEndpoints: 262144,
 	})
 	backend := netip.MustParseAddrPort("10.244.1.5:8080")
 	if err := lab.AddBackend(backend, datapath.TCP, false); err != nil {
@@ -144,5 +162,24 @@ func BenchmarkConnect(b *testing.B) {
 			b.ReportMetric(float64(service.Nanoseconds())/conns, "service-ns/connect")
 			b.ReportMetric(float64(service)/float64(direct), "service/direct")
 		})
+	}
+}
+
+// TestDefaultMapsHoldALargeCluster programs 10,000 services of 10 endpoints
+// (100,000 distinct backends) into maps of the default sizes: a cluster of
+// that size must not need tuning flags.
+func TestDefaultMapsHoldALargeCluster(t *testing.T) {
+	var r [4]byte
+	rand.Read(r[:])
+	d := newDatapath(t, Options{PinPath: "/sys/fs/bpf/spoke-test-" + hex.EncodeToString(r[:]), CgroupPath: testnet.Cgroup(t)})
+	if err := d.Apply(context.Background(), benchServices(10000, 10), nil); err != nil {
+		t.Fatalf("programming 10,000 services of 10 endpoints with the default map sizes: %v", err)
+	}
+	got, err := d.Programmed(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 10000 {
+		t.Errorf("%d services programmed, want 10000", len(got))
 	}
 }

@@ -61,7 +61,8 @@ type Options struct {
 	// MaxFrontends bounds the addresses services answer on: one entry per
 	// (address, port) and two per node port (65536).
 	MaxFrontends int
-	// MaxBackends bounds distinct endpoint addresses (65536).
+	// MaxBackends bounds distinct endpoint addresses (262144; the map
+	// allocates entries as they are used).
 	MaxBackends int
 	// MaxEndpoints bounds endpoints summed over every service port's
 	// backend sets, plus two per backend set (262144).
@@ -104,7 +105,7 @@ func (o Options) withDefaults() (Options, error) {
 	}{
 		{&o.MaxServices, 16384},
 		{&o.MaxFrontends, 65536},
-		{&o.MaxBackends, 65536},
+		{&o.MaxBackends, 262144},
 		{&o.MaxEndpoints, 262144},
 		{&o.MaxSourceRanges, 16384},
 		{&o.MaxConnections, 262144},

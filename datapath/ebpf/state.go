@@ -19,6 +19,8 @@ type serviceState struct {
 	// svc is what the entries program, or nil when they are damaged
 	// (incomplete, inconsistent, or not what any service would program).
 	svc *datapath.Service
+	// groups are the idents index recorded for it, which unindex forgets.
+	groups []groupIdent
 }
 
 // state mirrors the configuration maps. It is read from the kernel when a
@@ -115,14 +117,16 @@ func newState(d *dump) *state {
 // index records the groups and slot positions of a service for the next
 // plan.
 func (st *state) index(ss *serviceState) {
-	for k, pi := range ss.entries.ports {
-		_ = k
+	ss.groups = ss.groups[:0]
+	for _, pi := range ss.entries.ports {
 		for gi, g := range pi.Groups {
 			set := uint8(gi / 2)
 			if set == setExternal && pi.Sets&setsExternal == 0 || set == setFromNode && pi.Sets&setsFromNode == 0 {
 				continue
 			}
-			st.groups[groupIdent{ss.key, pi.Proto, fromPort(pi.Port), set, gi%2 == 1}] = g
+			ident := groupIdent{ss.key, pi.Proto, fromPort(pi.Port), set, gi%2 == 1}
+			st.groups[ident] = g
+			ss.groups = append(ss.groups, ident)
 		}
 	}
 	type slotted struct {
@@ -155,12 +159,13 @@ func (st *state) index(ss *serviceState) {
 
 // unindex forgets what index recorded for a service.
 func (st *state) unindex(ss *serviceState) {
-	for gi, g := range st.groups {
-		if gi.service == ss.key {
+	for _, gi := range ss.groups {
+		if g, ok := st.groups[gi]; ok {
 			delete(st.groups, gi)
 			delete(st.groupSlots, g)
 		}
 	}
+	ss.groups = nil
 }
 
 // decode reads a service back from its entries. It returns nil when the

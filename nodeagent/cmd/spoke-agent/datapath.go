@@ -30,7 +30,7 @@ func (f *datapathFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.tc, "tc-mode", "auto", "how tc programs attach: auto (tcx where the kernel has it), tcx or clsact")
 	fs.IntVar(&f.ebpf.MaxServices, "bpf-max-services", 0, "services the eBPF maps hold (0: 16384)")
 	fs.IntVar(&f.ebpf.MaxFrontends, "bpf-max-frontends", 0, "service addresses and ports (0: 65536)")
-	fs.IntVar(&f.ebpf.MaxBackends, "bpf-max-backends", 0, "distinct endpoint addresses (0: 65536)")
+	fs.IntVar(&f.ebpf.MaxBackends, "bpf-max-backends", 0, "distinct endpoint addresses (0: 262144)")
 	fs.IntVar(&f.ebpf.MaxEndpoints, "bpf-max-endpoints", 0, "endpoints summed over every service port (0: 262144)")
 	fs.IntVar(&f.ebpf.MaxConnections, "bpf-max-connections", 0, "connection-table entries of traffic from outside (0: 262144)")
 	fs.IntVar(&f.ebpf.MaxAffinity, "bpf-max-affinity", 0, "ClientIP affinity entries (0: 65536)")

@@ -75,7 +75,7 @@ func (p *agentProcess) ready() bool {
 	return resp.StatusCode == http.StatusOK
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
