@@ -183,3 +183,29 @@ func TestDefaultMapsHoldALargeCluster(t *testing.T) {
 		t.Errorf("%d services programmed, want 10000", len(got))
 	}
 }
+
+// BenchmarkReopen10kServices is an agent restart on maps that hold 10,000
+// services of 10 endpoints: open the pinned maps (read back and decoded),
+// then apply the same services from the state file.
+func BenchmarkReopen10kServices(b *testing.B) {
+	ctx := context.Background()
+	d := benchDatapath(b)
+	if err := d.Apply(ctx, benchServices(10000, 10), nil); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		b.StopTimer()
+		services := benchServices(10000, 10)
+		b.StartTimer()
+		reopened, err := New(d.opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := reopened.Apply(ctx, services, nil); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		reopened.Close()
+		b.StartTimer()
+	}
+}

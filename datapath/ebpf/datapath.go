@@ -382,6 +382,11 @@ func planUpdates(st *state, upsert []*datapath.Service, remove []string) ([]upda
 	p := newPlanner(st)
 	for _, key := range order {
 		u := update{key: key, old: st.services[key], svc: desired[key]}
+		if u.old != nil && u.old.readBack && datapath.Equal(u.old.svc, u.svc) {
+			// The maps already program it, as after an agent restart:
+			// nothing to plan or write.
+			continue
+		}
 		if u.old != nil {
 			u.id = u.old.id
 		} else {

@@ -19,6 +19,9 @@ type serviceState struct {
 	// svc is what the entries program, or nil when they are damaged
 	// (incomplete, inconsistent, or not what any service would program).
 	svc *datapath.Service
+	// readBack: svc was decoded from the maps, not handed to Apply (whose
+	// caller may still change it), so it is exactly what the maps program.
+	readBack bool
 	// groups are the idents index recorded for it, which unindex forgets.
 	groups []groupIdent
 }
@@ -109,6 +112,7 @@ func newState(d *dump) *state {
 	}
 	for _, ss := range st.services {
 		ss.svc = decode(ss, d.backends)
+		ss.readBack = ss.svc != nil
 		st.index(ss)
 	}
 	return st
