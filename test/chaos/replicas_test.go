@@ -149,7 +149,6 @@ func heldBy(ctx context.Context, cp *controlPlane, ra *replicaAgent, others ...*
 // short stall bound. Pause holds it while views are compared.
 type churn struct {
 	api     *api
-	n       int
 	mu      sync.Mutex
 	changes int
 	stop    func()
@@ -223,8 +222,10 @@ func startServing(ctx context.Context, cp *controlPlane) {
 	cp.t.Helper()
 	cp.startReady(ctx)
 	eventually(ctx, cp.t, cp.name+"'s view service SERVING", func() error {
-		if st, err := viewServing(ctx, cp); err != nil || st != healthpb.HealthCheckResponse_SERVING {
-			return fmt.Errorf("view service %v, %v", st, err)
+		if st, err := viewServing(ctx, cp); err != nil {
+			return err
+		} else if st != healthpb.HealthCheckResponse_SERVING {
+			return fmt.Errorf("view service %v", st)
 		}
 		return nil
 	})
@@ -359,8 +360,10 @@ func TestScenario9ReplicaKilledAndStalled(t *testing.T) {
 			}
 			notReady = time.Since(frozen)
 		}
-		if st, err := viewServing(ctx, victim); err != nil || st != healthpb.HealthCheckResponse_NOT_SERVING {
-			return fmt.Errorf("view service %v, %v", st, err)
+		if st, err := viewServing(ctx, victim); err != nil {
+			return err
+		} else if st != healthpb.HealthCheckResponse_NOT_SERVING {
+			return fmt.Errorf("view service %v", st)
 		}
 		notServing = time.Since(frozen)
 		return nil
