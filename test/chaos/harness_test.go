@@ -33,7 +33,7 @@ import (
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
 
-// long runs every scenario at the size and length the issue states (make
+// long runs every scenario at its full size and length (make
 // chaos); without it each runs a shorter form, cheap enough for make test.
 var long = flag.Bool("chaos.long", false, "run the scenarios at full length (make chaos)")
 
