@@ -146,6 +146,7 @@ func (c *ControlPlane) Run(ctx context.Context) error {
 	})
 	var httpSrv *http.Server
 	if c.opts.HTTPListener != nil {
+		c.apiSeen.Store(time.Now().UnixNano()) // before followReadiness reads it
 		eg.Go(func() error { c.probeAPI(ctx); return nil })
 		eg.Go(func() error { c.followReadiness(ctx); return nil })
 		httpSrv = &http.Server{Handler: c.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
@@ -257,6 +258,7 @@ func (c *ControlPlane) followReadiness(ctx context.Context) {
 	tick := time.NewTicker(readinessPoll)
 	defer tick.Stop()
 	serving := true // as grpcserver.Ready left it
+	synced := c.Store.Ready() // the first state: agents wait for no tick
 	for {
 		err := c.notReady()
 		if ready := err == nil; ready != serving {
@@ -272,6 +274,8 @@ func (c *ControlPlane) followReadiness(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-synced:
+			synced = nil
 		case <-tick.C:
 		}
 	}
