@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/spoke-proxy/spoke/controlplane/model"
@@ -27,6 +28,7 @@ import (
 	"github.com/spoke-proxy/spoke/controlplane/store"
 	"github.com/spoke-proxy/spoke/controlplane/watch"
 	"github.com/spoke-proxy/spoke/internal/grpcserver"
+	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
 
 // Options configure a control plane.
@@ -36,7 +38,9 @@ type Options struct {
 	GRPCListener net.Listener
 	// HTTPListener serves /metrics, /healthz (the first state is
 	// published), /readyz (and the API server answers, and no watch has
-	// stalled) and /livez; none when nil.
+	// stalled) and /livez; none when nil. With it, the view service's gRPC
+	// health follows /readyz (agents open streams only where it is
+	// SERVING); without it, the view service is always SERVING.
 	HTTPListener net.Listener
 	// GRPCOptions are extra server options, such as TLS credentials.
 	GRPCOptions []grpc.ServerOption
@@ -142,7 +146,9 @@ func (c *ControlPlane) Run(ctx context.Context) error {
 	})
 	var httpSrv *http.Server
 	if c.opts.HTTPListener != nil {
+		c.apiSeen.Store(time.Now().UnixNano()) // before followReadiness reads it
 		eg.Go(func() error { c.probeAPI(ctx); return nil })
+		eg.Go(func() error { c.followReadiness(ctx); return nil })
 		httpSrv = &http.Server{Handler: c.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
 		eg.Go(func() error {
 			if err := httpSrv.Serve(c.opts.HTTPListener); !errors.Is(err, http.ErrServerClosed) {
@@ -217,6 +223,64 @@ func (c *ControlPlane) logStalls(before map[string]bool) map[string]bool {
 	return now
 }
 
+// notReady says why the replica is not ready, or returns nil: its first
+// state is published, the API server, which the watches follow, answered
+// lately, and every watch heard from it lately.
+func (c *ControlPlane) notReady() error {
+	select {
+	case <-c.Store.Ready():
+	default:
+		return errors.New("waiting for the API watch to sync")
+	}
+	if since := time.Since(time.Unix(0, c.apiSeen.Load())); since > c.opts.APIStaleAfter {
+		return fmt.Errorf("the API server has not answered for %s: the views may be stale", since.Round(time.Second))
+	}
+	if stalls := c.watcher.Stalled(c.opts.WatchStallAfter); len(stalls) > 0 {
+		return fmt.Errorf("%s: the views may be stale", stalls[0])
+	}
+	return nil
+}
+
+// viewService is the name agents health-check (agent.DialOptions) before
+// they open a stream on a connection.
+var viewService = spokev1.ViewService_ServiceDesc.ServiceName
+
+// readinessPoll is how often the view service's gRPC health is set from
+// notReady.
+const readinessPoll = 500 * time.Millisecond
+
+// followReadiness keeps the view service's gRPC health equal to /readyz:
+// NOT_SERVING while the replica is not ready, so that agents, which check
+// it on every connection, open no new stream here and go to a replica that
+// is (streams open already go on). Readiness alone would only reach
+// clients behind a load balancer that probes it.
+func (c *ControlPlane) followReadiness(ctx context.Context) {
+	tick := time.NewTicker(readinessPoll)
+	defer tick.Stop()
+	serving := true // as grpcserver.Ready left it
+	synced := c.Store.Ready() // the first state: agents wait for no tick
+	for {
+		err := c.notReady()
+		if ready := err == nil; ready != serving {
+			serving = ready
+			if ready {
+				c.grpc.Health.SetServingStatus(viewService, healthpb.HealthCheckResponse_SERVING)
+				c.opts.Logger.Info("ready: taking new agent streams")
+			} else {
+				c.grpc.Health.SetServingStatus(viewService, healthpb.HealthCheckResponse_NOT_SERVING)
+				c.opts.Logger.Warn("not ready: new agent streams go to other replicas", "reason", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-synced:
+			synced = nil
+		case <-tick.C:
+		}
+	}
+}
+
 func (c *ControlPlane) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(c.Registry, promhttp.HandlerOpts{}))
@@ -233,18 +297,8 @@ func (c *ControlPlane) httpHandler() http.Handler {
 	// the API server, which the watches follow, answered lately, and every
 	// watch heard from it lately.
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		select {
-		case <-c.Store.Ready():
-		default:
-			http.Error(w, "waiting for the API watch to sync", http.StatusServiceUnavailable)
-			return
-		}
-		if since := time.Since(time.Unix(0, c.apiSeen.Load())); since > c.opts.APIStaleAfter {
-			http.Error(w, fmt.Sprintf("the API server has not answered for %s: the views may be stale", since.Round(time.Second)), http.StatusServiceUnavailable)
-			return
-		}
-		if stalls := c.watcher.Stalled(c.opts.WatchStallAfter); len(stalls) > 0 {
-			http.Error(w, fmt.Sprintf("%s: the views may be stale", stalls[0]), http.StatusServiceUnavailable)
+		if err := c.notReady(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")

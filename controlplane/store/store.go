@@ -82,6 +82,10 @@ type nodeEntry struct {
 	enc     *Encoded
 	zone    string
 	zoneRev uint64
+	// prevZone is the zone before the last change (the node unknown
+	// counts as zone ""), from prevZoneRev until zoneRev.
+	prevZone    string
+	prevZoneRev uint64
 }
 
 // Store is the set of encoded views, safe for concurrent use.
@@ -366,6 +370,7 @@ func (s *Store) setNode(name string, n *spokev1.Node, rev uint64) (bool, error) 
 		return false, nil
 	}
 	if e.zone != n.Zone {
+		e.prevZone, e.prevZoneRev = e.zone, e.zoneRev
 		e.zone, e.zoneRev = n.Zone, rev
 	}
 	e.enc = enc
@@ -483,28 +488,48 @@ func (s *Store) Initial(node string, have map[string]string) Delta {
 
 // Since returns what changed for a node after revision synced. skip holds
 // versions the agent rejected: those are not sent again. If the node's
-// zone changed after synced, every service it sees is sent.
+// zone changed once after synced (or the node became known: its zone was
+// ""), a service unchanged since is sent only when its view for the new
+// zone differs from the one for the old; one that changed is sent. If the
+// zone changed more than once, every service the node sees is sent.
 func (s *Store) Since(node string, synced uint64, skip map[string]string) Delta {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	d := Delta{Rev: s.rev, APIRevisions: s.apiRev, APIRevisionsField: s.apiRevField}
-	zone := ""
+	zone, oldZone, rezoned := "", "", false
 	if n := s.nodes[node]; n != nil {
 		zone = n.zone
 		if n.enc != nil && n.enc.Rev > synced {
 			d.Resources = append(d.Resources, n.enc)
 		}
-		if n.zoneRev > synced {
+		switch {
+		case n.zoneRev <= synced:
+		case n.prevZoneRev <= synced:
+			oldZone, rezoned = n.prevZone, true
+		default:
 			synced = 0
 		}
 	}
 	for el := s.log.Back(); el != nil; el = el.Prev() {
 		e := el.Value.(*serviceEntry)
 		if e.rev <= synced {
-			break
+			if !rezoned {
+				break
+			}
+			// Unchanged since synced: the agent holds its view for the
+			// old zone.
+			v, old := e.viewFor(node, zone), e.viewFor(node, oldZone)
+			switch {
+			case v == nil && old != nil:
+				d.Removed = append(d.Removed, e.name)
+			case v == nil, skip[e.name] == v.Version:
+			case old == nil || old.Version != v.Version:
+				d.Resources = append(d.Resources, v)
+			}
+			continue
 		}
 		v := e.viewFor(node, zone)
-		moved := e.selectionRev(node, zone) > synced
+		moved := rezoned || e.selectionRev(node, zone) > synced
 		switch {
 		case v == nil && moved:
 			d.Removed = append(d.Removed, e.name)

@@ -124,13 +124,29 @@ func TestDeletedServiceIsRemovedAndCollected(t *testing.T) {
 	}
 }
 
-func TestZoneChangeResendsEverything(t *testing.T) {
+// TestZoneChangeSendsWhatDiffers: after one zone change, or the node
+// becoming known (an agent may connect before its node is watched), only
+// the services whose view differs between the zones are sent, with the
+// node; after two changes, everything.
+func TestZoneChangeSendsWhatDiffers(t *testing.T) {
 	s := New()
+	rev := apply(t, s, Batch{Services: map[string]*model.Views{
+		"ns/x":    {Default: view("x")},
+		"ns/y":    {Default: view("y")},
+		"ns/hint": {Default: view("hint", "10.0.0.1", "10.0.0.2"), ByZone: map[string]*spokev1.Service{"b": view("hint", "10.0.0.2")}},
+	}})
 	apply(t, s, nodes(map[string]string{"n": "a"}))
-	rev := apply(t, s, Batch{Services: map[string]*model.Views{"ns/x": {Default: view("x")}, "ns/y": {Default: view("y")}}})
+	if d := s.Since("n", rev, nil); deltaNames(d) != deltaNames(Delta{Resources: []*Encoded{s.nodes["n"].enc}}) {
+		t.Errorf("after the node became known: %s, want only the node", deltaNames(d))
+	}
+	known := s.Revision()
 	apply(t, s, nodes(map[string]string{"n": "b"}))
-	if d := s.Since("n", rev, nil); len(d.Resources) != 3 {
-		t.Fatalf("after a zone change: %s, want the node and both services", deltaNames(d))
+	d := s.Since("n", known, nil)
+	if len(d.Resources) != 2 || d.Resources[0].Name != spokev1.NodeResourceName || d.Resources[1] != s.services["ns/hint"].byZone["b"] {
+		t.Errorf("after a zone change: %s, want the node and the zone-b view of hint", deltaNames(d))
+	}
+	if d := s.Since("n", rev, nil); len(d.Resources) != 4 {
+		t.Errorf("after two zone changes: %s, want the node and every service", deltaNames(d))
 	}
 }
 

@@ -235,6 +235,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		a.opts.Metrics.streamFailed(err)
 		behind = a.refusedAsAhead(err, behind)
 		if progressed && !errors.Is(err, errProtocol) {
 			backoff = a.opts.MinBackoff

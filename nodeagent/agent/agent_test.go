@@ -16,6 +16,8 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/spoke-proxy/spoke/controlplane/model"
 	"github.com/spoke-proxy/spoke/controlplane/server"
@@ -36,6 +38,9 @@ type controlPlane struct {
 	grpc   *grpc.Server
 	addr   string
 	reg    *prometheus.Registry
+	// health is the replica's gRPC health service, the view service
+	// SERVING unless a test says otherwise.
+	health *health.Server
 }
 
 func startControlPlane(t *testing.T, addr string, st *store.Store, with ...func(*server.Options)) *controlPlane {
@@ -52,6 +57,9 @@ func startControlPlane(t *testing.T, addr string, st *store.Store, with ...func(
 	cp.server = server.New(opts)
 	cp.grpc = grpc.NewServer(server.ServerOptions()...)
 	cp.server.Register(cp.grpc)
+	cp.health = health.NewServer()
+	cp.health.SetServingStatus(viewService, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(cp.grpc, cp.health)
 	go cp.grpc.Serve(lis)
 	t.Cleanup(cp.grpc.Stop)
 	return cp

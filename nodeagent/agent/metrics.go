@@ -4,12 +4,14 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/status"
 )
 
 // Metrics are an agent's Prometheus figures. A nil *Metrics records
 // nothing, so thousands of simulated agents can share none.
 type Metrics struct {
 	connectedGauge   prometheus.Gauge
+	streamFailures   *prometheus.CounterVec
 	resourcesTotal   prometheus.Counter
 	nacksTotal       prometheus.Counter
 	applyDuration    prometheus.Histogram
@@ -26,6 +28,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "spoke", Subsystem: "agent", Name: "connected",
 			Help: "1 while the stream to the control plane is up.",
 		}),
+		streamFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "spoke", Subsystem: "agent", Name: "stream_failures_total",
+			Help: "Streams to the control plane that ended (the agent then reconnects), by gRPC status code: Unavailable for a connection lost or a control plane that stopped answering keepalives.",
+		}, []string{"code"}),
 		resourcesTotal: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "spoke", Subsystem: "agent", Name: "resources_received_total",
 			Help: "Resources received from the control plane.",
@@ -57,7 +63,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Starts without the state file because of an I/O or permission error.",
 		}),
 	}
-	reg.MustRegister(m.connectedGauge, m.resourcesTotal, m.nacksTotal, m.applyDuration, m.driftTotal, m.stateWriteErrors, m.corruptStates, m.unusableStates)
+	reg.MustRegister(m.connectedGauge, m.streamFailures, m.resourcesTotal, m.nacksTotal, m.applyDuration, m.driftTotal, m.stateWriteErrors, m.corruptStates, m.unusableStates)
 	return m
 }
 
@@ -69,6 +75,12 @@ func (m *Metrics) connected(up bool) {
 		m.connectedGauge.Set(1)
 	} else {
 		m.connectedGauge.Set(0)
+	}
+}
+
+func (m *Metrics) streamFailed(err error) {
+	if m != nil {
+		m.streamFailures.WithLabelValues(status.Code(err).String()).Inc()
 	}
 }
 

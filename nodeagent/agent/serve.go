@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	_ "google.golang.org/grpc/health" // the client side of healthCheckConfig
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
@@ -74,14 +75,44 @@ func (a *Agent) markUpdated() {
 // rate-limits new streams besides.
 var ReconnectBackoff = backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2500 * time.Millisecond}
 
+// DefaultKeepalive is how an agent finds a control plane that stopped
+// answering without closing the connection (a partition, a host that
+// froze): after Time without hearing from it the agent pings, and Timeout
+// later without an answer it drops the connection and reconnects. A
+// partition is noticed within Time+Timeout.
+var DefaultKeepalive = keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}
+
+// MinKeepaliveTime is the shortest keepalive Time the control plane
+// permits (internal/grpcserver's enforcement policy); a client that pings
+// more often is sent GOAWAY (too_many_pings). gRPC raises a shorter Time
+// to this as well.
+const MinKeepaliveTime = 10 * time.Second
+
+// serviceConfig spreads an agent's connection over every address its
+// control-plane name resolves to (one per replica) and health-checks the
+// view service on each: a stream opens only on a replica whose view
+// service is SERVING, which a replica that is not ready (a stalled watch,
+// an API server it cannot reach) is not. When the replica serving the
+// stream dies, the next stream goes at once to another, already connected.
+// A name with one address (a load balancer) works as before.
+const serviceConfig = `{
+	"loadBalancingConfig": [{"round_robin": {}}],
+	"healthCheckConfig": {"serviceName": "spoke.v1.ViewService"}
+}`
+
 // DialOptions are the gRPC options an agent's control-plane connection
-// needs: a receive limit above the largest response, keepalives, and a
+// needs: a receive limit above the largest response, DefaultKeepalive, a
 // reconnect backoff short enough that agents return within seconds of a
-// control-plane restart, jittered so they do not return all at once.
-func DialOptions() []grpc.DialOption {
+// control-plane restart, jittered so they do not return all at once, and
+// serviceConfig.
+func DialOptions() []grpc.DialOption { return DialOptionsWith(DefaultKeepalive) }
+
+// DialOptionsWith is DialOptions with the keepalive ka.
+func DialOptionsWith(ka keepalive.ClientParameters) []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(spokev1.MaxMessageBytes)),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.WithKeepaliveParams(ka),
+		grpc.WithDefaultServiceConfig(serviceConfig),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           ReconnectBackoff,
 			MinConnectTimeout: 5 * time.Second,

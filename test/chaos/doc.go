@@ -10,10 +10,10 @@
 // services and its last drift check found nothing.
 //
 // go test runs a short form of each (make test); -chaos.long runs them at
-// the sizes and lengths (make chaos, which counts the scenarios
+// the scenarios' full sizes and lengths (make chaos, which counts the scenarios
 // that held).
 //
 // Caveats: the scenarios need root and the eBPF features of
 // internal/testnet; under CI=1 they fail, never skip, without them. The
-// 5 s convergence bounds are the issue's, measured on a shared machine.
+// 5 s convergence bounds are the project's, measured on a shared machine.
 package chaos

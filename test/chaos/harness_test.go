@@ -33,7 +33,7 @@ import (
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
 
-// long runs every scenario at the size and length the issue states (make
+// long runs every scenario at its full size and length (make
 // chaos); without it each runs a shorter form, cheap enough for make test.
 var long = flag.Bool("chaos.long", false, "run the scenarios at full length (make chaos)")
 
@@ -374,6 +374,7 @@ type agentProc struct {
 	node        string
 	statePath   string
 	healthzAddr string
+	metricsAddr string
 	inspect     spokev1.AgentInspectionServiceClient
 }
 
@@ -382,10 +383,10 @@ type agentProc struct {
 func newAgent(t *testing.T, node, cpAddr string, extra ...string) *agentProc {
 	t.Helper()
 	binaries(t)
-	a := &agentProc{node: node, statePath: filepath.Join(t.TempDir(), node+".db"), healthzAddr: freeAddr(t)}
+	a := &agentProc{node: node, statePath: filepath.Join(t.TempDir(), node+".db"), healthzAddr: freeAddr(t), metricsAddr: freeAddr(t)}
 	inspectAddr := freeAddr(t)
 	args := append([]string{"-node-name", node, "-controlplane", cpAddr, "-insecure",
-		"-state-file", a.statePath, "-healthz-address", a.healthzAddr, "-metrics-address", freeAddr(t),
+		"-state-file", a.statePath, "-healthz-address", a.healthzAddr, "-metrics-address", a.metricsAddr,
 		"-inspect-address", inspectAddr}, extra...)
 	if !slices.Contains(extra, "-datapath") {
 		args = append(args, "-datapath", "memory")
@@ -404,6 +405,22 @@ func (a *agentProc) state(ctx context.Context) (*spokev1.GetStateResponse, error
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	return a.inspect.GetState(ctx, &spokev1.GetStateRequest{})
+}
+
+// metric returns the sum of the agent's samples of a metric whose line
+// holds match, or an error when /metrics does not answer.
+func (a *agentProc) metric(name, match string) (float64, error) {
+	c := http.Client{Timeout: time.Second}
+	resp, err := c.Get("http://" + a.metricsAddr + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	return sumMetric(string(b), name, match), nil
 }
 
 // healthy reports whether the agent's /healthz answers 200.

@@ -10,7 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// convergeBound is the bound from a fault's end to every agent
+// convergeBound is the project's bound from a fault's end to every agent
 // holding its view again.
 const convergeBound = 5 * time.Second
 

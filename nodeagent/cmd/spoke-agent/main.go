@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/spoke-proxy/spoke/datapath/ebpf"
 	"github.com/spoke-proxy/spoke/internal/grpcserver"
@@ -47,6 +48,7 @@ type config struct {
 	metricsAddr    string
 	inspectAddr    string
 	repairInterval time.Duration
+	keepalive      keepalive.ClientParameters
 	logLevel       string
 	logFormat      string
 }
@@ -73,6 +75,8 @@ func main() {
 	flag.StringVar(&c.metricsAddr, "metrics-address", "127.0.0.1:10249", "address of /metrics (kube-proxy's port)")
 	flag.StringVar(&c.inspectAddr, "inspect-address", "127.0.0.1:18001", "address of the inspection gRPC service")
 	flag.DurationVar(&c.repairInterval, "repair-interval", 30*time.Second, "how often the datapath is read back and repaired")
+	flag.DurationVar(&c.keepalive.Time, "keepalive-time", agent.DefaultKeepalive.Time, "ping the control plane after this long without hearing from it (at least 10s, the most often the control plane permits)")
+	flag.DurationVar(&c.keepalive.Timeout, "keepalive-timeout", agent.DefaultKeepalive.Timeout, "drop the connection and reconnect when a ping is not answered in this time: a control plane cut off without the connection closing is noticed within -keepalive-time plus this")
 	flag.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	flag.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	flag.Parse()
@@ -200,7 +204,11 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 // connection: TLS verified with -tls-ca-file, and the token sent only over
 // it. Plaintext needs -insecure and never carries the token.
 func (c config) transport(log *slog.Logger) ([]grpc.DialOption, error) {
-	opts := agent.DialOptions()
+	if c.keepalive.Time < agent.MinKeepaliveTime || c.keepalive.Timeout <= 0 {
+		return nil, fmt.Errorf("-keepalive-time %v, -keepalive-timeout %v: want at least %v (the control plane refuses more frequent pings) and more than 0",
+			c.keepalive.Time, c.keepalive.Timeout, agent.MinKeepaliveTime)
+	}
+	opts := agent.DialOptionsWith(c.keepalive)
 	switch {
 	case c.insecure:
 		log.Warn("connecting to the control plane in plaintext (-insecure); no token is sent")
