@@ -46,6 +46,7 @@ type config struct {
 	syncTimeout                       time.Duration
 	seed                              uint64
 	cpuProfile, memProfile            string
+	cpCPUProfile, cpHeapProfile       string
 	workDir                           string
 	verbose                           bool
 	out                               io.Writer
@@ -88,6 +89,8 @@ func main() {
 	flag.Uint64Var(&c.seed, "seed", 1, "seed of the generated cluster and churn")
 	flag.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (the control plane too with --controlplane inproc)")
 	flag.StringVar(&c.memProfile, "memprofile", "", "write a heap profile of this process at the end")
+	flag.StringVar(&c.cpCPUProfile, "controlplane-cpuprofile", "", "write a CPU profile of the control plane's process over the measured churn, from its /debug/pprof/")
+	flag.StringVar(&c.cpHeapProfile, "controlplane-memprofile", "", "write a heap profile of the control plane's process at the end, from its /debug/pprof/")
 	flag.StringVar(&c.workDir, "workdir", "", "folder for logs and state files; a temporary one, removed at the end, when empty")
 	flag.BoolVar(&c.verbose, "v", false, "log the control plane (inproc) and agents")
 	flag.Parse()
@@ -174,6 +177,9 @@ func run(ctx context.Context, c config) (*report, error) {
 		return nil, err
 	}
 	if err := s.runScenario(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.finishProfiles(ctx); err != nil {
 		return nil, err
 	}
 	rep, err := s.finish(ctx)

@@ -43,6 +43,7 @@ type sim struct {
 	churnStart, churnEnd time.Time
 	rxStart, rxEnd       uint64
 	cpuStart, cpuEnd     usage
+	cpProf               cpProfiles
 	changes, failed      atomic.Uint64
 	extra                map[string]any
 	table                [][2]string
@@ -50,7 +51,8 @@ type sim struct {
 }
 
 func setup(ctx context.Context, c config, log *slog.Logger) (*sim, error) {
-	s := &sim{c: c, log: log, started: time.Now(), extra: map[string]any{}}
+	s := &sim{c: c, log: log, started: time.Now(), extra: map[string]any{},
+		cpProf: cpProfiles{cpu: c.cpCPUProfile, heap: c.cpHeapProfile}}
 	s.loadStart = loadAvg()
 	s.progressf("generating %d nodes, %d services × %d endpoints", c.nodes, c.services, c.endpoints)
 	s.cluster = cluster.New(cluster.Spec{
@@ -372,6 +374,7 @@ func (s *sim) runScenario(ctx context.Context) error {
 func (s *sim) measuredChurn(ctx context.Context, phase int, label string) {
 	s.rxStart = s.fleet.RxBytes()
 	s.cpuStart = s.cp.Usage()
+	s.startCPUProfile(ctx, s.c.duration)
 	s.churnStart = time.Now()
 	s.churn(ctx, phase, label)
 	s.settle(ctx, label+": settling")
