@@ -33,6 +33,9 @@ type lightAgent struct {
 	codec *codec
 	// onApplied is called after each response, before the ACK is sent.
 	onApplied func(applied)
+	// connecting bounds the worker's streams that wait for their first
+	// response (a slot is taken by sending into it).
+	connecting chan struct{}
 
 	mu        sync.Mutex
 	held      map[string]Hash
@@ -42,8 +45,8 @@ type lightAgent struct {
 	lastNack  string
 }
 
-func newAgent(name string, conn *grpc.ClientConn, c *codec, onApplied func(applied)) *lightAgent {
-	return &lightAgent{name: name, conn: conn, codec: c, onApplied: onApplied, held: map[string]Hash{}}
+func newAgent(name string, conn *grpc.ClientConn, c *codec, connecting chan struct{}, onApplied func(applied)) *lightAgent {
+	return &lightAgent{name: name, conn: conn, codec: c, connecting: connecting, onApplied: onApplied, held: map[string]Hash{}}
 }
 
 // run streams the node's view until ctx is done, reconnecting with
@@ -72,6 +75,19 @@ func (a *lightAgent) run(ctx context.Context) error {
 func (a *lightAgent) stream(ctx context.Context) (progressed bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	select {
+	case a.connecting <- struct{}{}:
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
+	connecting := true
+	release := func() {
+		if connecting {
+			<-a.connecting
+			connecting = false
+		}
+	}
+	defer release()
 	s, err := a.conn.NewStream(ctx, &spokev1.ViewService_ServiceDesc.Streams[0], spokev1.ViewService_StreamViews_FullMethodName,
 		grpc.WaitForReady(true), grpc.ForceCodecV2(a.codec))
 	if err != nil {
@@ -91,6 +107,7 @@ func (a *lightAgent) stream(ctx context.Context) (progressed bool, err error) {
 			return progressed, err
 		}
 		progressed = true
+		release()
 		if resp.nonce == "" || len(resp.nonce) > 64 || resp.nonce == lastNonce {
 			return progressed, fmt.Errorf("%w: response nonce %.64q", errProtocol, resp.nonce)
 		}

@@ -43,7 +43,7 @@ func decode(t *testing.T, b []byte) *response {
 // control plane computed, and resumes with it and with the API revisions.
 func TestAgentHoldsContentHashes(t *testing.T) {
 	var got []applied
-	a := newAgent("n1", nil, nil, func(ap applied) { got = append(got, ap) })
+	a := newAgent("n1", nil, nil, nil, func(ap applied) { got = append(got, ap) })
 	web, db := svc("web", 80), svc("db", 5432)
 	node := &spokev1.Resource{Name: spokev1.NodeResourceName, Kind: &spokev1.Resource_Node{Node: &spokev1.Node{Name: "n1", Zone: "z"}}}
 	ack := a.handle(decode(t, frame(t, "1", []*spokev1.Resource{node, web, db})))
@@ -80,7 +80,7 @@ func TestAgentHoldsContentHashes(t *testing.T) {
 // content was changed on the way is NACKed by name and not held, and that
 // the last good hash stays.
 func TestAgentRejectsContentThatDoesNotMatch(t *testing.T) {
-	a := newAgent("n1", nil, nil, func(applied) {})
+	a := newAgent("n1", nil, nil, nil, func(applied) {})
 	web := svc("web", 80)
 	a.handle(decode(t, frame(t, "1", []*spokev1.Resource{web})))
 	good := a.held["web"]

@@ -32,6 +32,13 @@ type Options struct {
 	Tokens []string
 	// Processes is how many worker processes share the nodes.
 	Processes int
+	// MaxConnecting is how many nodes of each worker may wait at once for
+	// the first response of a stream: more wait to connect. A control
+	// plane short of CPU otherwise accepts connections more slowly than
+	// thousands of nodes open them; its accept queue fills with
+	// connections their clients have given up on (after 5 s), and
+	// connecting stalls. 0 is 64.
+	MaxConnecting int
 	// OnApplied is called, in order for each node, with what the node
 	// applied and when.
 	OnApplied func(node int, at time.Time, applied []*spokev1.Resource, removed []string)
@@ -85,10 +92,13 @@ func Start(opts Options) (*Fleet, error) {
 		}
 		opts.Executable = exe
 	}
+	if opts.MaxConnecting == 0 {
+		opts.MaxConnecting = 64
+	}
 	f := &Fleet{opts: opts}
 	for k := range opts.Processes {
 		lo, hi := f.slice(k)
-		s := &setup{Address: opts.Address, CAPEM: opts.CAPEM, Nodes: make(map[int]nodeSpec, hi-lo)}
+		s := &setup{Address: opts.Address, CAPEM: opts.CAPEM, Nodes: make(map[int]nodeSpec, hi-lo), MaxConnecting: opts.MaxConnecting}
 		for i := lo; i < hi; i++ {
 			ns := nodeSpec{Name: opts.Names[i]}
 			if opts.Tokens != nil {

@@ -37,6 +37,9 @@ type setup struct {
 	CAPEM []byte
 	// Nodes are the worker's nodes by their index in the whole fleet.
 	Nodes map[int]nodeSpec
+	// MaxConnecting is how many of the worker's nodes may wait at once
+	// for the first response of a stream (connecting, TLS, first view).
+	MaxConnecting int
 }
 
 type nodeSpec struct {

@@ -46,6 +46,8 @@ type worker struct {
 	creds  credentials.TransportCredentials
 	events chan event
 	rx     atomic.Uint64
+	// connecting bounds the nodes that connect at once (MaxConnecting).
+	connecting chan struct{}
 
 	mu      sync.Mutex
 	running map[int]*running
@@ -72,7 +74,7 @@ func runWorker(in io.Reader, out io.Writer, log *slog.Logger) error {
 		return errors.New("the first command is not the setup")
 	}
 	w := &worker{setup: first.Setup, log: log, events: make(chan event, 4096),
-		running: map[int]*running{}, names: map[string]string{}}
+		running: map[int]*running{}, names: map[string]string{}, connecting: make(chan struct{}, max(1, first.Setup.MaxConnecting))}
 	w.codec = &codec{proto: encoding.GetCodecV2("proto"), intern: w.intern}
 	w.creds = insecure.NewCredentials()
 	if len(w.setup.CAPEM) > 0 {
@@ -165,7 +167,7 @@ func (w *worker) start(i int) error {
 	if err != nil {
 		return fmt.Errorf("node %s: connecting: %w", spec.Name, err)
 	}
-	a := newAgent(spec.Name, conn, w.codec, func(ap applied) {
+	a := newAgent(spec.Name, conn, w.codec, w.connecting, func(ap applied) {
 		w.events <- event{Kind: evApplied, Node: i, At: ap.at.UnixNano(), Applied: ap.put, Removed: ap.removed}
 	})
 	ctx, cancel := context.WithCancel(context.Background())
