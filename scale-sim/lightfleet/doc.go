@@ -19,6 +19,10 @@
 // time it was applied), and answers to queries of a node's held hashes and
 // of the bytes read.
 //
+// At most Options.MaxConnecting nodes of a worker wait at once for the
+// first response of a stream, so that a control plane short of CPU is not
+// handed more connections than it accepts before their clients give up.
+//
 // Caveats: a light agent checks what a response carries, not what it
 // means: a view that the real agent would fail to decode or to program is
 // held here. The figures are the control plane's ceiling, and the full
