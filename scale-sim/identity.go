@@ -37,8 +37,11 @@ const (
 // certificate the fleet trusts, and a pod-bound token per node.
 type identity struct {
 	certFile, keyFile string
-	tls               *tls.Config
-	tokens            []string
+	// caPEM is what the serving certificate chains to, for processes
+	// that build their own TLS configuration.
+	caPEM  []byte
+	tls    *tls.Config
+	tokens []string
 }
 
 // newIdentity issues the control plane's certificate into dir and a token
@@ -60,6 +63,7 @@ func newIdentity(ctx context.Context, api apiSource, dir string, nodes []string)
 		return nil, errors.New("the simulator's CA does not parse")
 	}
 	id.tls = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	id.caPEM = ca.PEM
 	if id.tokens, err = api.AgentTokens(ctx, nodes); err != nil {
 		return nil, fmt.Errorf("issuing agent tokens: %w", err)
 	}

@@ -1,6 +1,7 @@
 // Command scale-sim runs thousands of fake nodes, each the real node agent
-// with an in-memory datapath, against a control plane fed by a synthetic or
-// a real Kubernetes API, drives a scenario and prints the figures: a
+// with an in-memory datapath (or, with --fleet light, a light agent in
+// worker processes of its own), against a control plane fed by a synthetic
+// or a real Kubernetes API, drives a scenario and prints the figures: a
 // progress line while it runs, a table at the end, and with --json a last
 // line that is one JSON object. See scale-sim/RESULTS.md for measured runs.
 package main
@@ -17,6 +18,8 @@ import (
 	"runtime/pprof"
 	"syscall"
 	"time"
+
+	"github.com/spoke-proxy/spoke/scale-sim/lightfleet"
 )
 
 type config struct {
@@ -34,6 +37,8 @@ type config struct {
 	plot                              string
 	window, maxDelay, ackTimeout      time.Duration
 	bbolt                             bool
+	fleet                             string
+	fleetProcesses                    int
 	auth                              bool
 	fraction                          float64
 	slowRate                          int64
@@ -41,6 +46,7 @@ type config struct {
 	syncTimeout                       time.Duration
 	seed                              uint64
 	cpuProfile, memProfile            string
+	cpCPUProfile, cpHeapProfile       string
 	workDir                           string
 	verbose                           bool
 	out                               io.Writer
@@ -51,6 +57,7 @@ type config struct {
 var scenarios = []string{"churn", "controlplane-restart", "agent-restart", "slow-agents", "apiserver-load"}
 
 func main() {
+	lightfleet.RunWorkerIfAsked()
 	c := config{out: os.Stdout, progress: os.Stderr, progressEvery: 5 * time.Second}
 	flag.IntVar(&c.nodes, "nodes", 1000, "fake nodes, each running the real agent")
 	flag.IntVar(&c.zones, "zones", 3, "zones the nodes are spread over")
@@ -72,6 +79,8 @@ func main() {
 	flag.DurationVar(&c.maxDelay, "debounce-max-delay", 250*time.Millisecond, "the control plane's debounce maximum delay")
 	flag.DurationVar(&c.ackTimeout, "ack-timeout", time.Minute, "the control plane's acknowledgement timeout")
 	flag.BoolVar(&c.auth, "auth", true, "agents connect over TLS with tokens bound to agent pods, which the control plane verifies against the API's issuer keys (-agent-auth=token); false: plaintext, node names trusted")
+	flag.StringVar(&c.fleet, "fleet", "full", `"full": every node runs the real agent, in this process; "light": light agents that speak the stream protocol and hold content hashes only, in --fleet-processes worker processes of their own (churn and controlplane-restart)`)
+	flag.IntVar(&c.fleetProcesses, "fleet-processes", 2, "worker processes of a light fleet")
 	flag.BoolVar(&c.bbolt, "bbolt", false, "give every agent a bbolt state file (always on for agent-restart)")
 	flag.Float64Var(&c.fraction, "fraction", 0.1, "fraction of agents restarted (agent-restart) or slow (slow-agents)")
 	flag.Int64Var(&c.slowRate, "slow-rate", 2048, "bytes per second a slow agent reads")
@@ -80,6 +89,8 @@ func main() {
 	flag.Uint64Var(&c.seed, "seed", 1, "seed of the generated cluster and churn")
 	flag.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (the control plane too with --controlplane inproc)")
 	flag.StringVar(&c.memProfile, "memprofile", "", "write a heap profile of this process at the end")
+	flag.StringVar(&c.cpCPUProfile, "controlplane-cpuprofile", "", "write a CPU profile of the control plane's process over the measured churn, from its /debug/pprof/")
+	flag.StringVar(&c.cpHeapProfile, "controlplane-memprofile", "", "write a heap profile of the control plane's process at the end, from its /debug/pprof/")
 	flag.StringVar(&c.workDir, "workdir", "", "folder for logs and state files; a temporary one, removed at the end, when empty")
 	flag.BoolVar(&c.verbose, "v", false, "log the control plane (inproc) and agents")
 	flag.Parse()
@@ -93,6 +104,9 @@ func main() {
 }
 
 func (c *config) validate() error {
+	if c.fleet == "" {
+		c.fleet = "full"
+	}
 	known := false
 	for _, s := range scenarios {
 		known = known || s == c.scenario
@@ -110,6 +124,14 @@ func (c *config) validate() error {
 		return errors.New("--fraction must be within [0, 1]")
 	case c.churn < 0:
 		return errors.New("--churn must not be negative")
+	case c.fleet != "full" && c.fleet != "light":
+		return fmt.Errorf("--fleet %q: full or light", c.fleet)
+	case c.fleet == "light" && c.scenario != "churn" && c.scenario != "controlplane-restart":
+		return fmt.Errorf("scenario %s needs the real agents (bbolt state, a datapath, slow reads): use --fleet full; a light fleet runs churn and controlplane-restart", c.scenario)
+	case c.fleet == "light" && c.bbolt:
+		return errors.New("--bbolt needs the real agents: light agents keep no state file")
+	case c.fleet == "light" && c.fleetProcesses < 1:
+		return errors.New("--fleet-processes must be positive")
 	case c.auth && c.controlplane != "process" && c.controlplane != "inproc":
 		return errors.New("--auth needs a control plane the simulator starts: --auth=false for a running one")
 	}
@@ -155,6 +177,9 @@ func run(ctx context.Context, c config) (*report, error) {
 		return nil, err
 	}
 	if err := s.runScenario(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.finishProfiles(ctx); err != nil {
 		return nil, err
 	}
 	rep, err := s.finish(ctx)

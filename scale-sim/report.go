@@ -67,6 +67,7 @@ func (s *sim) finish(ctx context.Context) (*report, error) {
 		"expected_pairs":            pairs,
 		"mismatched_nodes":          mismatched,
 		"api":                       s.c.api,
+		"fleet":                     s.c.fleet,
 		"controlplane":              s.c.controlplane,
 		"debounce_window_ms":        ms(s.c.window),
 		"debounce_max_delay_ms":     ms(s.c.maxDelay),
@@ -82,6 +83,14 @@ func (s *sim) finish(ctx context.Context) (*report, error) {
 		// phases over the changes of both.
 		f["bytes_per_node_per_change"] = float64(s.rxEnd-s.rxStart) / float64(s.c.nodes) / float64(changes)
 		f["achieved_changes_per_second"] = float64(changes) / s.c.duration.Seconds() / float64(max(1, s.phases()))
+	}
+	if s.c.fleet == "light" {
+		f["fleet_processes"] = s.c.fleetProcesses
+	}
+	if a, b := s.cpuStart, s.cpuEnd; a.Known && b.Known && a.ProcessStartedAt.Equal(b.ProcessStartedAt) && h.Count() > 0 {
+		// Node-updates are (node, change) pairs propagated: h's samples.
+		f["controlplane_cpu_seconds_churn"] = (b.CPU - a.CPU).Seconds()
+		f["controlplane_cpu_seconds_per_1000_node_updates"] = (b.CPU - a.CPU).Seconds() / (float64(h.Count()) / 1000)
 	}
 	if u.Known {
 		f["controlplane_rss_mb"] = float64(u.RSS) / (1 << 20)
@@ -114,11 +123,17 @@ func (s *sim) tabulate(r *report, u usage, h *tracker.Histogram, c convergence) 
 	add("cluster", fmt.Sprintf("%d nodes in %d zones, %d services × %d endpoints (%.0f%% Local, %.0f%% zone-hinted)",
 		s.c.nodes, s.c.zones, s.c.services, s.c.endpoints, 100*s.c.localFraction, 100*s.c.hintedFraction))
 	add("API, control plane", fmt.Sprintf("%s, %s (debounce %s, max %s)", s.c.api, s.c.controlplane, s.c.window, s.c.maxDelay))
+	if s.c.fleet == "light" {
+		add("fleet", fmt.Sprintf("light agents in %d worker processes", s.c.fleetProcesses))
+	}
 	r.table = append(r.table, s.table...)
 	if changes > 0 {
 		add("changes made", fmt.Sprintf("%d at %.0f/s asked (%d failed)", changes, s.c.churn, s.failed.Load()))
 		add("propagation p50 / p99 / max", fmt.Sprintf("%s / %s / %s over %d node-changes", fmtDur(h.Quantile(0.5)), fmtDur(h.Quantile(0.99)), fmtDur(h.Max()), h.Count()))
 		add("bytes per node per change", fmt.Sprintf("%.1f (gRPC bytes read by agents ÷ nodes ÷ changes)", f["bytes_per_node_per_change"]))
+		if v, ok := f["controlplane_cpu_seconds_per_1000_node_updates"]; ok {
+			add("control-plane CPU per 1,000 node-updates", fmt.Sprintf("%.3f s (%.1f s from churn start to settled ÷ node-changes propagated)", v, f["controlplane_cpu_seconds_churn"]))
+		}
 	}
 	if u.Known {
 		who := "its own process"
@@ -202,7 +217,10 @@ func (s *sim) compareNode(ctx context.Context, client spokev1.ControlPlaneInspec
 	if err != nil {
 		return fmt.Sprintf("control plane view: %v", err)
 	}
-	st, dp, err := s.fleet.State(ctx, i)
+	if s.light != nil {
+		return s.compareHashes(ctx, i, v)
+	}
+	st, dp, err := s.full.State(ctx, i)
 	if err != nil {
 		return fmt.Sprintf("agent: %v", err)
 	}

@@ -186,12 +186,12 @@ func (s *sim) scenarioSlowAgents(ctx context.Context) error {
 	s.churn(ctx, 1, "slow-agents: without slow agents")
 	s.settle(ctx, "slow-agents: settling")
 	for _, i := range slow {
-		s.fleet.SetSlow(i, s.c.slowRate)
+		s.full.SetSlow(i, s.c.slowRate)
 	}
 	s.progressf("slow-agents: %d agents now read %d bytes/s", n, s.c.slowRate)
 	s.churn(ctx, 2, "slow-agents: with slow agents")
 	for _, i := range slow {
-		s.fleet.SetSlow(i, 0)
+		s.full.SetSlow(i, 0)
 	}
 	s.settle(ctx, "slow-agents: settling")
 	s.churnEnd = time.Now()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spoke-proxy/spoke/scale-sim/cluster"
 	"github.com/spoke-proxy/spoke/scale-sim/fleet"
+	"github.com/spoke-proxy/spoke/scale-sim/lightfleet"
 	"github.com/spoke-proxy/spoke/scale-sim/tracker"
 )
 
@@ -25,7 +26,10 @@ type sim struct {
 	cluster *cluster.Cluster
 	api     apiSource
 	cp      controlPlane
-	fleet   *fleet.Fleet
+	fleet   nodeFleet
+	// full is the fleet of real agents, light the light one: one is nil.
+	full    *fleet.Fleet
+	light   *lightfleet.Fleet
 	tracker *tracker.Tracker
 	// id authenticates the agents; nil with --auth=false.
 	id *identity
@@ -38,6 +42,8 @@ type sim struct {
 	// Figures the scenarios fill in.
 	churnStart, churnEnd time.Time
 	rxStart, rxEnd       uint64
+	cpuStart, cpuEnd     usage
+	cpProf               cpProfiles
 	changes, failed      atomic.Uint64
 	extra                map[string]any
 	table                [][2]string
@@ -45,7 +51,8 @@ type sim struct {
 }
 
 func setup(ctx context.Context, c config, log *slog.Logger) (*sim, error) {
-	s := &sim{c: c, log: log, started: time.Now(), extra: map[string]any{}}
+	s := &sim{c: c, log: log, started: time.Now(), extra: map[string]any{},
+		cpProf: cpProfiles{cpu: c.cpCPUProfile, heap: c.cpHeapProfile}}
 	s.loadStart = loadAvg()
 	s.progressf("generating %d nodes, %d services × %d endpoints", c.nodes, c.services, c.endpoints)
 	s.cluster = cluster.New(cluster.Spec{
@@ -123,14 +130,21 @@ func setup(ctx context.Context, c config, log *slog.Logger) (*sim, error) {
 			return s, err
 		}
 	}
-	fo := fleet.Options{
-		Names: names, Address: s.cp.Address(), StateDir: stateDir,
-		OnApplied: s.tracker.Applied, Logger: log,
+	if c.fleet == "light" {
+		if err := s.startLightFleet(names); err != nil {
+			return s, err
+		}
+	} else {
+		fo := fleet.Options{
+			Names: names, Address: s.cp.Address(), StateDir: stateDir,
+			OnApplied: s.tracker.Applied, Logger: log,
+		}
+		if id != nil {
+			fo.TLS, fo.Tokens = id.tls, id.tokens
+		}
+		s.full = fleet.New(fo)
+		s.fleet = s.full
 	}
-	if id != nil {
-		fo.TLS, fo.Tokens = id.tls, id.tokens
-	}
-	s.fleet = fleet.New(fo)
 	if err := s.startAgents(ctx); err != nil {
 		return s, err
 	}
@@ -180,6 +194,9 @@ func (s *sim) waitSynced(ctx context.Context, what string, timeout time.Duration
 		ok, total := s.tracker.Converged()
 		if ok == total {
 			return nil
+		}
+		if err := s.fleetErr(); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%s: agents did not sync within %s: %s", what, timeout, s.syncStatus())
@@ -356,10 +373,13 @@ func (s *sim) runScenario(ctx context.Context) error {
 
 func (s *sim) measuredChurn(ctx context.Context, phase int, label string) {
 	s.rxStart = s.fleet.RxBytes()
+	s.cpuStart = s.cp.Usage()
+	s.startCPUProfile(ctx, s.c.duration)
 	s.churnStart = time.Now()
 	s.churn(ctx, phase, label)
 	s.settle(ctx, label+": settling")
 	s.churnEnd = time.Now()
+	s.cpuEnd = s.cp.Usage()
 	s.rxEnd = s.fleet.RxBytes()
 }
 

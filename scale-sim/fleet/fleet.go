@@ -198,19 +198,10 @@ func (f *Fleet) dialOptions(n *Node) []grpc.DialOption {
 		}),
 	)
 	if f.opts.Tokens != nil {
-		opts = append(opts, grpc.WithPerRPCCredentials(bearer(f.opts.Tokens[n.Index])))
+		opts = append(opts, grpc.WithPerRPCCredentials(Bearer(f.opts.Tokens[n.Index])))
 	}
 	return opts
 }
-
-// bearer sends an agent's token, as the agent's TokenFile does.
-type bearer string
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
-}
-
-func (bearer) RequireTransportSecurity() bool { return true }
 
 // countingConn counts what a node reads, and reads slowly when the node is
 // set slow.

@@ -226,7 +226,13 @@ func (t *Tracker) Applied(n int, at time.Time, applied []*spokev1.Resource, remo
 			unmatched++
 		}
 		for j := 0; j <= last; j++ {
-			lat = append(lat, at.Sub(time.Unix(0, p[j].change.at.Load())))
+			sent := p[j].change.at.Load()
+			if sent == 0 {
+				// Not sent yet: the node got this version for an
+				// earlier change that made it too.
+				continue
+			}
+			lat = append(lat, at.Sub(time.Unix(0, sent)))
 			phases = append(phases, p[j].change.phase)
 		}
 		if last >= 0 {

@@ -78,3 +78,21 @@ func TestChangeBackEndsPendingChanges(t *testing.T) {
 		t.Errorf("%d/%d pairs hold the view after node 1 is back on a", ok, total)
 	}
 }
+
+// A node may apply a change's version before the change is sent: the
+// version is one the control plane was already sending it (a service
+// that goes b, c, then b again while the first b is in flight). That is
+// no latency: it is not recorded as one from the zero time.
+func TestVersionAppliedBeforeItsChangeIsSent(t *testing.T) {
+	tr, c := newTracker(t)
+	change(tr, c, "b")
+	change(tr, c, "c")
+	next := &cluster.Versions{Default: "b"}
+	tr.NewChange(0, c.Views(0), next) // not sent yet
+	c.SetViews(0, next)
+	tr.Applied(0, time.Now(), []*spokev1.Resource{{Name: cluster.Namespace + "/" + cluster.ServiceName(0), Version: "b"}}, nil)
+	h := tr.Phase(0).Histogram
+	if got := h.Count(); got != 2 {
+		t.Errorf("%d latencies recorded, want 2 (the two sent changes)", got)
+	}
+}
