@@ -34,6 +34,7 @@ import (
 	"github.com/spoke-proxy/spoke/controlplane/auth"
 	"github.com/spoke-proxy/spoke/datapath/memory"
 	"github.com/spoke-proxy/spoke/internal/kubeapi"
+	"github.com/spoke-proxy/spoke/internal/wait"
 	"github.com/spoke-proxy/spoke/nodeagent/agent"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
@@ -185,7 +186,7 @@ func testAgentBinding(ctx context.Context, t *testing.T, client kubernetes.Inter
 		adone := make(chan error, 1)
 		go func() { adone <- a.Run(actx) }()
 		defer func() { stop(); <-adone }()
-		eventually(t, "the agent holds a node view", func() error {
+		wait.For(t, settle, "the agent holds a node view", func() error {
 			st, err := a.GetState(ctx, &spokev1.GetStateRequest{})
 			if err != nil {
 				return err

@@ -18,6 +18,7 @@ import (
 
 	"github.com/spoke-proxy/spoke/controlplane/app"
 	"github.com/spoke-proxy/spoke/controlplane/auth"
+	"github.com/spoke-proxy/spoke/internal/wait"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
 
@@ -131,7 +132,7 @@ func TestInspectionIsAuthorized(t *testing.T) {
 	t.Run("a user with the role reads every node", func(t *testing.T) {
 		grantNodeViews(ctx, t, client, "default", "viewer")
 		for _, node := range []string{"node-1", "node-2"} {
-			eventually(t, "the viewer reads "+node, func() error {
+			wait.For(t, settle, "the viewer reads "+node, func() error {
 				v, err := getView(viewer, node)
 				if err != nil {
 					return err

@@ -15,6 +15,7 @@ import (
 	"github.com/spoke-proxy/spoke/controlplane/model"
 	"github.com/spoke-proxy/spoke/controlplane/server"
 	"github.com/spoke-proxy/spoke/controlplane/store"
+	"github.com/spoke-proxy/spoke/internal/wait"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
 
@@ -45,27 +46,14 @@ func httpGet(url string) (int, []byte, error) {
 	return resp.StatusCode, b, err
 }
 
-// eventually retries check until it returns nil or 20 seconds pass.
-func eventually(t *testing.T, what string, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+// settle is how long the agent may take to reach a state.
+const settle = 20 * time.Second
 
 // expectCheck waits for the health-check node port to answer code with
 // localEndpoints n.
 func expectCheck(t *testing.T, port uint16, code, n int) {
 	t.Helper()
-	eventually(t, fmt.Sprintf("health-check port %d answering %d with %d endpoints", port, code, n), func() error {
+	wait.For(t, settle, fmt.Sprintf("health-check port %d answering %d with %d endpoints", port, code, n), func() error {
 		got, body, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/", port))
 		if err != nil {
 			return err
@@ -123,7 +111,7 @@ func TestAgentServesKubeProxyEndpoints(t *testing.T) {
 	agent.start()
 	defer func() { agent.kill() }()
 
-	eventually(t, "/healthz", func() error {
+	wait.For(t, settle, "/healthz", func() error {
 		code, body, err := httpGet("http://" + agent.healthz + "/healthz")
 		if err != nil {
 			return err
@@ -163,7 +151,7 @@ func TestAgentServesKubeProxyEndpoints(t *testing.T) {
 
 	// Removed from the view, the service's port closes.
 	apply(nil)
-	eventually(t, "the removed service's port closing", func() error {
+	wait.For(t, settle, "the removed service's port closing", func() error {
 		if _, _, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/", hcPort)); err == nil {
 			return fmt.Errorf("port %d still answers", hcPort)
 		}
