@@ -11,8 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,8 +21,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/spoke-proxy/spoke/datapath/ebpf"
+	"github.com/spoke-proxy/spoke/internal/command"
 	"github.com/spoke-proxy/spoke/internal/grpcserver"
-	"github.com/spoke-proxy/spoke/internal/logging"
 	"github.com/spoke-proxy/spoke/internal/tlsfiles"
 	"github.com/spoke-proxy/spoke/nodeagent/agent"
 	"github.com/spoke-proxy/spoke/nodeagent/healthcheck"
@@ -47,8 +45,7 @@ type config struct {
 	metricsAddr    string
 	inspectAddr    string
 	repairInterval time.Duration
-	logLevel       string
-	logFormat      string
+	logging        command.Logging
 }
 
 func main() {
@@ -73,15 +70,10 @@ func main() {
 	flag.StringVar(&c.metricsAddr, "metrics-address", "127.0.0.1:10249", "address of /metrics (kube-proxy's port)")
 	flag.StringVar(&c.inspectAddr, "inspect-address", "127.0.0.1:18001", "address of the inspection gRPC service")
 	flag.DurationVar(&c.repairInterval, "repair-interval", 30*time.Second, "how often the datapath is read back and repaired")
-	flag.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
-	flag.StringVar(&c.logFormat, "log-format", "text", "text or json")
+	c.logging.Register(flag.CommandLine)
 	flag.Parse()
 
-	log, err := logging.New(os.Stderr, c.logLevel, c.logFormat)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
+	log := c.logging.Logger()
 	if c.mountBPFFS {
 		if err := ebpf.EnsureBPFFS(c.datapath.ebpf.PinPath); err != nil {
 			log.Error("bpffs", "err", err)
@@ -98,12 +90,7 @@ func main() {
 		log.Info("datapath removed", "datapath", c.datapath.name)
 		return
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, c, log); err != nil {
-		log.Error("agent failed", "err", err)
-		os.Exit(1)
-	}
+	command.Run(log, "agent", func(ctx context.Context) error { return run(ctx, c, log) })
 }
 
 func run(ctx context.Context, c config, log *slog.Logger) error {
