@@ -33,6 +33,7 @@ import (
 	"github.com/spoke-proxy/spoke/controlplane/app"
 	"github.com/spoke-proxy/spoke/controlplane/auth"
 	"github.com/spoke-proxy/spoke/datapath/memory"
+	"github.com/spoke-proxy/spoke/internal/background"
 	"github.com/spoke-proxy/spoke/internal/kubeapi"
 	"github.com/spoke-proxy/spoke/internal/wait"
 	"github.com/spoke-proxy/spoke/nodeagent/agent"
@@ -159,15 +160,7 @@ func testAgentBinding(ctx context.Context, t *testing.T, client kubernetes.Inter
 	if err != nil {
 		t.Fatal(err)
 	}
-	cpCtx, stopCP := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- cp.Run(cpCtx) }()
-	defer func() {
-		stopCP()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	defer background.Run(ctx, t, "control plane", cp.Run)()
 	tlsCreds := credentials.NewClientTLSFromCert(pool, "")
 
 	good := writeToken(t, podToken(ctx, t, client, "kube-system", "spoke-agent", "agent-on-node-2", "node-2", audience))

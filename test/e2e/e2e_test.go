@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +27,7 @@ import (
 	"github.com/spoke-proxy/spoke/datapath"
 	"github.com/spoke-proxy/spoke/datapath/fault"
 	"github.com/spoke-proxy/spoke/datapath/memory"
+	"github.com/spoke-proxy/spoke/internal/background"
 	"github.com/spoke-proxy/spoke/internal/kubeapi"
 	"github.com/spoke-proxy/spoke/internal/wait"
 	"github.com/spoke-proxy/spoke/nodeagent/agent"
@@ -61,21 +63,7 @@ func startControlPlane(t *testing.T, client kubernetes.Interface, addr string) (
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- cp.Run(ctx) }()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("control plane: %v", err)
-		}
-	}
-	t.Cleanup(stop)
+	stop := background.Run(context.Background(), t, "control plane", cp.Run)
 	return cp, lis.Addr().String(), stop
 }
 
@@ -98,21 +86,11 @@ func (c *cluster) startAgent(name string, opts memory.Options) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.agent.Run(ctx) }()
-	stopped := false
-	n.stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent %s: %v", name, err)
-		}
+	stop := background.Run(context.Background(), t, "agent "+name, n.agent.Run)
+	n.stop = sync.OnceFunc(func() {
+		stop()
 		conn.Close()
-	}
+	})
 	t.Cleanup(n.stop)
 	return n
 }
