@@ -10,10 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/spoke-proxy/spoke/controlplane/model"
-	"github.com/spoke-proxy/spoke/controlplane/server"
 	"github.com/spoke-proxy/spoke/controlplane/store"
 	"github.com/spoke-proxy/spoke/internal/wait"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
@@ -92,19 +89,12 @@ func TestAgentServesKubeProxyEndpoints(t *testing.T) {
 	}
 	apply(localService(hcPort, 2))
 	st.MarkReady()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer(server.ServerOptions()...)
-	server.New(server.Options{Store: st}).Register(gs)
-	go gs.Serve(lis)
-	defer gs.Stop()
+	gs, cpAddr := serveViews(t, st, "127.0.0.1:0")
 
 	agent := &agentProcess{t: t, healthz: freeAddr(t)}
 	metrics := freeAddr(t)
 	agent.args = []string{
-		"-node-name", "node-1", "-controlplane", lis.Addr().String(), "-insecure", "-datapath", "memory",
+		"-node-name", "node-1", "-controlplane", cpAddr, "-insecure", "-datapath", "memory",
 		"-state-file", filepath.Join(t.TempDir(), "state.db"), "-repair-interval", "1s",
 		"-healthz-address", agent.healthz, "-metrics-address", metrics, "-inspect-address", freeAddr(t),
 	}
@@ -141,13 +131,7 @@ func TestAgentServesKubeProxyEndpoints(t *testing.T) {
 	agent.kill()
 	agent.start()
 	expectCheck(t, hcPort, 200, 1)
-	gs = grpc.NewServer(server.ServerOptions()...)
-	server.New(server.Options{Store: st}).Register(gs)
-	lis2, err := net.Listen("tcp", lis.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	go gs.Serve(lis2)
+	serveViews(t, st, cpAddr)
 
 	// Removed from the view, the service's port closes.
 	apply(nil)
