@@ -143,16 +143,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", c.inspectAddr, err)
 	}
-	health := http.NewServeMux()
-	health.Handle("/healthz", a.HealthzHandler())
-	health.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	metrics := http.NewServeMux()
-	metrics.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	metrics.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, dp.Name()) })
-	servers := []*http.Server{
-		{Addr: c.healthzAddr, Handler: health, ReadHeaderTimeout: 10 * time.Second},
-		{Addr: c.metricsAddr, Handler: metrics, ReadHeaderTimeout: 10 * time.Second},
-	}
+	servers := c.httpServers(a, dp.Name(), reg)
 	log.Info("agent serving", "node", c.nodeName, "datapath", dp.Name(), "inspect", inspectLis.Addr().String(), "healthz", c.healthzAddr, "metrics", c.metricsAddr)
 
 	eg, ctx := errgroup.WithContext(ctx)
@@ -181,6 +172,21 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		return nil
 	})
 	return eg.Wait()
+}
+
+// httpServers are kube-proxy's endpoints: /healthz and /livez on
+// -healthz-address, /metrics and /proxyMode on -metrics-address.
+func (c config) httpServers(a *agent.Agent, mode string, reg *prometheus.Registry) []*http.Server {
+	health := http.NewServeMux()
+	health.Handle("/healthz", a.HealthzHandler())
+	health.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	metrics := http.NewServeMux()
+	metrics.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	metrics.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, mode) })
+	return []*http.Server{
+		{Addr: c.healthzAddr, Handler: health, ReadHeaderTimeout: 10 * time.Second},
+		{Addr: c.metricsAddr, Handler: metrics, ReadHeaderTimeout: 10 * time.Second},
+	}
 }
 
 // transport returns the dial options that secure the control-plane
