@@ -88,7 +88,7 @@ func eventually(t *testing.T, what string, want bool, call func() error) {
 	t.Helper()
 	wait.For(t, 10*time.Second, what, func() error {
 		if err := call(); (err == nil) != want {
-			return fmt.Errorf("ok=%v, want %v (%v)", err == nil, want, err)
+			return fmt.Errorf("ok=%v, want %v (%w)", err == nil, want, err)
 		}
 		return nil
 	})

@@ -18,7 +18,7 @@ func TestUntil(t *testing.T) {
 		t.Fatalf("Until = %v after %d calls, want nil after 3", err, calls)
 	}
 	last := errors.New("never")
-	if err := Until(context.Background(), 3*Interval, func() error { return last }); err != last {
+	if err := Until(context.Background(), 3*Interval, func() error { return last }); !errors.Is(err, last) {
 		t.Fatalf("Until = %v, want the condition's last error", err)
 	}
 }
