@@ -2,6 +2,7 @@ package tlsfiles
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -87,10 +88,14 @@ func call(addr string, creds *Credentials) error {
 func eventually(t *testing.T, what string, want bool, call func() error) {
 	t.Helper()
 	wait.For(t, 10*time.Second, what, func() error {
-		if err := call(); (err == nil) != want {
-			return fmt.Errorf("ok=%v, want %v (%w)", err == nil, want, err)
+		switch err := call(); {
+		case (err == nil) == want:
+			return nil
+		case err == nil:
+			return errors.New("ok=true, want false")
+		default:
+			return fmt.Errorf("ok=false, want true (%w)", err)
 		}
-		return nil
 	})
 }
 
