@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/common/expfmt"
@@ -29,6 +28,7 @@ import (
 	"github.com/spoke-proxy/spoke/controlplane/auth"
 	"github.com/spoke-proxy/spoke/controlplane/model"
 	"github.com/spoke-proxy/spoke/controlplane/server"
+	"github.com/spoke-proxy/spoke/internal/process"
 	"github.com/spoke-proxy/spoke/scale-sim/cluster"
 )
 
@@ -75,9 +75,7 @@ type processCP struct {
 	s           cpSettings
 	grpcAddr    string
 	metricsAddr string
-	cmd         *exec.Cmd
-	exited      chan struct{}
-	startedAt   time.Time
+	proc        *process.Process // nil when stopped
 }
 
 func startProcessCP(ctx context.Context, s cpSettings) (*processCP, error) {
@@ -99,10 +97,6 @@ func startProcessCP(ctx context.Context, s cpSettings) (*processCP, error) {
 }
 
 func (p *processCP) start() error {
-	logFile, err := os.OpenFile(filepath.Join(p.s.dir, "controlplane.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
 	args := []string{
 		"-kubeconfig", p.s.kubeconfig, "-grpc-address", p.grpcAddr, "-metrics-address", p.metricsAddr,
 		"-debounce-window", p.s.window.String(), "-debounce-max-delay", p.s.maxDelay.String(),
@@ -117,26 +111,18 @@ func (p *processCP) start() error {
 	} else {
 		args = append(args, "-agent-auth", "none", "-insecure")
 	}
-	cmd := exec.Command(p.s.bin, args...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		return fmt.Errorf("starting the control plane: %w", err)
+	proc, err := process.Start("the control plane", exec.Command(p.s.bin, args...), filepath.Join(p.s.dir, "controlplane.log"))
+	if err != nil {
+		return err
 	}
-	p.cmd, p.exited, p.startedAt = cmd, make(chan struct{}), time.Now()
-	go func() {
-		cmd.Wait()
-		logFile.Close()
-		close(p.exited)
-	}()
+	p.proc = proc
 	return nil
 }
 
 func (p *processCP) Address() string { return p.grpcAddr }
 
 func (p *processCP) Ready(ctx context.Context) error {
-	return waitHealthy(ctx, "http://"+p.metricsAddr+"/healthz", p.exited, filepath.Join(p.s.dir, "controlplane.log"))
+	return waitHealthy(ctx, "http://"+p.metricsAddr+"/healthz", p.proc.Done(), p.proc.LogPath)
 }
 
 func (p *processCP) Restart(ctx context.Context) error {
@@ -148,25 +134,19 @@ func (p *processCP) Restart(ctx context.Context) error {
 }
 
 func (p *processCP) Stop() {
-	if p.cmd == nil {
+	if p.proc == nil {
 		return
 	}
-	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(15 * time.Second):
-		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.exited
-	}
-	p.cmd = nil
+	p.proc.Stop(15 * time.Second)
+	p.proc = nil
 }
 
 func (p *processCP) Usage() usage {
-	if p.cmd == nil {
+	if p.proc == nil {
 		return usage{}
 	}
-	u := procUsage(p.cmd.Process.Pid)
-	u.Own, u.ProcessStartedAt = true, p.startedAt
+	u := procUsage(p.proc.Cmd.Process.Pid)
+	u.Own, u.ProcessStartedAt = true, p.proc.Started
 	return u
 }
 

@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/spoke-proxy/spoke/controlplane/store"
+	"github.com/spoke-proxy/spoke/internal/metric"
 )
 
 // newProgrammingLatency returns kube-proxy's network_programming_duration_seconds
@@ -14,12 +15,12 @@ import (
 // last-change-trigger-time to a node's agent acknowledging the view that
 // holds the change, once per node, as kube-proxy observes it once per node.
 // Its buckets are kube-proxy's, with finer ones below 250 ms.
-func newProgrammingLatency() prometheus.Histogram {
+func newProgrammingLatency(f metric.Factory) prometheus.Histogram {
 	buckets := []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5}
 	buckets = append(buckets, prometheus.LinearBuckets(1, 1, 59)...)
 	buckets = append(buckets, prometheus.LinearBuckets(60, 5, 12)...)
 	buckets = append(buckets, prometheus.LinearBuckets(120, 30, 7)...)
-	return prometheus.NewHistogram(prometheus.HistogramOpts{
+	return f.HistogramOpts(prometheus.HistogramOpts{
 		Namespace: "kubeproxy", Name: "network_programming_duration_seconds",
 		Help:    "In Cluster Network Programming Latency in seconds: from an EndpointSlice's last-change-trigger-time to the node's agent acknowledging the view that holds it.",
 		Buckets: buckets,

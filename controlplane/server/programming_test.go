@@ -7,18 +7,18 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/spoke-proxy/spoke/controlplane/store"
+	"github.com/spoke-proxy/spoke/internal/metric"
 )
 
 func TestObserveProgrammedCountsLiveChangesOnly(t *testing.T) {
-	h := newProgrammingLatency()
+	reg := prometheus.NewPedanticRegistry()
+	h := newProgrammingLatency(metric.New(reg, "controlplane"))
 	now := time.Unix(1_700_000_100, 0)
 	observeProgrammed(h, []*store.Encoded{
 		{Name: "ns/live", Rev: 11, Trigger: now.Add(-1500 * time.Millisecond)},
 		{Name: "ns/no-trigger", Rev: 12},
 		{Name: "ns/sent-on-connect", Rev: 10, Trigger: now.Add(-time.Hour)},
 	}, 10, now)
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(h)
 	families, err := reg.Gather()
 	if err != nil || len(families) != 1 {
 		t.Fatalf("gathering: %v (%d families)", err, len(families))

@@ -6,6 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/spoke-proxy/spoke/internal/metric"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
 
@@ -42,21 +43,14 @@ type limits struct {
 }
 
 func newLimits(opts Options) limits {
+	f := metric.New(opts.Registerer, "controlplane")
 	l := limits{
 		maxView:  opts.MaxViewBytes,
 		rejected: make(map[string]Rejection),
-		total: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "spoke", Subsystem: "controlplane", Name: "views_rejected_total",
-			Help: "Service views held back from agents, by reason.",
-		}, []string{"reason"}),
-		current: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: "spoke", Subsystem: "controlplane", Name: "rejected_services",
-			Help: "Services currently held back from agents.",
-		}),
-		bytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: "spoke", Subsystem: "controlplane", Name: "held_back_view_bytes",
-			Help: "Size of the largest view of each service held back from agents for exceeding the per-view limit.",
-		}, []string{"service"}),
+		total:    f.CounterVec("views_rejected_total", "Service views held back from agents, by reason.", "reason"),
+		current:  f.Gauge("rejected_services", "Services currently held back from agents."),
+		bytes: f.GaugeVec("held_back_view_bytes",
+			"Size of the largest view of each service held back from agents for exceeding the per-view limit.", "service"),
 		log: opts.Logger,
 	}
 	if l.maxView <= 0 || l.maxView > spokev1.MaxViewBytes {
@@ -64,9 +58,6 @@ func newLimits(opts Options) limits {
 	}
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
-	}
-	if opts.Registerer != nil {
-		opts.Registerer.MustRegister(l.total, l.current, l.bytes)
 	}
 	return l
 }

@@ -1,6 +1,10 @@
 package watch
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spoke-proxy/spoke/internal/metric"
+)
 
 // metrics are the watcher's figures. They carry kube-proxy's
 // sync_proxy_rules_* names under the spoke_controlplane prefix: the
@@ -21,53 +25,23 @@ type metrics struct {
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
-	const ns, sub = "spoke", "controlplane"
-	m := &metrics{
-		syncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Namespace: ns, Subsystem: sub, Name: "sync_proxy_rules_duration_seconds",
-			Help:    "Time to compute and publish one batch of changed views.",
-			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
-		}),
-		lastSync: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: ns, Subsystem: sub, Name: "sync_proxy_rules_last_timestamp_seconds",
-			Help: "When views were last published, in seconds since the epoch.",
-		}),
-		lastQueued: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: ns, Subsystem: sub, Name: "sync_proxy_rules_last_queued_timestamp_seconds",
-			Help: "When a change was last queued for computation, in seconds since the epoch.",
-		}),
-		endpointChanges: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: ns, Subsystem: sub, Name: "sync_proxy_rules_endpoint_changes_total",
-			Help: "EndpointSlice changes seen.",
-		}),
-		endpointsPending: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: ns, Subsystem: sub, Name: "sync_proxy_rules_endpoint_changes_pending",
-			Help: "Services with EndpointSlice changes not yet computed.",
-		}),
-		serviceChanges: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: ns, Subsystem: sub, Name: "sync_proxy_rules_service_changes_total",
-			Help: "Service changes seen.",
-		}),
-		servicesPending: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: ns, Subsystem: sub, Name: "sync_proxy_rules_service_changes_pending",
-			Help: "Services with changes not yet computed.",
-		}),
-		invalid: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: ns, Subsystem: sub, Name: "invalid_input_total",
-			Help: "Parts of API objects skipped because they are invalid, by object kind.",
-		}, []string{"kind"}),
-		views: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: ns, Subsystem: sub, Name: "views_computed_total",
-			Help: "Views computed, by the group of nodes they serve (default, zone, node).",
-		}, []string{"group"}),
-		topologyRecomputes: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: ns, Subsystem: sub, Name: "topology_recomputes_total",
-			Help: "Services recomputed because the zone of a node they have a view for changed.",
-		}),
+	f := metric.New(reg, "controlplane")
+	return &metrics{
+		syncDuration: f.Histogram("sync_proxy_rules_duration_seconds",
+			"Time to compute and publish one batch of changed views.", prometheus.ExponentialBuckets(0.0001, 2, 18)),
+		lastSync: f.Gauge("sync_proxy_rules_last_timestamp_seconds",
+			"When views were last published, in seconds since the epoch."),
+		lastQueued: f.Gauge("sync_proxy_rules_last_queued_timestamp_seconds",
+			"When a change was last queued for computation, in seconds since the epoch."),
+		endpointChanges:  f.Counter("sync_proxy_rules_endpoint_changes_total", "EndpointSlice changes seen."),
+		endpointsPending: f.Gauge("sync_proxy_rules_endpoint_changes_pending", "Services with EndpointSlice changes not yet computed."),
+		serviceChanges:   f.Counter("sync_proxy_rules_service_changes_total", "Service changes seen."),
+		servicesPending:  f.Gauge("sync_proxy_rules_service_changes_pending", "Services with changes not yet computed."),
+		invalid: f.CounterVec("invalid_input_total",
+			"Parts of API objects skipped because they are invalid, by object kind.", "kind"),
+		views: f.CounterVec("views_computed_total",
+			"Views computed, by the group of nodes they serve (default, zone, node).", "group"),
+		topologyRecomputes: f.Counter("topology_recomputes_total",
+			"Services recomputed because the zone of a node they have a view for changed."),
 	}
-	if reg != nil {
-		reg.MustRegister(m.syncDuration, m.lastSync, m.lastQueued, m.endpointChanges, m.endpointsPending,
-			m.serviceChanges, m.servicesPending, m.invalid, m.views, m.topologyRecomputes)
-	}
-	return m
 }

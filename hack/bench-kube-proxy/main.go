@@ -301,11 +301,11 @@ func waitHTTP(p *proc, url string, timeout time.Duration) error {
 			resp.Body.Close()
 			return nil
 		}
-		if p.exited() {
-			return fmt.Errorf("%s exited: %s", p.name, p.logTail())
+		if p.Exited() {
+			return fmt.Errorf("%s exited: %s", p.Name, p.LogTail())
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not serving %s after %v", p.name, url, timeout)
+			return fmt.Errorf("%s not serving %s after %v", p.Name, url, timeout)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

@@ -140,12 +140,12 @@ func (b *bench) programRound(ctx context.Context, res *results, kind string, ser
 	var run programRun
 	probe, err := b.runProbe(n, "-wait", "-dst", last, "-timeout", timeout.String())
 	if err != nil {
-		if r.proc.exited() {
-			return fmt.Errorf("%s exited: %s", r.proc.name, r.proc.logTail())
+		if r.proc.Exited() {
+			return fmt.Errorf("%s exited: %s", r.proc.Name, r.proc.LogTail())
 		}
 		run.TimedOut, run.ToConnect = true, timeout
 	} else {
-		run.ToConnect = probe.At.Sub(r.proc.started)
+		run.ToConnect = probe.At.Sub(r.proc.Started)
 	}
 	if run.OwnSync, err = b.ownSync(ctx, r); err != nil {
 		b.log.Warn("the proxy's own sync figure is unknown for this round", "proxy", kind, "err", err)

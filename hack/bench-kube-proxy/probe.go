@@ -164,10 +164,10 @@ func (b *bench) runProbe(n *node, args ...string) (probeResult, error) {
 	if err != nil {
 		return probeResult{}, err
 	}
-	<-p.done
+	<-p.Done()
 	var res probeResult
 	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
-		return res, errors.New("probe on " + n.name + " failed: " + p.logTail())
+		return res, errors.New("probe on " + n.name + " failed: " + p.LogTail())
 	}
 	return res, nil
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,16 +12,11 @@ import (
 	"time"
 
 	"github.com/spoke-proxy/spoke/internal/netns"
+	"github.com/spoke-proxy/spoke/internal/process"
 )
 
 // proc is a child process running in a node's namespace and cgroup.
-type proc struct {
-	name    string
-	cmd     *exec.Cmd
-	started time.Time
-	log     string
-	done    chan struct{}
-}
+type proc struct{ *process.Process }
 
 // start runs path with args inside ns (through nsenter) and in the cgroup
 // folder cg, in a process group of its own, its output in the log file
@@ -42,66 +36,20 @@ func (b *bench) startCmd(cgroupDir, name string, cmd *exec.Cmd) (*proc, error) {
 		return nil, err
 	}
 	defer cg.Close()
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
-	p.log = filepath.Join(b.dir, p.name+".log")
-	f, err := os.OpenFile(p.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	p, err := process.Start(name, cmd, filepath.Join(b.dir, name+".log"))
 	if err != nil {
 		return nil, err
 	}
-	if cmd.Stdout == nil {
-		cmd.Stdout = f
-	}
-	cmd.Stderr = f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, UseCgroupFD: true, CgroupFD: int(cg.Fd())}
-	p.started = time.Now()
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("starting %s: %w", p.name, err)
-	}
-	go func() {
-		cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-// exited reports whether the process has ended.
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
+	return &proc{p}, nil
 }
 
 // stop sends SIGTERM to the process group, then SIGKILL after 10 s.
-func (p *proc) stop() {
-	if p.exited() {
-		return
-	}
-	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
-	}
-}
-
-// logTail returns the end of the process's log, for errors.
-func (p *proc) logTail() string {
-	b, _ := os.ReadFile(p.log)
-	if len(b) > 2000 {
-		b = b[len(b)-2000:]
-	}
-	return string(bytes.TrimSpace(b))
-}
+func (p *proc) stop() { p.Stop(10 * time.Second) }
 
 // rssBytes is the process's resident set size.
 func (p *proc) rssBytes() float64 {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.Cmd.Process.Pid))
 	if err != nil {
 		return 0
 	}

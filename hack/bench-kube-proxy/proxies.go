@@ -153,15 +153,15 @@ func scrapeURL(ctx context.Context, n *node, url string) (map[string]*dto.Metric
 func (r *running) waitSynced(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		if r.proc.exited() {
-			return fmt.Errorf("%s exited: %s", r.proc.name, r.proc.logTail())
+		if r.proc.Exited() {
+			return fmt.Errorf("%s exited: %s", r.proc.Name, r.proc.LogTail())
 		}
 		fams, err := r.scrape(ctx)
 		if err == nil && histogramOf(fams, "kubeproxy_sync_full_proxy_rules_duration_seconds").count >= 1 {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: no full sync after %v", r.proc.name, timeout)
+			return fmt.Errorf("%s: no full sync after %v", r.proc.Name, timeout)
 		}
 		time.Sleep(time.Second)
 	}

@@ -96,7 +96,7 @@ type cluster struct {
 	kubeconfig string
 	api        *kubeapi.Server
 	apiPort    string
-	kcm, sched *process
+	kcm, sched *child
 	nodeList   []*node
 
 	stopForwarders    context.CancelFunc

@@ -25,8 +25,8 @@ type node struct {
 	index      int
 	name, zone string
 	dir        string
-	kubelet    *process
-	containerd *process
+	kubelet    *child
+	containerd *child
 }
 
 // newNode describes node i (from 1) of a cluster whose nodes are spread
@@ -401,7 +401,7 @@ func (n *node) startKubelet(c *cluster) error {
 func (n *node) stop(ctx context.Context, c *cluster) error {
 	var errs []error
 	errs = append(errs, n.kubelet.stop(20*time.Second))
-	if n.containerd != nil && !n.containerd.exited() {
+	if n.containerd != nil && !n.containerd.Exited() {
 		cmd := exec.CommandContext(ctx, c.bins.crictl, "-r", "unix://"+n.socket(), "--timeout", "30s", "rmp", "--force", "--all")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			errs = append(errs, fmt.Errorf("removing %s's pods: %w\n%s", n.name, err, out))

@@ -21,7 +21,10 @@
 //
 // Caveats: needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) and cgroup v2. A
 // packet that gets no answer within Options.Timeout counts as dropped, so a
-// slow machine needs a longer timeout. SCTP packets need a kernel with SCTP
-// (HaveSCTP): this machine's kernel has none and cannot load it; the Debian
-// kernel of hack/vm has.
+// slow machine needs a longer timeout. SCTP packets go through SCTP
+// sockets made with system calls and handed to Go's poller (sctp.go), so
+// they need a kernel with SCTP sockets (HaveSCTP): a kernel without them
+// that cannot load the sctp module gives an error for every SCTP probe and
+// responder; callers check HaveSCTP and skip (the Debian kernel of hack/vm
+// has them).
 package testnet

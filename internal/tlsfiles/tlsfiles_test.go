@@ -2,6 +2,8 @@ package tlsfiles
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,6 +15,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/spoke-proxy/spoke/internal/pki"
+	"github.com/spoke-proxy/spoke/internal/wait"
 )
 
 // authority is a CA that issues certificates into PEM files.
@@ -84,17 +87,16 @@ func call(addr string, creds *Credentials) error {
 // eventually waits up to 10 s for call to return the wanted outcome.
 func eventually(t *testing.T, what string, want bool, call func() error) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := call()
-		if (err == nil) == want {
-			return
+	wait.For(t, 10*time.Second, what, func() error {
+		switch err := call(); {
+		case (err == nil) == want:
+			return nil
+		case err == nil:
+			return errors.New("ok=true, want false")
+		default:
+			return fmt.Errorf("ok=false, want true (%w)", err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: ok=%v, want %v (%v)", what, err == nil, want, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	})
 }
 
 func TestRotationWithoutRestart(t *testing.T) {

@@ -47,14 +47,21 @@ type Options struct {
 	// Metrics records the agent's figures; nil records nothing.
 	Metrics *Metrics
 	Logger  *slog.Logger
-	// Shared, when set, checks and decodes received services once for all
-	// the agents of a process; see SharedDecoder.
-	Shared *SharedDecoder
+	// Decoder checks and decodes the services the control plane sends.
+	// Default: view.Decoder.
+	Decoder Decoder
 	// OnApplied, when set, is called after each response has been applied
 	// to the datapath and before it is acknowledged, with the resources and
 	// removals that the datapath now holds. It must not keep the agent
-	// waiting; the scale simulator times propagation with it.
+	// waiting.
 	OnApplied func(applied []*spokev1.Resource, removed []string)
+}
+
+// Decoder checks a received service resource and decodes it into the
+// datapath's type. A process that runs many agents on the same views may
+// give them one Decoder that decodes each resource once.
+type Decoder interface {
+	Service(r *spokev1.Resource) (*datapath.Service, error)
 }
 
 // Agent keeps a node's datapath equal to the view the control plane
@@ -107,6 +114,9 @@ func New(opts Options) (*Agent, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Decoder == nil {
+		opts.Decoder = view.Decoder{}
 	}
 	return &Agent{
 		opts:   opts,
@@ -364,11 +374,7 @@ func (a *Agent) handle(ctx context.Context, resp *spokev1.StreamViewsResponse) (
 		return nil, err
 	}
 	rejected, fresh, remove := a.check(resp)
-	decode := view.Service
-	if a.opts.Shared != nil {
-		decode = a.opts.Shared.Service
-	}
-	node, upsert, good, bad := decodeAll(fresh, decode)
+	node, upsert, good, bad := decodeAll(fresh, a.opts.Decoder.Service)
 	maps.Copy(rejected, bad)
 	// The state file takes the intent before the datapath: a kill between
 	// the two writes leaves a file that is ahead of the datapath, which the
@@ -432,9 +438,12 @@ func (a *Agent) check(resp *spokev1.StreamViewsResponse) (rejected map[string]er
 			continue
 		}
 		seen[name] = true
-		if err := a.checkVersion(r); err != nil {
-			rejected[name] = err
-			continue
+		// The decoder checks the versions of services.
+		if name == spokev1.NodeResourceName {
+			if err := view.CheckVersion(r); err != nil {
+				rejected[name] = err
+				continue
+			}
 		}
 		fresh = append(fresh, r)
 	}
@@ -603,13 +612,3 @@ func (a *Agent) GetState(ctx context.Context, _ *spokev1.GetStateRequest) (*spok
 
 // Reconciler returns the agent's reconciler.
 func (a *Agent) Reconciler() *reconcile.Reconciler { return a.rec }
-
-// checkVersion checks that a received resource's version is the hash of
-// its content; a shared decoder checks each resource once.
-func (a *Agent) checkVersion(r *spokev1.Resource) error {
-	if a.opts.Shared != nil && r.GetName() != spokev1.NodeResourceName {
-		_, err := a.opts.Shared.Service(r)
-		return err
-	}
-	return checkVersion(r)
-}

@@ -25,6 +25,8 @@ import (
 	"github.com/spoke-proxy/spoke/datapath"
 	"github.com/spoke-proxy/spoke/datapath/fault"
 	"github.com/spoke-proxy/spoke/datapath/memory"
+	"github.com/spoke-proxy/spoke/internal/background"
+	"github.com/spoke-proxy/spoke/internal/wait"
 	"github.com/spoke-proxy/spoke/nodeagent/agent"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
@@ -126,34 +128,11 @@ func newAgent(t *testing.T, addr, statePath string, dp *memory.Datapath) *agent.
 }
 
 func run(t *testing.T, a *agent.Agent) func() {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	}
-	t.Cleanup(stop)
-	return stop
+	return background.Run(context.Background(), t, "agent", a.Run)
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+// settle is how long the agent may take to reach a state.
+const settle = 10 * time.Second
 
 func state(t *testing.T, a *agent.Agent) *spokev1.GetStateResponse {
 	t.Helper()
@@ -186,7 +165,7 @@ func nodeStatus(t *testing.T, cp *controlPlane) *spokev1.NodeStatus {
 // synced waits until the agent's stream is up and nothing is in flight.
 func synced(t *testing.T, cp *controlPlane, a *agent.Agent) {
 	t.Helper()
-	eventually(t, "the agent is in sync", func() bool {
+	wait.ForTrue(t, settle, "the agent is in sync", func() bool {
 		st := nodeStatus(t, cp)
 		if os.Getenv("DEBUG") != "" {
 			t.Logf("status %v agent %v", st, state(t, a).GetConnected())
@@ -262,7 +241,7 @@ func TestRejectedServiceKeepsLastGoodState(t *testing.T) {
 	// the update of the first one in the same response still applies.
 	faulty.FailApply("default/api", fmt.Errorf("%w default/api: cannot be expressed", datapath.ErrInvalid), -1)
 	set(t, cp.store, svc("web", "10.96.0.10", "10.244.1.6"), svc("api", "10.96.0.11", "10.244.2.5"))
-	eventually(t, "the control plane sees the NACK", func() bool {
+	wait.ForTrue(t, settle, "the control plane sees the NACK", func() bool {
 		st := nodeStatus(t, cp)
 		if os.Getenv("DEBUG") != "" {
 			t.Logf("status %v agent %v", st, state(t, a).GetConnected())
@@ -286,7 +265,7 @@ func TestRejectedServiceKeepsLastGoodState(t *testing.T) {
 
 	// The rejected version is never sent again; later changes flow.
 	set(t, cp.store, svc("web", "10.96.0.10", "10.244.1.7"))
-	eventually(t, "the next change arrives", func() bool {
+	wait.ForTrue(t, settle, "the next change arrives", func() bool {
 		return trace(dp, "10.96.0.10:80").Backend.String() == "10.244.1.7:8080"
 	})
 	synced(t, cp, a)
@@ -328,7 +307,7 @@ func TestControlPlaneRestartKeepsDatapath(t *testing.T) {
 	received := state(t, a).GetResourcesReceived()
 
 	cp.grpc.Stop()
-	eventually(t, "the agent notices", func() bool { return !state(t, a).GetConnected() })
+	wait.ForTrue(t, settle, "the agent notices", func() bool { return !state(t, a).GetConnected() })
 	for _, dst := range []string{"10.96.0.10:80", "10.96.0.11:80"} {
 		if v := trace(dp, dst); v.Action != datapath.Forward {
 			t.Fatalf("with the control plane down, %s: %v", dst, v)
@@ -380,7 +359,7 @@ func TestFailoverToLaggingReplicaDoesNotRollBack(t *testing.T) {
 
 	a2 := newAgent(t, cpBehind.addr, statePath, dp)
 	run(t, a2)
-	eventually(t, "the lagging replica holds the agent's stream", func() bool {
+	wait.ForTrue(t, settle, "the lagging replica holds the agent's stream", func() bool {
 		return counter(t, cpBehind, "spoke_controlplane_agent_catch_up_waits_total") == 1
 	})
 	time.Sleep(200 * time.Millisecond)

@@ -17,6 +17,7 @@ import (
 	"github.com/spoke-proxy/spoke/datapath"
 	"github.com/spoke-proxy/spoke/datapath/fault"
 	"github.com/spoke-proxy/spoke/datapath/memory"
+	"github.com/spoke-proxy/spoke/internal/wait"
 	"github.com/spoke-proxy/spoke/nodeagent/agent"
 	"github.com/spoke-proxy/spoke/nodeagent/view"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
@@ -88,7 +89,7 @@ func TestOfflineRestartKeepsDatapath(t *testing.T) {
 			dp := pinned(t)
 			a := newFaultAgent(t, unreachable, statePath, dp)
 			run(t, a)
-			eventually(t, "several drift checks ran", func() bool { return len(a.Reconciler().LastDrift()) > 0 })
+			wait.ForTrue(t, settle, "several drift checks ran", func() bool { return len(a.Reconciler().LastDrift()) > 0 })
 			time.Sleep(100 * time.Millisecond)
 			if v := trace(dp, "10.96.0.10:80"); v.Action != datapath.Forward {
 				t.Fatalf("with the control plane away and no state, the datapath was emptied: %v", v)
@@ -104,7 +105,7 @@ func TestOrphanRemovedAfterSync(t *testing.T) {
 	a := newFaultAgent(t, cp.addr, "", dp)
 	run(t, a)
 	synced(t, cp, a)
-	eventually(t, "the orphan is removed", func() bool { return trace(dp, "10.96.0.10:80").Action == datapath.Pass })
+	wait.ForTrue(t, settle, "the orphan is removed", func() bool { return trace(dp, "10.96.0.10:80").Action == datapath.Pass })
 	if v := trace(dp, "10.96.0.11:80"); v.Action != datapath.Forward {
 		t.Fatalf("api: %v", v)
 	}
@@ -131,7 +132,7 @@ func TestCrashBetweenWritesDoesNotRollBack(t *testing.T) {
 		}
 	})
 	set(t, cp.store, svc("web", "10.96.0.10", "10.244.1.6"))
-	eventually(t, "version 2 is applied", func() bool { return trace(mem, "10.96.0.10:80").Backend.String() == "10.244.1.6:8080" })
+	wait.ForTrue(t, settle, "version 2 is applied", func() bool { return trace(mem, "10.96.0.10:80").Backend.String() == "10.244.1.6:8080" })
 	synced(t, cp, a)
 	stop()
 
@@ -160,14 +161,14 @@ func TestTransientFailureIsRetriedWithoutNewVersion(t *testing.T) {
 	// ENOMEM on api's first tries; the table is full as well until web goes.
 	dp.FailApply("default/api", syscall.ENOMEM, 3)
 	set(t, cp.store, svc("api", "10.96.0.11", "10.244.2.5"))
-	eventually(t, "api is accepted", func() bool { return len(state(t, a).GetCached()) == 3 })
+	wait.ForTrue(t, settle, "api is accepted", func() bool { return len(state(t, a).GetCached()) == 3 })
 	synced(t, cp, a)
 	if ns := nodeStatus(t, cp); len(ns.GetNacked()) != 0 {
 		t.Fatalf("a transient failure was NACKed: %v", ns.GetNacked())
 	}
 	received := state(t, a).GetResourcesReceived()
 	remove(t, cp.store, "default/web")
-	eventually(t, "api is programmed once web freed the table", func() bool {
+	wait.ForTrue(t, settle, "api is programmed once web freed the table", func() bool {
 		return trace(mem, "10.96.0.11:80").Action == datapath.Forward
 	})
 	synced(t, cp, a)
@@ -190,7 +191,7 @@ func TestInvalidIsNackedOnceThenGoodVersionApplied(t *testing.T) {
 	synced(t, cp, a)
 	dp.FailApply("default/api", fmt.Errorf("%w default/api: injected", datapath.ErrInvalid), -1)
 	set(t, cp.store, svc("api", "10.96.0.11", "10.244.2.5"))
-	eventually(t, "the NACK", func() bool { return len(nodeStatus(t, cp).GetNacked()) == 1 })
+	wait.ForTrue(t, settle, "the NACK", func() bool { return len(nodeStatus(t, cp).GetNacked()) == 1 })
 	synced(t, cp, a)
 	received := state(t, a).GetResourcesReceived()
 	time.Sleep(100 * time.Millisecond) // drift checks run; the version is not resent
@@ -199,7 +200,7 @@ func TestInvalidIsNackedOnceThenGoodVersionApplied(t *testing.T) {
 	}
 	dp.Clear()
 	set(t, cp.store, svc("api", "10.96.0.11", "10.244.2.6"))
-	eventually(t, "the good version", func() bool { return trace(mem, "10.96.0.11:80").Backend.String() == "10.244.2.6:8080" })
+	wait.ForTrue(t, settle, "the good version", func() bool { return trace(mem, "10.96.0.11:80").Backend.String() == "10.244.2.6:8080" })
 	if st := state(t, a); st.GetNacks() != 1 {
 		t.Fatalf("%d NACKs, want 1", st.GetNacks())
 	}
@@ -217,7 +218,7 @@ func TestHealthzDoesNotWaitForApply(t *testing.T) {
 	release := dp.Hold()
 	defer release() // before srv.Close, which waits for a stuck handler
 	set(t, cp.store, svc("web", "10.96.0.10", "10.244.1.6"))
-	eventually(t, "an apply is stuck", func() bool { return dp.Held() > 0 })
+	wait.ForTrue(t, settle, "an apply is stuck", func() bool { return dp.Held() > 0 })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)

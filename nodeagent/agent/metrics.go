@@ -5,6 +5,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/status"
+
+	"github.com/spoke-proxy/spoke/internal/metric"
 )
 
 // Metrics are an agent's Prometheus figures. A nil *Metrics records
@@ -23,48 +25,23 @@ type Metrics struct {
 
 // NewMetrics registers an agent's metrics with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
-	m := &Metrics{
-		connectedGauge: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: "spoke", Subsystem: "agent", Name: "connected",
-			Help: "1 while the stream to the control plane is up.",
-		}),
-		streamFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "spoke", Subsystem: "agent", Name: "stream_failures_total",
-			Help: "Streams to the control plane that ended (the agent then reconnects), by gRPC status code: Unavailable for a connection lost or a control plane that stopped answering keepalives.",
-		}, []string{"code"}),
-		resourcesTotal: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "spoke", Subsystem: "agent", Name: "resources_received_total",
-			Help: "Resources received from the control plane.",
-		}),
-		nacksTotal: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "spoke", Subsystem: "agent", Name: "nacks_total",
-			Help: "Responses rejected in whole or in part.",
-		}),
+	f := metric.New(reg, "agent")
+	return &Metrics{
+		connectedGauge: f.Gauge("connected", "1 while the stream to the control plane is up."),
+		resourcesTotal: f.Counter("resources_received_total", "Resources received from the control plane."),
+		nacksTotal:     f.Counter("nacks_total", "Responses rejected in whole or in part."),
+		streamFailures: f.CounterVec("stream_failures_total", "Streams to the control plane that ended (the agent then reconnects), by gRPC status code: Unavailable for a connection lost or a control plane that stopped answering keepalives.", "code"),
 		// Named as kube-proxy names its sync duration, so dashboards carry over.
-		applyDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+		applyDuration: f.HistogramOpts(prometheus.HistogramOpts{
 			Namespace: "kubeproxy", Name: "sync_proxy_rules_duration_seconds",
 			Help:    "Time to apply one response to the datapath.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
 		}),
-		driftTotal: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "spoke", Subsystem: "agent", Name: "drift_repairs_total",
-			Help: "Differences between desired and programmed state found and repaired.",
-		}),
-		stateWriteErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "spoke", Subsystem: "agent", Name: "state_write_errors_total",
-			Help: "Failed writes of the state file.",
-		}),
-		corruptStates: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "spoke", Subsystem: "agent", Name: "corrupt_state_files_total",
-			Help: "State files found corrupt and moved aside.",
-		}),
-		unusableStates: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "spoke", Subsystem: "agent", Name: "state_file_unavailable_total",
-			Help: "Starts without the state file because of an I/O or permission error.",
-		}),
+		driftTotal:       f.Counter("drift_repairs_total", "Differences between desired and programmed state found and repaired."),
+		stateWriteErrors: f.Counter("state_write_errors_total", "Failed writes of the state file."),
+		corruptStates:    f.Counter("corrupt_state_files_total", "State files found corrupt and moved aside."),
+		unusableStates:   f.Counter("state_file_unavailable_total", "Starts without the state file because of an I/O or permission error."),
 	}
-	reg.MustRegister(m.connectedGauge, m.streamFailures, m.resourcesTotal, m.nacksTotal, m.applyDuration, m.driftTotal, m.stateWriteErrors, m.corruptStates, m.unusableStates)
-	return m
 }
 
 func (m *Metrics) connected(up bool) {

@@ -116,24 +116,31 @@ func TestCorruptionIsDetected(t *testing.T) {
 			}
 			s.Close()
 			corrupt(t, path, mutate)
-			if _, err := Open(path); !errors.Is(err, ErrCorrupt) {
-				t.Fatalf("Open: %v, want ErrCorrupt", err)
-			}
-			s, moved, err := OpenOrReset(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
-			if moved == "" {
-				t.Fatal("corrupt file not moved aside")
-			}
-			if _, err := os.Stat(moved); err != nil {
-				t.Fatal(err)
-			}
-			if got, err := s.Load(); err != nil || len(got) != 0 {
-				t.Fatalf("fresh file holds %v, %v", got, err)
-			}
+			requireReset(t, path)
 		})
+	}
+}
+
+// requireReset checks that the file at path is refused as corrupt, and
+// that OpenOrReset moves it aside and opens a fresh, empty one.
+func requireReset(t *testing.T, path string) {
+	t.Helper()
+	if _, err := Open(path); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Open: %v, want ErrCorrupt", err)
+	}
+	s, moved, err := OpenOrReset(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if moved == "" {
+		t.Fatal("corrupt file not moved aside")
+	}
+	if _, err := os.Stat(moved); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Load(); err != nil || len(got) != 0 {
+		t.Fatalf("fresh file holds %v, %v", got, err)
 	}
 }
 
@@ -146,14 +153,7 @@ func TestGarbageFile(t *testing.T) {
 	if err := os.WriteFile(path, garbage, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s, moved, err := OpenOrReset(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if moved == "" {
-		t.Fatal("garbage file not moved aside")
-	}
+	requireReset(t, path)
 }
 
 func FuzzDecode(f *testing.F) {

@@ -2,7 +2,6 @@ package state
 
 import (
 	"bytes"
-	"errors"
 	"os"
 	"testing"
 
@@ -40,15 +39,5 @@ func TestTruncatedFileIsCorrupt(t *testing.T) {
 	if err := os.Truncate(path, int64(at+len(v)/2)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Open(path); !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("Open: %v, want ErrCorrupt", err)
-	}
-	s, moved, err := OpenOrReset(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if moved == "" {
-		t.Fatal("truncated file not moved aside")
-	}
+	requireReset(t, path)
 }

@@ -27,6 +27,28 @@ const (
 // ErrInvalid marks a resource that fails validation.
 var ErrInvalid = errors.New("invalid resource")
 
+// Decoder decodes the service resources an agent receives from the control
+// plane, after checking that each one's version is the hash of its
+// content. The zero value is ready to use.
+type Decoder struct{}
+
+// Service checks r's version and decodes it.
+func (Decoder) Service(r *spokev1.Resource) (*datapath.Service, error) {
+	if err := CheckVersion(r); err != nil {
+		return nil, err
+	}
+	return Service(r)
+}
+
+// CheckVersion reports whether a resource's version is the hash of its
+// content.
+func CheckVersion(r *spokev1.Resource) error {
+	if v, err := spokev1.ContentVersion(r); err != nil || v != r.GetVersion() {
+		return fmt.Errorf("version %q does not match content", r.GetVersion())
+	}
+	return nil
+}
+
 // Service decodes and validates one service resource.
 func Service(r *spokev1.Resource) (*datapath.Service, error) {
 	s := r.GetService()

@@ -23,7 +23,7 @@ const internShards = 64
 // internCodec decodes view responses so that every agent of the process
 // that receives a resource with the same encoding gets the same
 // *spokev1.Resource: a process holding thousands of agents keeps one copy
-// of each view, and agent.SharedDecoder checks and decodes it once. A
+// of each view, and sharedDecoder checks and decodes it once. A
 // resource is forgotten once no agent holds it. Every other message goes
 // through the standard proto codec.
 type internCodec struct {

@@ -4,8 +4,8 @@
 // kernel is left out.
 //
 // Thousands of agents share one process, so the fleet's transport interns
-// received resources by their encoding and the agents share one
-// agent.SharedDecoder: a view that reaches 10,000 nodes is held, checked and
+// received resources by their encoding and the agents share one decoder
+// that checks and decodes each resource once: a view that reaches 10,000 nodes is held, checked and
 // decoded once. Each node's connection counts the bytes it reads, and can
 // be made to read slowly.
 //

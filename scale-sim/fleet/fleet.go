@@ -45,7 +45,7 @@ type Options struct {
 type Fleet struct {
 	opts   Options
 	codec  *internCodec
-	shared *agent.SharedDecoder
+	shared *sharedDecoder
 	nodes  []*Node
 	rx     atomic.Uint64
 }
@@ -72,7 +72,7 @@ func New(opts Options) *Fleet {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	f := &Fleet{opts: opts, codec: newInternCodec(), shared: agent.NewSharedDecoder()}
+	f := &Fleet{opts: opts, codec: newInternCodec(), shared: newSharedDecoder()}
 	for i, name := range opts.Names {
 		f.nodes = append(f.nodes, &Node{Index: i, Name: name})
 	}
@@ -109,7 +109,7 @@ func (f *Fleet) Start(i int) (time.Duration, error) {
 	start := time.Now()
 	dp := memory.New(memory.Options{})
 	opts := agent.Options{
-		NodeName: n.Name, Conn: conn, Datapath: dp, Shared: f.shared,
+		NodeName: n.Name, Conn: conn, Datapath: dp, Decoder: f.shared,
 		Logger: f.opts.Logger.With("node", n.Name),
 	}
 	if f.opts.StateDir != "" {

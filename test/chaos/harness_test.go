@@ -30,6 +30,7 @@ import (
 
 	"github.com/spoke-proxy/spoke/internal/kubeapi"
 	"github.com/spoke-proxy/spoke/internal/testnet"
+	"github.com/spoke-proxy/spoke/internal/wait"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
 
@@ -499,22 +500,7 @@ func eventually(ctx context.Context, t *testing.T, what string, cond func() erro
 // within polls cond until it returns nil, for at most d (until ctx ends
 // when d is 0), and returns its last error.
 func within(ctx context.Context, d time.Duration, cond func() error) error {
-	if d > 0 {
-		var cancel func()
-		ctx, cancel = context.WithTimeout(ctx, d)
-		defer cancel()
-	}
-	for {
-		err := cond()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(25 * time.Millisecond):
-		}
-	}
+	return wait.Until(ctx, d, cond)
 }
 
 // Objects.

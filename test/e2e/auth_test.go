@@ -33,7 +33,9 @@ import (
 	"github.com/spoke-proxy/spoke/controlplane/app"
 	"github.com/spoke-proxy/spoke/controlplane/auth"
 	"github.com/spoke-proxy/spoke/datapath/memory"
+	"github.com/spoke-proxy/spoke/internal/background"
 	"github.com/spoke-proxy/spoke/internal/kubeapi"
+	"github.com/spoke-proxy/spoke/internal/wait"
 	"github.com/spoke-proxy/spoke/nodeagent/agent"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
@@ -158,15 +160,7 @@ func testAgentBinding(ctx context.Context, t *testing.T, client kubernetes.Inter
 	if err != nil {
 		t.Fatal(err)
 	}
-	cpCtx, stopCP := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- cp.Run(cpCtx) }()
-	defer func() {
-		stopCP()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	defer background.Run(ctx, t, "control plane", cp.Run)()
 	tlsCreds := credentials.NewClientTLSFromCert(pool, "")
 
 	good := writeToken(t, podToken(ctx, t, client, "kube-system", "spoke-agent", "agent-on-node-2", "node-2", audience))
@@ -185,7 +179,7 @@ func testAgentBinding(ctx context.Context, t *testing.T, client kubernetes.Inter
 		adone := make(chan error, 1)
 		go func() { adone <- a.Run(actx) }()
 		defer func() { stop(); <-adone }()
-		eventually(t, "the agent holds a node view", func() error {
+		wait.For(t, settle, "the agent holds a node view", func() error {
 			st, err := a.GetState(ctx, &spokev1.GetStateRequest{})
 			if err != nil {
 				return err

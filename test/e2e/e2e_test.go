@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,7 +27,9 @@ import (
 	"github.com/spoke-proxy/spoke/datapath"
 	"github.com/spoke-proxy/spoke/datapath/fault"
 	"github.com/spoke-proxy/spoke/datapath/memory"
+	"github.com/spoke-proxy/spoke/internal/background"
 	"github.com/spoke-proxy/spoke/internal/kubeapi"
+	"github.com/spoke-proxy/spoke/internal/wait"
 	"github.com/spoke-proxy/spoke/nodeagent/agent"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
@@ -60,21 +63,7 @@ func startControlPlane(t *testing.T, client kubernetes.Interface, addr string) (
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- cp.Run(ctx) }()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("control plane: %v", err)
-		}
-	}
-	t.Cleanup(stop)
+	stop := background.Run(context.Background(), t, "control plane", cp.Run)
 	return cp, lis.Addr().String(), stop
 }
 
@@ -97,39 +86,17 @@ func (c *cluster) startAgent(name string, opts memory.Options) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.agent.Run(ctx) }()
-	stopped := false
-	n.stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent %s: %v", name, err)
-		}
+	stop := background.Run(context.Background(), t, "agent "+name, n.agent.Run)
+	n.stop = sync.OnceFunc(func() {
+		stop()
 		conn.Close()
-	}
+	})
 	t.Cleanup(n.stop)
 	return n
 }
 
-func eventually(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s: %v", what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+// settle is how long a change may take to reach the agents.
+const settle = 30 * time.Second
 
 func trace(dp *memory.Datapath, dst netip.AddrPort) datapath.Verdict {
 	return dp.Trace(datapath.FromNode, datapath.Packet{Protocol: datapath.TCP, Src: netip.MustParseAddrPort("10.0.0.99:40000"), Dst: dst})
@@ -140,7 +107,7 @@ func (c *cluster) everywhere(what string, check func(dp *memory.Datapath) error)
 	c.t.Helper()
 	for _, name := range slices.Sorted(mapsKeys(c.agents)) {
 		n := c.agents[name]
-		eventually(c.t, fmt.Sprintf("%s on %s", what, name), func() error { return check(n.dp) })
+		wait.For(c.t, settle, fmt.Sprintf("%s on %s", what, name), func() error { return check(n.dp) })
 	}
 }
 
@@ -179,7 +146,7 @@ func (c *cluster) agentState(n *node) *spokev1.GetStateResponse {
 // agent holds its node's whole view.
 func (c *cluster) inSync(n *node) {
 	c.t.Helper()
-	eventually(c.t, n.name+" in sync", func() error {
+	wait.For(c.t, settle, n.name+" in sync", func() error {
 		st := c.nodeStatus(n.name)
 		if st == nil || st.GetResponsesSent() == 0 || st.GetPendingNonce() != "" {
 			return fmt.Errorf("control plane status %v", st)
@@ -370,7 +337,7 @@ func TestEndToEnd(t *testing.T) {
 		if _, err := client.CoreV1().Services("default").Create(ctx, newService("default", "extra"), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, "the NACK is visible through inspection", func() error {
+		wait.For(t, settle, "the NACK is visible through inspection", func() error {
 			st := c.nodeStatus("node-3")
 			if st == nil || len(st.GetNacked()) == 0 {
 				return fmt.Errorf("no NACK in %v", st)
@@ -395,7 +362,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		c.everywhere("api scaled to one", func(dp *memory.Datapath) error { return backends(dp, "default/api", 1) })
-		eventually(t, "node-3 settled", func() error {
+		wait.For(t, settle, "node-3 settled", func() error {
 			if p := c.nodeStatus("node-3").GetPendingNonce(); p != "" {
 				return fmt.Errorf("response %s in flight", p)
 			}
@@ -419,7 +386,7 @@ func TestEndToEnd(t *testing.T) {
 		}
 		c.stopCP()
 		for name, n := range c.agents {
-			eventually(t, name+" disconnected", func() error {
+			wait.For(t, settle, name+" disconnected", func() error {
 				if c.agentState(n).GetConnected() {
 					return fmt.Errorf("still connected")
 				}

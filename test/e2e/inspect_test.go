@@ -18,6 +18,8 @@ import (
 
 	"github.com/spoke-proxy/spoke/controlplane/app"
 	"github.com/spoke-proxy/spoke/controlplane/auth"
+	"github.com/spoke-proxy/spoke/internal/background"
+	"github.com/spoke-proxy/spoke/internal/wait"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
 
@@ -73,15 +75,7 @@ func TestInspectionIsAuthorized(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cpCtx, stopCP := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- cp.Run(cpCtx) }()
-	defer func() {
-		stopCP()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	defer background.Run(ctx, t, "control plane", cp.Run)()
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +125,7 @@ func TestInspectionIsAuthorized(t *testing.T) {
 	t.Run("a user with the role reads every node", func(t *testing.T) {
 		grantNodeViews(ctx, t, client, "default", "viewer")
 		for _, node := range []string{"node-1", "node-2"} {
-			eventually(t, "the viewer reads "+node, func() error {
+			wait.For(t, settle, "the viewer reads "+node, func() error {
 				v, err := getView(viewer, node)
 				if err != nil {
 					return err

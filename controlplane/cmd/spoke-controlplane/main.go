@@ -9,10 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -24,7 +21,7 @@ import (
 	"github.com/spoke-proxy/spoke/controlplane/auth"
 	"github.com/spoke-proxy/spoke/controlplane/model"
 	"github.com/spoke-proxy/spoke/controlplane/server"
-	"github.com/spoke-proxy/spoke/internal/logging"
+	"github.com/spoke-proxy/spoke/internal/command"
 	"github.com/spoke-proxy/spoke/internal/tlsfiles"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
@@ -43,8 +40,7 @@ type config struct {
 	tlsClientCA    string
 	tlsRefresh     time.Duration
 	insecure       bool
-	logLevel       string
-	logFormat      string
+	logging        command.Logging
 	apiQPS         float64
 	apiBurst       int
 	maxResponseMiB int
@@ -70,8 +66,7 @@ func main() {
 	flag.StringVar(&c.tlsKey, "tls-key-file", "", "key of -tls-cert-file")
 	flag.StringVar(&c.tlsClientCA, "tls-client-ca-file", "", "CA bundle that signs agents' client certificates; when set, every client must present one (mutual TLS), besides its token")
 	flag.DurationVar(&c.tlsRefresh, "tls-refresh-interval", tlsfiles.DefaultRefresh, "how often the certificate, key and client CA files are read again, so that rotated ones apply without a restart")
-	flag.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
-	flag.StringVar(&c.logFormat, "log-format", "text", "text or json")
+	c.logging.Register(flag.CommandLine)
 	flag.Float64Var(&c.apiQPS, "kube-api-qps", 50, "queries per second to the API server")
 	flag.IntVar(&c.apiBurst, "kube-api-burst", 100, "burst of queries to the API server")
 	flag.IntVar(&c.maxResponseMiB, "max-response-mib", 4, "split view responses larger than this")
@@ -89,17 +84,8 @@ func main() {
 	flag.BoolVar(&c.profiling, "profiling", false, "serve /debug/pprof/ on the metrics address")
 	flag.Parse()
 
-	log, err := logging.New(os.Stderr, c.logLevel, c.logFormat)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, c, log); err != nil {
-		log.Error("control plane failed", "err", err)
-		os.Exit(1)
-	}
+	log := c.logging.Logger()
+	command.Run(log, "control plane", func(ctx context.Context) error { return run(ctx, c, log) })
 }
 
 func run(ctx context.Context, c config, log *slog.Logger) error {

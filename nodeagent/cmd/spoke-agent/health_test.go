@@ -10,11 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/spoke-proxy/spoke/controlplane/model"
-	"github.com/spoke-proxy/spoke/controlplane/server"
 	"github.com/spoke-proxy/spoke/controlplane/store"
+	"github.com/spoke-proxy/spoke/internal/wait"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
 
@@ -45,27 +43,14 @@ func httpGet(url string) (int, []byte, error) {
 	return resp.StatusCode, b, err
 }
 
-// eventually retries check until it returns nil or 20 seconds pass.
-func eventually(t *testing.T, what string, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+// settle is how long the agent may take to reach a state.
+const settle = 20 * time.Second
 
 // expectCheck waits for the health-check node port to answer code with
 // localEndpoints n.
 func expectCheck(t *testing.T, port uint16, code, n int) {
 	t.Helper()
-	eventually(t, fmt.Sprintf("health-check port %d answering %d with %d endpoints", port, code, n), func() error {
+	wait.For(t, settle, fmt.Sprintf("health-check port %d answering %d with %d endpoints", port, code, n), func() error {
 		got, body, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/", port))
 		if err != nil {
 			return err
@@ -104,26 +89,19 @@ func TestAgentServesKubeProxyEndpoints(t *testing.T) {
 	}
 	apply(localService(hcPort, 2))
 	st.MarkReady()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer(server.ServerOptions()...)
-	server.New(server.Options{Store: st}).Register(gs)
-	go gs.Serve(lis)
-	defer gs.Stop()
+	gs, cpAddr := serveViews(t, st, "127.0.0.1:0")
 
 	agent := &agentProcess{t: t, healthz: freeAddr(t)}
 	metrics := freeAddr(t)
 	agent.args = []string{
-		"-node-name", "node-1", "-controlplane", lis.Addr().String(), "-insecure", "-datapath", "memory",
+		"-node-name", "node-1", "-controlplane", cpAddr, "-insecure", "-datapath", "memory",
 		"-state-file", filepath.Join(t.TempDir(), "state.db"), "-repair-interval", "1s",
 		"-healthz-address", agent.healthz, "-metrics-address", metrics, "-inspect-address", freeAddr(t),
 	}
 	agent.start()
 	defer func() { agent.kill() }()
 
-	eventually(t, "/healthz", func() error {
+	wait.For(t, settle, "/healthz", func() error {
 		code, body, err := httpGet("http://" + agent.healthz + "/healthz")
 		if err != nil {
 			return err
@@ -153,17 +131,11 @@ func TestAgentServesKubeProxyEndpoints(t *testing.T) {
 	agent.kill()
 	agent.start()
 	expectCheck(t, hcPort, 200, 1)
-	gs = grpc.NewServer(server.ServerOptions()...)
-	server.New(server.Options{Store: st}).Register(gs)
-	lis2, err := net.Listen("tcp", lis.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	go gs.Serve(lis2)
+	serveViews(t, st, cpAddr)
 
 	// Removed from the view, the service's port closes.
 	apply(nil)
-	eventually(t, "the removed service's port closing", func() error {
+	wait.For(t, settle, "the removed service's port closing", func() error {
 		if _, _, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/", hcPort)); err == nil {
 			return fmt.Errorf("port %d still answers", hcPort)
 		}

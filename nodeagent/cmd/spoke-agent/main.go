@@ -11,8 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,8 +22,8 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/spoke-proxy/spoke/datapath/ebpf"
+	"github.com/spoke-proxy/spoke/internal/command"
 	"github.com/spoke-proxy/spoke/internal/grpcserver"
-	"github.com/spoke-proxy/spoke/internal/logging"
 	"github.com/spoke-proxy/spoke/internal/tlsfiles"
 	"github.com/spoke-proxy/spoke/nodeagent/agent"
 	"github.com/spoke-proxy/spoke/nodeagent/healthcheck"
@@ -49,8 +47,7 @@ type config struct {
 	inspectAddr    string
 	repairInterval time.Duration
 	keepalive      keepalive.ClientParameters
-	logLevel       string
-	logFormat      string
+	logging        command.Logging
 }
 
 func main() {
@@ -77,15 +74,10 @@ func main() {
 	flag.DurationVar(&c.repairInterval, "repair-interval", 30*time.Second, "how often the datapath is read back and repaired")
 	flag.DurationVar(&c.keepalive.Time, "keepalive-time", agent.DefaultKeepalive.Time, "ping the control plane after this long without hearing from it (at least 10s, the most often the control plane permits)")
 	flag.DurationVar(&c.keepalive.Timeout, "keepalive-timeout", agent.DefaultKeepalive.Timeout, "drop the connection and reconnect when a ping is not answered in this time: a control plane cut off without the connection closing is noticed within -keepalive-time plus this")
-	flag.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
-	flag.StringVar(&c.logFormat, "log-format", "text", "text or json")
+	c.logging.Register(flag.CommandLine)
 	flag.Parse()
 
-	log, err := logging.New(os.Stderr, c.logLevel, c.logFormat)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
+	log := c.logging.Logger()
 	if c.mountBPFFS {
 		if err := ebpf.EnsureBPFFS(c.datapath.ebpf.PinPath); err != nil {
 			log.Error("bpffs", "err", err)
@@ -102,12 +94,7 @@ func main() {
 		log.Info("datapath removed", "datapath", c.datapath.name)
 		return
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, c, log); err != nil {
-		log.Error("agent failed", "err", err)
-		os.Exit(1)
-	}
+	command.Run(log, "agent", func(ctx context.Context) error { return run(ctx, c, log) })
 }
 
 func run(ctx context.Context, c config, log *slog.Logger) error {
@@ -160,16 +147,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", c.inspectAddr, err)
 	}
-	health := http.NewServeMux()
-	health.Handle("/healthz", a.HealthzHandler())
-	health.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	metrics := http.NewServeMux()
-	metrics.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	metrics.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, dp.Name()) })
-	servers := []*http.Server{
-		{Addr: c.healthzAddr, Handler: health, ReadHeaderTimeout: 10 * time.Second},
-		{Addr: c.metricsAddr, Handler: metrics, ReadHeaderTimeout: 10 * time.Second},
-	}
+	servers := c.httpServers(a, dp.Name(), reg)
 	log.Info("agent serving", "node", c.nodeName, "datapath", dp.Name(), "inspect", inspectLis.Addr().String(), "healthz", c.healthzAddr, "metrics", c.metricsAddr)
 
 	eg, ctx := errgroup.WithContext(ctx)
@@ -198,6 +176,21 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		return nil
 	})
 	return eg.Wait()
+}
+
+// httpServers are kube-proxy's endpoints: /healthz and /livez on
+// -healthz-address, /metrics and /proxyMode on -metrics-address.
+func (c config) httpServers(a *agent.Agent, mode string, reg *prometheus.Registry) []*http.Server {
+	health := http.NewServeMux()
+	health.Handle("/healthz", a.HealthzHandler())
+	health.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	metrics := http.NewServeMux()
+	metrics.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	metrics.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, mode) })
+	return []*http.Server{
+		{Addr: c.healthzAddr, Handler: health, ReadHeaderTimeout: 10 * time.Second},
+		{Addr: c.metricsAddr, Handler: metrics, ReadHeaderTimeout: 10 * time.Second},
+	}
 }
 
 // transport returns the dial options that secure the control-plane

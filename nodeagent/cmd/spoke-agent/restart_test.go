@@ -75,6 +75,21 @@ func (p *agentProcess) ready() bool {
 	return resp.StatusCode == http.StatusOK
 }
 
+// serveViews serves st's views on addr ("127.0.0.1:0" for any port)
+// until the server is stopped or the test ends, and returns its address.
+func serveViews(t *testing.T, st *store.Store, addr string) (*grpc.Server, string) {
+	t.Helper()
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(server.ServerOptions()...)
+	server.New(server.Options{Store: st}).Register(gs)
+	go gs.Serve(lis)
+	t.Cleanup(gs.Stop)
+	return gs, lis.Addr().String()
+}
+
 func freeAddr(t testing.TB) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -122,14 +137,7 @@ func TestKilledAgentDropsNoFlow(t *testing.T) {
 		t.Fatal(err)
 	}
 	st.MarkReady()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer(server.ServerOptions()...)
-	server.New(server.Options{Store: st}).Register(gs)
-	go gs.Serve(lis)
-	defer gs.Stop()
+	_, cpAddr := serveViews(t, st, "127.0.0.1:0")
 
 	var b [4]byte
 	rand.Read(b[:])
@@ -146,7 +154,7 @@ func TestKilledAgentDropsNoFlow(t *testing.T) {
 	})
 	agent := &agentProcess{t: t, healthz: freeAddr(t)}
 	agent.args = []string{
-		"-node-name", "node-1", "-controlplane", lis.Addr().String(), "-insecure",
+		"-node-name", "node-1", "-controlplane", cpAddr, "-insecure",
 		"-datapath", "ebpf", "-bpf-pin-path", opts.PinPath, "-cgroup-root", opts.CgroupPath,
 		"-devices", testnet.ExternalDevice, "-devices-netns", opts.NetNS,
 		"-state-file", filepath.Join(t.TempDir(), "state.db"),
