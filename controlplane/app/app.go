@@ -257,7 +257,7 @@ const readinessPoll = 500 * time.Millisecond
 func (c *ControlPlane) followReadiness(ctx context.Context) {
 	tick := time.NewTicker(readinessPoll)
 	defer tick.Stop()
-	serving := true // as grpcserver.Ready left it
+	serving := true           // as grpcserver.Ready left it
 	synced := c.Store.Ready() // the first state: agents wait for no tick
 	for {
 		err := c.notReady()
