@@ -290,7 +290,13 @@ func (ss *session) sendNext() {
 		return
 	}
 	p := ss.queue[0]
+	// Sent parts are not kept: a session holds its first delta (every
+	// resource of the view) only until it is sent, not for its lifetime.
+	ss.queue[0] = part{}
 	ss.queue = ss.queue[1:]
+	if len(ss.queue) == 0 {
+		ss.queue = nil
+	}
 	nonce := c.nextNonce()
 	ss.outgoing <- p.encode(nonce)
 	c.sent(nonce, p, len(ss.queue) == 0, ss.target)

@@ -3,8 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -62,19 +60,7 @@ func BenchmarkRestartProcess(b *testing.B) {
 			if err := lab.SetNodeAddrs([]netip.Addr{netip.MustParseAddr(statetest.NodeAddr)}); err != nil {
 				b.Fatal(err)
 			}
-			var r [4]byte
-			rand.Read(r[:])
-			opts := spokeebpf.Options{
-				PinPath:    "/sys/fs/bpf/spoke-bench-" + hex.EncodeToString(r[:]),
-				CgroupPath: lab.CgroupPath(),
-				NetNS:      lab.NodeNS().Path(),
-				Devices:    []string{testnet.ExternalDevice},
-			}
-			b.Cleanup(func() {
-				if err := spokeebpf.Cleanup(opts); err != nil {
-					b.Errorf("cleanup: %v", err)
-				}
-			})
+			opts, ebpfArgs := labDatapath(b, lab)
 			before := func() {}
 			if cold {
 				before = func() {
@@ -83,9 +69,7 @@ func BenchmarkRestartProcess(b *testing.B) {
 					}
 				}
 			}
-			benchRestart(b, services, before, "-datapath", "ebpf", "-state-file", state,
-				"-bpf-pin-path", opts.PinPath, "-cgroup-root", opts.CgroupPath,
-				"-devices", testnet.ExternalDevice, "-devices-netns", opts.NetNS)
+			benchRestart(b, services, before, append(ebpfArgs, "-state-file", state)...)
 		})
 	}
 }

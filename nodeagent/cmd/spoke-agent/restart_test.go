@@ -90,6 +90,26 @@ func serveViews(t *testing.T, st *store.Store, addr string) (*grpc.Server, strin
 	return gs, lis.Addr().String()
 }
 
+// labDatapath returns eBPF options on a fresh pin path for an agent on the
+// lab's node, removed when the test ends, and the agent flags that say so.
+func labDatapath(t testing.TB, lab *testnet.Lab) (spokeebpf.Options, []string) {
+	var b [4]byte
+	rand.Read(b[:])
+	opts := spokeebpf.Options{
+		PinPath:    "/sys/fs/bpf/spoke-test-" + hex.EncodeToString(b[:]),
+		CgroupPath: lab.CgroupPath(),
+		NetNS:      lab.NodeNS().Path(),
+		Devices:    []string{testnet.ExternalDevice},
+	}
+	t.Cleanup(func() {
+		if err := spokeebpf.Cleanup(opts); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return opts, []string{"-datapath", "ebpf", "-bpf-pin-path", opts.PinPath, "-cgroup-root", opts.CgroupPath,
+		"-devices", testnet.ExternalDevice, "-devices-netns", opts.NetNS}
+}
+
 func freeAddr(t testing.TB) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -139,27 +159,13 @@ func TestKilledAgentDropsNoFlow(t *testing.T) {
 	st.MarkReady()
 	_, cpAddr := serveViews(t, st, "127.0.0.1:0")
 
-	var b [4]byte
-	rand.Read(b[:])
-	opts := spokeebpf.Options{
-		PinPath:    "/sys/fs/bpf/spoke-test-" + hex.EncodeToString(b[:]),
-		CgroupPath: lab.CgroupPath(),
-		NetNS:      lab.NodeNS().Path(),
-		Devices:    []string{testnet.ExternalDevice},
-	}
-	t.Cleanup(func() {
-		if err := spokeebpf.Cleanup(opts); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
+	_, ebpfArgs := labDatapath(t, lab)
 	agent := &agentProcess{t: t, healthz: freeAddr(t)}
-	agent.args = []string{
+	agent.args = append(ebpfArgs,
 		"-node-name", "node-1", "-controlplane", cpAddr, "-insecure",
-		"-datapath", "ebpf", "-bpf-pin-path", opts.PinPath, "-cgroup-root", opts.CgroupPath,
-		"-devices", testnet.ExternalDevice, "-devices-netns", opts.NetNS,
 		"-state-file", filepath.Join(t.TempDir(), "state.db"),
 		"-healthz-address", agent.healthz, "-metrics-address", freeAddr(t), "-inspect-address", freeAddr(t),
-	}
+	)
 	agent.start()
 	defer func() { agent.kill() }()
 
