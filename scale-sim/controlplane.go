@@ -68,6 +68,21 @@ type cpSettings struct {
 	// id authenticates agents (TLS and their tokens); nil serves
 	// plaintext and trusts the node names agents send.
 	id *identity
+	// limits are the control plane's admission limits.
+	limits server.Limits
+	// memoryLimitMiB, when set, is the process's GOMEMLIMIT.
+	memoryLimitMiB int
+}
+
+// limits returns the control plane's admission limits: every simulated
+// agent connects from one address, so there is no per-address limit; the
+// rate of new streams is --new-streams-per-second.
+func (c *config) limits() server.Limits {
+	l := server.Limits{MaxPendingPerPeer: -1, MaxPending: -1, NewStreamsPerSecond: c.newStreamsPerSecond, NewStreamsBurst: c.newStreamsBurst}
+	if l.NewStreamsPerSecond > 0 && l.NewStreamsBurst == 0 {
+		l.NewStreamsBurst = max(1, int(l.NewStreamsPerSecond))
+	}
+	return l
 }
 
 // processCP runs the spoke-controlplane binary as a child process.
@@ -102,8 +117,10 @@ func (p *processCP) start() error {
 		"-debounce-window", p.s.window.String(), "-debounce-max-delay", p.s.maxDelay.String(),
 		"-ack-timeout", p.s.ackTimeout.String(), "-proxy-name", cluster.ProxyName,
 		"-kube-api-qps", "1000", "-kube-api-burst", "2000", "-log-level", "warn", "-profiling",
-		// Every simulated agent connects from one address, all at once.
-		"-max-pending-streams-per-peer=-1", "-max-pending-streams=-1", "-new-streams-per-second=-1",
+		fmt.Sprint("-max-pending-streams-per-peer=", p.s.limits.MaxPendingPerPeer),
+		fmt.Sprint("-max-pending-streams=", p.s.limits.MaxPending),
+		fmt.Sprint("-new-streams-per-second=", p.s.limits.NewStreamsPerSecond),
+		fmt.Sprint("-new-streams-burst=", p.s.limits.NewStreamsBurst),
 	}
 	if p.s.id != nil {
 		args = append(args, "-tls-cert-file", p.s.id.certFile, "-tls-key-file", p.s.id.keyFile,
@@ -111,7 +128,11 @@ func (p *processCP) start() error {
 	} else {
 		args = append(args, "-agent-auth", "none", "-insecure")
 	}
-	proc, err := process.Start("the control plane", exec.Command(p.s.bin, args...), filepath.Join(p.s.dir, "controlplane.log"))
+	cmd := exec.Command(p.s.bin, args...)
+	if p.s.memoryLimitMiB > 0 {
+		cmd.Env = append(os.Environ(), fmt.Sprintf("GOMEMLIMIT=%dMiB", p.s.memoryLimitMiB))
+	}
+	proc, err := process.Start("the control plane", cmd, filepath.Join(p.s.dir, "controlplane.log"))
 	if err != nil {
 		return err
 	}
@@ -185,8 +206,7 @@ func (p *inprocCP) start() error {
 	opts := app.Options{
 		Client: client, GRPCListener: lis, Model: model.Options{ProxyName: cluster.ProxyName},
 		Window: p.s.window, MaxDelay: p.s.maxDelay, AckTimeout: p.s.ackTimeout,
-		// Every simulated agent connects from one address, all at once.
-		Limits: server.Limits{MaxPendingPerPeer: -1, MaxPending: -1, NewStreamsPerSecond: -1},
+		Limits: p.s.limits,
 		Logger: p.s.log.With("component", "controlplane"),
 	}
 	ctx, cancel := context.WithCancel(context.Background())

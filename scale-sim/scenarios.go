@@ -66,6 +66,7 @@ func (s *sim) scenarioControlPlaneRestart(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	s.herdFigures(t0)
 	all := last.Sub(t0)
 	if missing > 0 {
 		s.note("controlplane-restart: %d agents had not reconnected after 2 minutes", missing)
@@ -89,6 +90,54 @@ func (s *sim) scenarioControlPlaneRestart(ctx context.Context) error {
 		s.measuredChurn(ctx, 1, "churn after restart")
 	}
 	return nil
+}
+
+// herdFigures reports how the reconnecting agents were spread: when they
+// were served (from the restart), how many streams the control plane
+// refused for its rate of new streams, how far the served agents ever got
+// ahead of what its token bucket allows (none, when the limit holds: no
+// agent is served before its stream is admitted), and the new control
+// plane's peak RSS against its memory limit.
+func (s *sim) herdFigures(t0 time.Time) {
+	var served []time.Duration
+	for i := range s.fleet.Len() {
+		if a := s.tracker.Activity(i); a.Responses > 0 {
+			served = append(served, a.FirstResponse.Sub(t0))
+		}
+	}
+	slices.Sort(served)
+	if len(served) > 0 {
+		at := func(q float64) float64 { return ms(served[int(q*float64(len(served)-1))]) }
+		s.extra["reconnect_ms"] = map[string]float64{"p10": at(0.1), "p50": at(0.5), "p90": at(0.9), "max": at(1)}
+		s.table = append(s.table, [2]string{"agents served after restart, p10 / p50 / p90 / max",
+			fmt.Sprintf("%.0f / %.0f / %.0f / %.0f ms", at(0.1), at(0.5), at(0.9), at(1))})
+	}
+	l := s.c.limits()
+	s.extra["new_streams_per_second"] = l.NewStreamsPerSecond
+	if l.NewStreamsPerSecond > 0 {
+		// The bucket was created after t0 and starts full: by time t at
+		// most burst + rate·t streams were admitted.
+		ahead := 0
+		for i, t := range served {
+			ahead = max(ahead, i+1-l.NewStreamsBurst-int(l.NewStreamsPerSecond*t.Seconds()))
+		}
+		refused, _ := s.cp.Metric(`spoke_controlplane_rejected_streams_total{reason="rate"`)
+		s.extra["new_streams_burst"] = l.NewStreamsBurst
+		s.extra["streams_refused_by_rate"] = refused
+		s.extra["served_ahead_of_rate_limit"] = ahead
+		s.table = append(s.table, [2]string{"new-stream limit; streams refused by it; agents served ahead of it",
+			fmt.Sprintf("%.0f/s, burst %d; %.0f; %d", l.NewStreamsPerSecond, l.NewStreamsBurst, refused, ahead)})
+	}
+	if u := s.cp.Usage(); u.Own && u.PeakRSS > 0 {
+		peak := float64(u.PeakRSS) / (1 << 20)
+		s.extra["controlplane_peak_rss_after_restart_mb"] = peak
+		limit := "none"
+		if s.c.cpMemoryLimitMiB > 0 {
+			s.extra["controlplane_memory_limit_mib"] = s.c.cpMemoryLimitMiB
+			limit = fmt.Sprintf("%d MiB (GOMEMLIMIT)", s.c.cpMemoryLimitMiB)
+		}
+		s.table = append(s.table, [2]string{"new control plane's peak RSS; its memory limit", fmt.Sprintf("%.0f MiB; %s", peak, limit)})
+	}
 }
 
 // restartAuthFigures reports what binding the reconnected agents cost: the

@@ -103,7 +103,8 @@ func setup(ctx context.Context, c config, log *slog.Logger) (*sim, error) {
 		s.id = id
 	}
 	settings := cpSettings{window: c.window, maxDelay: c.maxDelay, ackTimeout: c.ackTimeout,
-		kubeconfig: kubeconfig, restConfig: restCfg, dir: c.workDir, bin: c.controlplaneBin, log: log, id: id}
+		kubeconfig: kubeconfig, restConfig: restCfg, dir: c.workDir, bin: c.controlplaneBin, log: log, id: id,
+		limits: c.limits(), memoryLimitMiB: c.cpMemoryLimitMiB}
 	var cp controlPlane
 	switch c.controlplane {
 	case "process":

@@ -54,6 +54,7 @@ var bins struct {
 	err          error
 	controlPlane string
 	agent        string
+	sim          string
 }
 
 // shared is the one API server every scenario uses (each in a namespace of
@@ -79,12 +80,14 @@ func (w withBinaries) Run() int {
 	defer os.RemoveAll(dir)
 	bins.controlPlane = filepath.Join(dir, "spoke-controlplane")
 	bins.agent = filepath.Join(dir, "spoke-agent")
+	bins.sim = filepath.Join(dir, "scale-sim")
 	bins.done = make(chan struct{})
 	go func() {
 		defer close(bins.done)
 		cmd := exec.Command("go", "build", "-o", dir+"/",
 			"github.com/spoke-proxy/spoke/controlplane/cmd/spoke-controlplane",
-			"github.com/spoke-proxy/spoke/nodeagent/cmd/spoke-agent")
+			"github.com/spoke-proxy/spoke/nodeagent/cmd/spoke-agent",
+			"github.com/spoke-proxy/spoke/scale-sim")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			bins.err = fmt.Errorf("building the binaries: %w\n%s", err, out)
 		}
