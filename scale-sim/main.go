@@ -92,7 +92,7 @@ func main() {
 	flag.Uint64Var(&c.seed, "seed", 1, "seed of the generated cluster and churn")
 	flag.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (the control plane too with --controlplane inproc)")
 	flag.StringVar(&c.memProfile, "memprofile", "", "write a heap profile of this process at the end")
-	flag.StringVar(&c.cpCPUProfile, "controlplane-cpuprofile", "", "write a CPU profile of the control plane's process over the measured churn, from its /debug/pprof/")
+	flag.StringVar(&c.cpCPUProfile, "controlplane-cpuprofile", "", "write a CPU profile of the control plane's process over the measured churn (controlplane-restart without churn: over the 20 s from its restart), from its /debug/pprof/")
 	flag.StringVar(&c.cpHeapProfile, "controlplane-memprofile", "", "write a heap profile of the control plane's process at the end, from its /debug/pprof/")
 	flag.Float64Var(&c.newStreamsPerSecond, "new-streams-per-second", -1, "the control plane's token bucket on new agent streams (its -new-streams-per-second); -1: none, so that the figures measure the control plane rather than the limit")
 	flag.IntVar(&c.newStreamsBurst, "new-streams-burst", 0, "the token bucket's burst (its -new-streams-burst); 0: the rate's one second")

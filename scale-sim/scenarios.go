@@ -26,6 +26,10 @@ func (s *sim) scenarioControlPlaneRestart(ctx context.Context) error {
 		return err
 	}
 	readyAfter := time.Since(t0)
+	if s.c.churn == 0 || s.c.duration == 0 {
+		// Nothing to measure after the herd: profile the herd itself.
+		s.startCPUProfile(ctx, 20*time.Second)
+	}
 	deadline := time.Now().Add(2 * time.Minute)
 	lastProgress := time.Now()
 	var last time.Time
@@ -129,6 +133,8 @@ func (s *sim) herdFigures(t0 time.Time) {
 			fmt.Sprintf("%.0f/s, burst %d; %.0f; %d", l.NewStreamsPerSecond, l.NewStreamsBurst, refused, ahead)})
 	}
 	if u := s.cp.Usage(); u.Own && u.PeakRSS > 0 {
+		s.extra["controlplane_cpu_seconds_to_serve_all"] = u.CPU.Seconds()
+		s.table = append(s.table, [2]string{"new control plane's CPU from its start until every agent was served", fmt.Sprintf("%.1f s", u.CPU.Seconds())})
 		peak := float64(u.PeakRSS) / (1 << 20)
 		s.extra["controlplane_peak_rss_after_restart_mb"] = peak
 		limit := "none"
