@@ -4,6 +4,8 @@ import (
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
 
+	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
+
 	// Registers the proto codec that rawCodec falls back to.
 	_ "google.golang.org/grpc/encoding/proto"
 )
@@ -30,6 +32,17 @@ func (c rawCodec) Marshal(v any) (mem.BufferSlice, error) {
 	return c.proto.Marshal(v)
 }
 
-func (c rawCodec) Unmarshal(data mem.BufferSlice, v any) error { return c.proto.Unmarshal(data, v) }
+// Unmarshal decodes agents' requests with spokev1.UnmarshalRequest (a
+// first request's thousands of versions, without reflection), everything
+// else through the proto codec.
+func (c rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	req, ok := v.(*spokev1.StreamViewsRequest)
+	if !ok {
+		return c.proto.Unmarshal(data, v)
+	}
+	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+	defer buf.Free()
+	return spokev1.UnmarshalRequest(buf.ReadOnlyData(), req)
+}
 
 func (c rawCodec) Name() string { return c.proto.Name() }
