@@ -139,6 +139,16 @@ func (c *ControlPlane) Run(ctx context.Context) error {
 	eg, ctx := errgroup.WithContext(ctx)
 	eg.Go(func() error { return c.watcher.Run(ctx) })
 	eg.Go(func() error {
+		// Connections wait in the listener's backlog until the first state
+		// is published: a starting replica spends nothing on the TLS
+		// handshakes and tokens of agents it cannot serve yet (thousands
+		// after a restart), so its informers sync as fast as with none.
+		select {
+		case <-c.Store.Ready():
+		case <-ctx.Done():
+			c.opts.GRPCListener.Close()
+			return nil
+		}
 		if err := c.grpc.Serve(c.opts.GRPCListener); err != nil {
 			return fmt.Errorf("serving gRPC: %w", err)
 		}
