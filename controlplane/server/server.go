@@ -116,11 +116,15 @@ func New(opts Options) *Server {
 // that sends pre-encoded responses; few streams per connection (an agent
 // needs one); and connections that end after a while, with a grace period
 // for the stream in progress, so that agents spread again over the
-// replicas after a failover. Keepalive enforcement is internal/grpcserver's.
+// replicas after a failover; and a small read buffer per connection (an
+// agent sends acknowledgements of a few hundred bytes; gRPC's 32 KiB
+// default held 125 of the control plane's 316 MB of heap with 5,000
+// agents). Keepalive enforcement is internal/grpcserver's.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.ForceServerCodecV2(newRawCodec()),
 		grpc.MaxConcurrentStreams(maxStreamsPerConnection),
+		grpc.ReadBufferSize(readBufferSize),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			Time: keepaliveTime, Timeout: keepaliveTimeout,
 			MaxConnectionAge: maxConnectionAge, MaxConnectionAgeGrace: maxConnectionAgeGrace,
@@ -131,6 +135,7 @@ func ServerOptions() []grpc.ServerOption {
 // Connection limits; keepalive times as internal/grpcserver sets them.
 const (
 	maxStreamsPerConnection = 16
+	readBufferSize          = 4 << 10
 	maxConnectionAge        = 30 * time.Minute
 	maxConnectionAgeGrace   = time.Minute
 	keepaliveTime           = 30 * time.Second
