@@ -10,6 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -230,5 +235,62 @@ func startChurn(ctx context.Context, t *testing.T, client kubernetes.Interface) 
 	return func() {
 		cancel()
 		<-done
+	}
+}
+
+// TestNoConnectionBeforeTheFirstState: a starting control plane takes no
+// gRPC connection until its first state is published (a restarted one
+// would otherwise spend its start on the handshakes of every agent that
+// reconnects); the connection waits and is served once it is.
+func TestNoConnectionBeforeTheFirstState(t *testing.T) {
+	api := kubeapi.ForTest(t)
+	proxy, err := apiproxy.New(api.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+	proxy.Block()
+	client, err := kubernetes.NewForConfig(proxy.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp, err := app.New(app.Options{Client: client, GRPCListener: grpcLis, HTTPListener: httpLis})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- cp.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+
+	conn, err := grpc.NewClient(grpcLis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	health := healthpb.NewHealthClient(conn)
+	early, cancelEarly := context.WithTimeout(ctx, 2*time.Second)
+	_, err = health.Check(early, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
+	cancelEarly()
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("a health check before the first state: %v, want DeadlineExceeded (no connection taken)", err)
+	}
+
+	proxy.Unblock()
+	newProber("http://"+httpLis.Addr().String()).wait(t, "synced", "/readyz", http.StatusOK, time.Minute)
+	if resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true)); err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("a health check once ready: %v, %v; want SERVING", resp, err)
 	}
 }
