@@ -33,62 +33,19 @@ func TestReadinessFollowsTheAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp, err := app.New(app.Options{Client: client, GRPCListener: grpcLis, HTTPListener: httpLis, APIStaleAfter: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- cp.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
-	base := "http://" + httpLis.Addr().String()
-	get := func(path string) (int, string) {
-		c := http.Client{Timeout: 2 * time.Second}
-		resp, err := c.Get(base + path)
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
-	wait := func(what, path string, want int) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			code, body := get(path)
-			if code == want {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %s answered %d %q, want %d", what, path, code, body, want)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
-	wait("synced", "/readyz", http.StatusOK)
+	_, probe := runControlPlane(t, app.Options{Client: client, APIStaleAfter: 2 * time.Second})
+	probe.wait(t, "synced", "/readyz", http.StatusOK, 30*time.Second)
 
 	stopped := time.Now()
 	api.Stop()
-	wait("API server stopped", "/readyz", http.StatusServiceUnavailable)
+	probe.wait(t, "API server stopped", "/readyz", http.StatusServiceUnavailable, 30*time.Second)
 	if took := time.Since(stopped); took > 10*time.Second {
 		t.Errorf("readiness fell %v after the API server stopped, want within a few seconds of 2 s", took)
 	}
-	if code, body := get("/livez"); code != http.StatusOK {
+	if code, body := probe.get("/livez"); code != http.StatusOK {
 		t.Errorf("/livez with the API server down: %d %q; the process is alive and its datapaths' views hold", code, body)
 	}
-	if code, _ := get("/healthz"); code != http.StatusOK {
+	if code, _ := probe.get("/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz with the API server down: %d", code)
 	}
 }
@@ -120,27 +77,7 @@ func TestReadinessFailsWhenAWatchStalls(t *testing.T) {
 	defer churn()
 
 	const stallAfter = 4 * time.Second
-	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp, err := app.New(app.Options{Client: client, GRPCListener: grpcLis, HTTPListener: httpLis,
-		APIStaleAfter: 2 * time.Second, WatchStallAfter: stallAfter})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cpCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- cp.Run(cpCtx) }()
-	defer func() {
-		stop()
-		<-done
-	}()
-	probe := newProber("http://" + httpLis.Addr().String())
+	_, probe := runControlPlane(t, app.Options{Client: client, APIStaleAfter: 2 * time.Second, WatchStallAfter: stallAfter})
 	probe.wait(t, "synced", "/readyz", http.StatusOK, 30*time.Second)
 	// Ready throughout three stall bounds while every watch follows.
 	for end := time.Now().Add(3 * stallAfter); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
@@ -165,6 +102,34 @@ func TestReadinessFailsWhenAWatchStalls(t *testing.T) {
 
 	proxy.Thaw("endpointslices")
 	probe.wait(t, "the EndpointSlice watch thawed", "/readyz", http.StatusOK, 30*time.Second)
+}
+
+// runControlPlane runs a control plane with opts on listeners of its own
+// until the test ends, and returns its gRPC address and a prober of its
+// HTTP endpoints.
+func runControlPlane(t *testing.T, opts app.Options) (string, *prober) {
+	t.Helper()
+	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.GRPCListener, opts.HTTPListener = grpcLis, httpLis
+	cp, err := app.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cp.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return grpcLis.Addr().String(), newProber("http://" + httpLis.Addr().String())
 }
 
 // prober asks a control plane's HTTP endpoints.
@@ -254,28 +219,11 @@ func TestNoConnectionBeforeTheFirstState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp, err := app.New(app.Options{Client: client, GRPCListener: grpcLis, HTTPListener: httpLis})
-	if err != nil {
-		t.Fatal(err)
-	}
+	grpcAddr, probe := runControlPlane(t, app.Options{Client: client})
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- cp.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
 
-	conn, err := grpc.NewClient(grpcLis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,7 +237,7 @@ func TestNoConnectionBeforeTheFirstState(t *testing.T) {
 	}
 
 	proxy.Unblock()
-	newProber("http://"+httpLis.Addr().String()).wait(t, "synced", "/readyz", http.StatusOK, time.Minute)
+	probe.wait(t, "synced", "/readyz", http.StatusOK, time.Minute)
 	if resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true)); err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("a health check once ready: %v, %v; want SERVING", resp, err)
 	}
