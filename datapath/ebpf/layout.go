@@ -5,36 +5,44 @@ import (
 	"fmt"
 	"net/netip"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/spoke-proxy/spoke/datapath"
 )
 
-// Constants shared with bpf/lb.h.
+// Constants shared with bpf/lb.h: the enums bpf2go generates from it, the
+// array lengths of its structs, and the protocols' numbers.
 const (
-	scopeAddr     = 0
-	scopeNodePort = 1
+	scopeAddr     = lbSpokeScopeSCOPE_ADDR
+	scopeNodePort = lbSpokeScopeSCOPE_NODEPORT
 
-	kindCluster  = 1
-	kindExternal = 2
-	kindLB       = 3
-	kindNodePort = 4
+	kindCluster  = lbSpokeKindKIND_CLUSTER
+	kindExternal = lbSpokeKindKIND_EXTERNAL
+	kindLB       = lbSpokeKindKIND_LB
+	kindNodePort = lbSpokeKindKIND_NODEPORT
 
-	svcFlagSourceRanges = 1
+	svcFlagSourceRanges = lbSpokeSvcFlagsSVC_F_SOURCE_RANGES
 
-	noEndpointsReject = 1
-	noEndpointsDrop   = 2
+	noEndpointsReject = lbSpokeNoEndpointsNO_EP_REJECT
+	noEndpointsDrop   = lbSpokeNoEndpointsNO_EP_DROP
 
-	setInternal  = 0
-	setExternal  = 1
-	setFromNode  = 2
-	setsExternal = 1 // port_info.sets bits
-	setsFromNode = 2
+	setsExternal = lbSpokeSetsSETS_EXTERNAL // port_info.sets bits
+	setsFromNode = lbSpokeSetsSETS_FROM_NODE
 
-	portNameLen = 64
-	svcKeyLen   = 512
+	portNameLen = len(lbPortInfo{}.Name)
+	svcKeyLen   = len(lbSvcInfo{}.Key)
 
-	protoTCP  = 6
-	protoUDP  = 17
-	protoSCTP = 132
+	protoTCP  = unix.IPPROTO_TCP
+	protoUDP  = unix.IPPROTO_UDP
+	protoSCTP = unix.IPPROTO_SCTP
+)
+
+// The backend sets of a port, as indexes into port_info.groups (set * 2 +
+// is IPv6), which only the agent writes and reads.
+const (
+	setInternal = 0
+	setExternal = 1
+	setFromNode = 2
 )
 
 // toAddr stores an address in the maps' 16-byte form: IPv4 as IPv4-mapped
@@ -103,14 +111,14 @@ func fromProto(p uint8) (datapath.Protocol, error) {
 	return 0, fmt.Errorf("protocol number %d", p)
 }
 
-func toNoEndpoints(n datapath.NoEndpoints) uint8 {
+func toNoEndpoints(n datapath.NoEndpoints) lbSpokeNoEndpoints {
 	if n == datapath.Drop {
 		return noEndpointsDrop
 	}
 	return noEndpointsReject
 }
 
-func fromNoEndpoints(n uint8) datapath.NoEndpoints {
+func fromNoEndpoints(n lbSpokeNoEndpoints) datapath.NoEndpoints {
 	if n == noEndpointsDrop {
 		return datapath.Drop
 	}

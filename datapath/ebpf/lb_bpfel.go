@@ -22,7 +22,7 @@ type lbAddrKey struct {
 	_     structs.HostLayout
 	SvcId uint32
 	Pos   uint16
-	Kind  uint8
+	Kind  lbSpokeKind
 	Pad   uint8
 }
 
@@ -79,7 +79,7 @@ type lbPortInfo struct {
 	Port     uint16
 	NodePort uint16
 	Proto    uint8
-	Sets     uint8
+	Sets     lbSpokeSets
 	NameLen  uint8
 	Pad      uint8
 	Name     [64]int8
@@ -122,7 +122,7 @@ type lbSlotVal struct {
 	Active   uint16
 	Total    uint16
 	Pos      uint16
-	NoEp     uint8
+	NoEp     lbSpokeNoEndpoints
 	Pad      uint8
 }
 
@@ -142,6 +142,42 @@ type lbSockVal struct {
 	Pad  uint16
 }
 
+type lbSpokeKind uint8
+
+const (
+	lbSpokeKindKIND_CLUSTER  lbSpokeKind = 1
+	lbSpokeKindKIND_EXTERNAL lbSpokeKind = 2
+	lbSpokeKindKIND_LB       lbSpokeKind = 3
+	lbSpokeKindKIND_NODEPORT lbSpokeKind = 4
+)
+
+type lbSpokeNoEndpoints uint8
+
+const (
+	lbSpokeNoEndpointsNO_EP_REJECT lbSpokeNoEndpoints = 1
+	lbSpokeNoEndpointsNO_EP_DROP   lbSpokeNoEndpoints = 2
+)
+
+type lbSpokeScope uint8
+
+const (
+	lbSpokeScopeSCOPE_ADDR     lbSpokeScope = 0
+	lbSpokeScopeSCOPE_NODEPORT lbSpokeScope = 1
+)
+
+type lbSpokeSets uint8
+
+const (
+	lbSpokeSetsSETS_EXTERNAL  lbSpokeSets = 1
+	lbSpokeSetsSETS_FROM_NODE lbSpokeSets = 2
+)
+
+type lbSpokeSvcFlags uint8
+
+const (
+	lbSpokeSvcFlagsSVC_F_SOURCE_RANGES lbSpokeSvcFlags = 1
+)
+
 type lbSvcInfo struct {
 	_              structs.HostLayout
 	AffinityNs     uint64
@@ -157,7 +193,7 @@ type lbSvcKey struct {
 	Addr  lbAddr
 	Port  uint16
 	Proto uint8
-	Scope uint8
+	Scope lbSpokeScope
 }
 
 type lbSvcVal struct {
@@ -165,8 +201,8 @@ type lbSvcVal struct {
 	SvcId      uint32
 	GroupLocal uint32
 	GroupExt   uint32
-	Kind       uint8
-	Flags      uint8
+	Kind       lbSpokeKind
+	Flags      lbSpokeSvcFlags
 	Pad        uint16
 }
 

@@ -120,7 +120,7 @@ func plan(id uint32, s *datapath.Service, ids ids) (owned, error) {
 	o.meta[id] = info
 
 	lists := []struct {
-		kind  uint8
+		kind  lbSpokeKind
 		addrs []netip.Addr
 	}{{kindCluster, s.ClusterIPs}, {kindExternal, s.ExternalIPs}, {kindLB, s.LoadBalancerIPs}}
 	for _, l := range lists {

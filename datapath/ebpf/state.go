@@ -334,7 +334,7 @@ func decodeSet(slots map[lbSlotKey]lbSlotVal, g4, g6 uint32, backends map[uint32
 		ep  datapath.Endpoint
 	}
 	var eps []positioned
-	var noEp uint8
+	var noEp lbSpokeNoEndpoints
 	for i, g := range []uint32{g4, g6} {
 		hdr, ok := slots[lbSlotKey{Group: g}]
 		if !ok {

@@ -8,22 +8,40 @@
 
 #include <linux/types.h>
 
-/* svc_key.scope */
-#define SCOPE_ADDR 0     /* an address of the service */
-#define SCOPE_NODEPORT 1 /* every node address (addr is the family's zero) */
+/* The constants Go shares are enums with a fixed underlying type, each the
+ * type of the field that holds it, so that bpf2go -type generates them for
+ * Go from this file's BTF. */
 
-/* svc_val.kind */
-#define KIND_CLUSTER 1
-#define KIND_EXTERNAL 2
-#define KIND_LB 3
-#define KIND_NODEPORT 4
+/* svc_key.scope */
+enum spoke_scope : __u8 {
+	SCOPE_ADDR = 0,     /* an address of the service */
+	SCOPE_NODEPORT = 1, /* every node address (addr is the family's zero) */
+};
+
+/* svc_val.kind, addr_key.kind */
+enum spoke_kind : __u8 {
+	KIND_CLUSTER = 1,
+	KIND_EXTERNAL = 2,
+	KIND_LB = 3,
+	KIND_NODEPORT = 4,
+};
 
 /* svc_val.flags */
-#define SVC_F_SOURCE_RANGES 1 /* the source must match src_ranges */
+enum spoke_svc_flags : __u8 {
+	SVC_F_SOURCE_RANGES = 1, /* the source must match src_ranges */
+};
 
 /* slot_val.no_ep: what a new connection gets when no endpoint is active */
-#define NO_EP_REJECT 1
-#define NO_EP_DROP 2
+enum spoke_no_endpoints : __u8 {
+	NO_EP_REJECT = 1,
+	NO_EP_DROP = 2,
+};
+
+/* port_info.sets: backend sets present besides Internal */
+enum spoke_sets : __u8 {
+	SETS_EXTERNAL = 1,
+	SETS_FROM_NODE = 2,
+};
 
 /* aff_key.flags */
 #define AFF_F_COOKIE 1 /* client holds a network namespace cookie */
@@ -31,15 +49,6 @@
 /* ct_val.flags and rev_val.flags */
 #define CT_F_SNAT 1 /* the source was translated to a node address */
 #define CT_F_SEEN_ACK 2 /* ct_val: the client has sent more than a SYN */
-
-/* port_meta.sets: backend sets present besides Internal */
-#define SET_EXTERNAL 1
-#define SET_FROM_NODE 2
-
-/* Indexes into port_meta.groups: set * 2 + (family == 6). */
-#define SET_INTERNAL_IDX 0
-#define SET_EXTERNAL_IDX 1
-#define SET_FROM_NODE_IDX 2
 
 #define PORT_NAME_LEN 64
 #define SVC_KEY_LEN 512
@@ -53,15 +62,15 @@ struct svc_key {
 	struct addr addr;
 	__be16 port;
 	__u8 proto;
-	__u8 scope;
+	enum spoke_scope scope;
 };
 
 struct svc_val {
 	__u32 svc_id;
 	__u32 group_local; /* backends for sockets on this node */
 	__u32 group_ext;   /* backends for packets from outside the node */
-	__u8 kind;
-	__u8 flags;
+	enum spoke_kind kind;
+	enum spoke_svc_flags flags;
 	__u16 pad;
 };
 
@@ -79,7 +88,7 @@ struct slot_val {
 	__u16 active;   /* header */
 	__u16 total;    /* header */
 	__u16 pos;      /* slot > 0: index in the service's endpoint list */
-	__u8 no_ep;     /* header */
+	enum spoke_no_endpoints no_ep; /* header */
 	__u8 pad;
 };
 
@@ -187,7 +196,7 @@ struct port_info {
 	__be16 port;
 	__be16 node_port;
 	__u8 proto;
-	__u8 sets;
+	enum spoke_sets sets;
 	__u8 name_len;
 	__u8 pad;
 	char name[PORT_NAME_LEN];
@@ -207,7 +216,7 @@ struct svc_info {
 struct addr_key {
 	__u32 svc_id;
 	__u16 pos;
-	__u8 kind;
+	enum spoke_kind kind;
 	__u8 pad;
 };
 
