@@ -469,10 +469,29 @@ func (s *Store) Initial(node string, have map[string]string) Delta {
 			d.Resources = append(d.Resources, n.enc)
 		}
 	}
+	// seen counts the held names that are in the view: when it reaches
+	// every held name, nothing is to be removed, and the held names need
+	// no second pass (a reconnecting agent usually holds its view).
+	seen := 0
+	if _, ok := have[spokev1.NodeResourceName]; ok {
+		seen++
+	}
 	for name, e := range s.services {
-		if v := e.viewFor(node, zone); v != nil && have[name] != v.Version {
+		v := e.viewFor(node, zone)
+		if v == nil {
+			continue
+		}
+		held, ok := have[name]
+		if ok {
+			seen++
+		}
+		if held != v.Version {
 			d.Resources = append(d.Resources, v)
 		}
+	}
+	if seen == len(have) {
+		sortDelta(&d)
+		return d
 	}
 	for name := range have {
 		if name == spokev1.NodeResourceName {
