@@ -33,7 +33,8 @@ func UnmarshalRequest(b []byte, req *StreamViewsRequest) error {
 	}
 	// Every key and value is copied into one buffer, turned into one
 	// string that the map's strings share, instead of two allocations per
-	// entry.
+	// entry. A string kept from the map keeps that whole string alive: the
+	// control plane keeps them only until the first response is sent.
 	text := make([]byte, 0, size)
 	spans := make([][4]int, 0, entries) // key and value offsets into text
 	var rest []byte // the other fields: a few small ones
