@@ -37,7 +37,7 @@ func UnmarshalRequest(b []byte, req *StreamViewsRequest) error {
 	// control plane keeps them only until the first response is sent.
 	text := make([]byte, 0, size)
 	spans := make([][4]int, 0, entries) // key and value offsets into text
-	var rest []byte // the other fields: a few small ones
+	var rest []byte                     // the other fields: a few small ones
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		m := protowire.ConsumeFieldValue(num, typ, b[n:])
