@@ -76,9 +76,12 @@ type cpSettings struct {
 
 // limits returns the control plane's admission limits: every simulated
 // agent connects from one address, so there is no per-address limit; the
-// rate of new streams is --new-streams-per-second.
+// rate of new streams is --new-streams-per-second, none unless positive.
 func (c *config) limits() server.Limits {
-	l := server.Limits{MaxPendingPerPeer: -1, MaxPending: -1, NewStreamsPerSecond: c.newStreamsPerSecond, NewStreamsBurst: c.newStreamsBurst}
+	l := server.Limits{MaxPendingPerPeer: -1, MaxPending: -1, NewStreamsPerSecond: -1}
+	if c.newStreamsPerSecond > 0 {
+		l.NewStreamsPerSecond, l.NewStreamsBurst = c.newStreamsPerSecond, c.newStreamsBurst
+	}
 	if l.NewStreamsPerSecond > 0 && l.NewStreamsBurst == 0 {
 		l.NewStreamsBurst = max(1, int(l.NewStreamsPerSecond))
 	}

@@ -94,7 +94,7 @@ func main() {
 	flag.StringVar(&c.memProfile, "memprofile", "", "write a heap profile of this process at the end")
 	flag.StringVar(&c.cpCPUProfile, "controlplane-cpuprofile", "", "write a CPU profile of the control plane's process over the measured churn (controlplane-restart without churn: over the 20 s from its restart), from its /debug/pprof/")
 	flag.StringVar(&c.cpHeapProfile, "controlplane-memprofile", "", "write a heap profile of the control plane's process at the end, from its /debug/pprof/")
-	flag.Float64Var(&c.newStreamsPerSecond, "new-streams-per-second", -1, "the control plane's token bucket on new agent streams (its -new-streams-per-second); -1: none, so that the figures measure the control plane rather than the limit")
+	flag.Float64Var(&c.newStreamsPerSecond, "new-streams-per-second", -1, "the control plane's token bucket on new agent streams (its -new-streams-per-second); 0 or less: none, so that the figures measure the control plane rather than the limit")
 	flag.IntVar(&c.newStreamsBurst, "new-streams-burst", 0, "the token bucket's burst (its -new-streams-burst); 0: the rate's one second")
 	flag.IntVar(&c.cpMemoryLimitMiB, "controlplane-memory-limit-mib", 0, "the control plane's memory limit (GOMEMLIMIT, as a pod's limit would set it); controlplane-restart reports whether its peak RSS stayed within it; 0: none")
 	flag.StringVar(&c.workDir, "workdir", "", "folder for logs and state files; a temporary one, removed at the end, when empty")
@@ -138,8 +138,8 @@ func (c *config) validate() error {
 		return errors.New("--bbolt needs the real agents: light agents keep no state file")
 	case c.fleet == "light" && c.fleetProcesses < 1:
 		return errors.New("--fleet-processes must be positive")
-	case c.newStreamsPerSecond == 0 || c.newStreamsBurst < 0:
-		return errors.New("--new-streams-per-second must be positive or -1 (no limit), --new-streams-burst not negative")
+	case c.newStreamsBurst < 0:
+		return errors.New("--new-streams-burst must not be negative")
 	case c.cpMemoryLimitMiB != 0 && c.controlplane != "process":
 		return errors.New("--controlplane-memory-limit-mib needs a control plane in a process of its own (--controlplane process)")
 	case c.auth && c.controlplane != "process" && c.controlplane != "inproc":
