@@ -72,6 +72,12 @@ type cpSettings struct {
 	limits server.Limits
 	// memoryLimitMiB, when set, is the process's GOMEMLIMIT.
 	memoryLimitMiB int
+	// watchStall is the control plane's -watch-stall-timeout: the
+	// synthetic API sends no watch bookmarks, so without changes its
+	// watches hear nothing, and after the default 3 minutes the control
+	// plane would report not ready and take no new agent (a 10,000-node
+	// initial sync takes longer).
+	watchStall time.Duration
 }
 
 // limits returns the control plane's admission limits: every simulated
@@ -124,6 +130,9 @@ func (p *processCP) start() error {
 		fmt.Sprint("-max-pending-streams=", p.s.limits.MaxPending),
 		fmt.Sprint("-new-streams-per-second=", p.s.limits.NewStreamsPerSecond),
 		fmt.Sprint("-new-streams-burst=", p.s.limits.NewStreamsBurst),
+	}
+	if p.s.watchStall > 0 {
+		args = append(args, "-watch-stall-timeout", p.s.watchStall.String())
 	}
 	if p.s.id != nil {
 		args = append(args, "-tls-cert-file", p.s.id.certFile, "-tls-key-file", p.s.id.keyFile,
@@ -209,7 +218,7 @@ func (p *inprocCP) start() error {
 	opts := app.Options{
 		Client: client, GRPCListener: lis, Model: model.Options{ProxyName: cluster.ProxyName},
 		Window: p.s.window, MaxDelay: p.s.maxDelay, AckTimeout: p.s.ackTimeout,
-		Limits: p.s.limits,
+		Limits: p.s.limits, WatchStallAfter: p.s.watchStall,
 		Logger: p.s.log.With("component", "controlplane"),
 	}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -105,6 +105,9 @@ func setup(ctx context.Context, c config, log *slog.Logger) (*sim, error) {
 	settings := cpSettings{window: c.window, maxDelay: c.maxDelay, ackTimeout: c.ackTimeout,
 		kubeconfig: kubeconfig, restConfig: restCfg, dir: c.workDir, bin: c.controlplaneBin, log: log, id: id,
 		limits: c.limits(), memoryLimitMiB: c.cpMemoryLimitMiB}
+	if c.api == "synthetic" {
+		settings.watchStall = 24 * time.Hour // it sends no bookmarks
+	}
 	var cp controlPlane
 	switch c.controlplane {
 	case "process":
