@@ -149,7 +149,8 @@ func (c *ControlPlane) Run(ctx context.Context) error {
 			c.opts.GRPCListener.Close()
 			return nil
 		}
-		if err := c.grpc.Serve(c.opts.GRPCListener); err != nil {
+		// Stop may come first when ctx ends as the state is published.
+		if err := c.grpc.Serve(c.opts.GRPCListener); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("serving gRPC: %w", err)
 		}
 		return nil

@@ -18,7 +18,6 @@ type herdReport struct {
 	Converged      bool    `json:"converged"`
 	Mismatched     int     `json:"mismatched_nodes"`
 	NotReconnected int     `json:"agents_not_reconnected"`
-	ReconnectAllMS float64 `json:"reconnect_all_ms"`
 	RefusedByRate  float64 `json:"streams_refused_by_rate"`
 	AheadOfLimit   *int    `json:"served_ahead_of_rate_limit"`
 	PeakRSSMB      float64 `json:"controlplane_peak_rss_after_restart_mb"`
@@ -30,8 +29,8 @@ type herdReport struct {
 // thousands of simulated agents (scale-sim's light fleet, in worker
 // processes of their own, over TLS with pod-bound tokens) with its limit
 // on new streams on and a memory limit set. The reconnects are
-// rate-limited (streams are refused, and no agent is ever served ahead of
-// what the token bucket allows) and spread (jittered backoff), the new
+// rate-limited and so spread out (streams are refused, and no agent is
+// ever served ahead of what the token bucket allows), the new
 // control plane's peak RSS stays within its limit, and every agent
 // converges: each holds, by content, the view the control plane serves its
 // node. The long form runs against a real kube-apiserver with real bound
@@ -81,9 +80,6 @@ func TestScenario8ThunderingHerd(t *testing.T) {
 	}
 	if r.AheadOfLimit == nil || *r.AheadOfLimit > 0 {
 		t.Errorf("agents were served ahead of the new-stream limit (%d/s, burst %d): %v more than it admits", rate, rate, r.AheadOfLimit)
-	}
-	if least := float64(nodes-rate) / float64(rate) * 1000; r.ReconnectAllMS < least {
-		t.Errorf("every agent was served after %.0f ms; the limit admits them in no less than %.0f ms", r.ReconnectAllMS, least)
 	}
 	if r.PeakRSSMB == 0 || r.PeakRSSMB > float64(memMiB) {
 		t.Errorf("the new control plane's peak RSS was %.0f MiB, its limit %d MiB", r.PeakRSSMB, memMiB)

@@ -109,6 +109,9 @@ func decodeEntry(b []byte) (key, value []byte, err error) {
 			if m < 0 {
 				return nil, nil, protowire.ParseError(m)
 			}
+			if !utf8.Valid(v) { // each one, as proto.Unmarshal checks it
+				return nil, nil, errInvalidUTF8
+			}
 			if num == 1 {
 				key = v
 			} else {
@@ -122,9 +125,6 @@ func decodeEntry(b []byte) (key, value []byte, err error) {
 			return nil, nil, protowire.ParseError(m)
 		}
 		b = b[m:]
-	}
-	if !utf8.Valid(key) || !utf8.Valid(value) {
-		return nil, nil, errInvalidUTF8
 	}
 	return key, value, nil
 }
