@@ -14,6 +14,7 @@ type metrics struct {
 	stuckDisconnects prometheus.Counter
 	rejectedStreams  *prometheus.CounterVec
 	catchUps         prometheus.Counter
+	initialRequests  *prometheus.CounterVec
 	programming      prometheus.Histogram
 }
 
@@ -28,6 +29,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		rejectedStreams:  f.CounterVec("rejected_streams_total", "Streams refused before serving, by reason.", "reason"),
 		catchUps: f.Counter("agent_catch_up_waits_total",
 			"Streams that waited for this replica to reach the API revisions their agent already held."),
+		initialRequests: f.CounterVec("initial_requests_total",
+			"Agents' first requests, by what they held: versions (a list), digest_matched (a digest of their whole view) or digest_differed (a digest answered by asking for the versions).", "held"),
 		programming: newProgrammingLatency(f),
 	}
 }

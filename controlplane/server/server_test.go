@@ -260,6 +260,65 @@ func TestReconnectWithCurrentVersionsReceivesNothing(t *testing.T) {
 	}
 }
 
+// TestReconnectWithDigest: an agent that sends the digest of what it holds
+// is sent nothing when it holds its view, and otherwise is asked for its
+// versions and sent what differs; the control plane announces that it
+// reads digests in its response header.
+func TestReconnectWithDigest(t *testing.T) {
+	f := start(t, server.Options{})
+	ctx := testContext(t)
+	f.set(t, svc("a", "one", "10.0.0.1"), svc("a", "two", "10.0.0.2"))
+	f.store.MarkReady()
+	c := f.dial(ctx, t, "node-1", nil)
+	c.ack(c.recv())
+
+	open := func(digest []byte) grpc.BidiStreamingClient[spokev1.StreamViewsRequest, spokev1.StreamViewsResponse] {
+		t.Helper()
+		s, err := spokev1.NewViewServiceClient(f.conn).StreamViews(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Send(&spokev1.StreamViewsRequest{NodeName: "node-1", InitialVersionsDigest: digest}); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	recv := func(s grpc.BidiStreamingClient[spokev1.StreamViewsRequest, spokev1.StreamViewsResponse]) *spokev1.StreamViewsResponse {
+		t.Helper()
+		resp, err := s.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+
+	s := open(spokev1.VersionsDigest(c.held))
+	resp := recv(s)
+	if resp.GetNonce() == "" || resp.GetSendInitialVersions() || len(resp.GetResources())+len(resp.GetRemovedResources()) > 0 {
+		t.Fatalf("holding its view, the digest's answer: %v", resp)
+	}
+	md, err := s.Header()
+	if err != nil || fmt.Sprint(md.Get(spokev1.VersionsDigestHeader)) != "["+spokev1.VersionsDigestScheme+"]" {
+		t.Fatalf("response header %v (%v), want %s: %s", md, err, spokev1.VersionsDigestHeader, spokev1.VersionsDigestScheme)
+	}
+
+	// While the agent was away a service changed and one was removed.
+	held := c.held
+	f.set(t, svc("a", "two", "10.0.0.2", "10.0.0.3"))
+	f.remove(t, "a/one")
+	s = open(spokev1.VersionsDigest(held))
+	if resp := recv(s); !resp.GetSendInitialVersions() || resp.GetNonce() != "" || len(resp.GetResources()) > 0 {
+		t.Fatalf("holding an old view, the digest's answer: %v, want send_initial_versions alone", resp)
+	}
+	if err := s.Send(&spokev1.StreamViewsRequest{InitialResourceVersions: held}); err != nil {
+		t.Fatal(err)
+	}
+	resp = recv(s)
+	if fmt.Sprint(names(resp)) != "[a/two]" || fmt.Sprint(resp.GetRemovedResources()) != "[a/one]" || resp.GetNonce() == "" {
+		t.Fatalf("after sending its versions: sent %v, removed %v, nonce %q; want [a/two], [a/one]", names(resp), resp.GetRemovedResources(), resp.GetNonce())
+	}
+}
+
 func TestNackedVersionIsNotResent(t *testing.T) {
 	f := start(t, server.Options{})
 	ctx := testContext(t)
@@ -348,6 +407,21 @@ func TestHostileRequests(t *testing.T) {
 			}},
 		{name: "empty ack", first: &spokev1.StreamViewsRequest{NodeName: "n"},
 			then: func(*spokev1.StreamViewsResponse) *spokev1.StreamViewsRequest { return &spokev1.StreamViewsRequest{} }},
+		{name: "short digest", first: &spokev1.StreamViewsRequest{NodeName: "n", InitialVersionsDigest: make([]byte, 8)}},
+		{name: "digest and versions", first: &spokev1.StreamViewsRequest{NodeName: "n", InitialVersionsDigest: make([]byte, spokev1.VersionsDigestSize),
+			InitialResourceVersions: map[string]string{"a/one": "v"}}},
+		{name: "digest answered with a digest", first: &spokev1.StreamViewsRequest{NodeName: "n", InitialVersionsDigest: make([]byte, spokev1.VersionsDigestSize)},
+			then: func(*spokev1.StreamViewsResponse) *spokev1.StreamViewsRequest {
+				return &spokev1.StreamViewsRequest{InitialVersionsDigest: make([]byte, spokev1.VersionsDigestSize)}
+			}},
+		{name: "digest answered with an ack", first: &spokev1.StreamViewsRequest{NodeName: "n", InitialVersionsDigest: make([]byte, spokev1.VersionsDigestSize)},
+			then: func(*spokev1.StreamViewsResponse) *spokev1.StreamViewsRequest {
+				return &spokev1.StreamViewsRequest{ResponseNonce: "1"}
+			}},
+		{name: "digest after first", first: &spokev1.StreamViewsRequest{NodeName: "n"},
+			then: func(r *spokev1.StreamViewsResponse) *spokev1.StreamViewsRequest {
+				return &spokev1.StreamViewsRequest{ResponseNonce: r.GetNonce(), InitialVersionsDigest: make([]byte, spokev1.VersionsDigestSize)}
+			}},
 		{name: "versions after first", first: &spokev1.StreamViewsRequest{NodeName: "n"},
 			then: func(r *spokev1.StreamViewsResponse) *spokev1.StreamViewsRequest {
 				return &spokev1.StreamViewsRequest{ResponseNonce: r.GetNonce(), InitialResourceVersions: map[string]string{"x": "y"}}

@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
@@ -25,6 +26,11 @@ type viewStream = grpc.BidiStreamingServer[spokev1.StreamViewsRequest, spokev1.S
 func (s *Server) StreamViews(stream viewStream) error {
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
+	// Sent with the first response: agents send digests of their versions
+	// to a control plane that reads them.
+	if err := stream.SetHeader(metadata.Pairs(spokev1.VersionsDigestHeader, spokev1.VersionsDigestScheme)); err != nil {
+		return err
+	}
 	t, reason, err := s.admission.admit(ctx)
 	if err != nil {
 		s.metrics.rejectedStreams.WithLabelValues(reason).Inc()
@@ -89,18 +95,46 @@ func (s *Server) handshake(ctx context.Context, stream viewStream, c *conn, t *t
 	if err := s.catchUp(ctx, log, first.GetInitialApiRevisions()); err != nil {
 		return nil, err
 	}
-	c.node = node
-	s.attach(c)
-	log.Info("agent connected", "held", len(first.GetInitialResourceVersions()))
-
 	// Subscribe before computing the first delta, so that a change published
 	// in between wakes the stream instead of waiting for the next one.
 	sub := s.opts.Store.Subscribe(0)
-	delta := s.opts.Store.Initial(c.node, first.GetInitialResourceVersions())
+	delta, err := s.initial(ctx, stream, node, first)
+	if err != nil {
+		s.opts.Store.Unsubscribe(sub)
+		return nil, err
+	}
+	c.node = node
+	s.attach(c)
+	log.Info("agent connected", "held", len(first.GetInitialResourceVersions()), "digest", len(first.GetInitialVersionsDigest()) > 0)
 	sub.SetSynced(delta.Rev)
 	// The first response is sent even when empty: it tells the agent that
 	// it holds its whole view.
 	return &session{s: s, c: c, log: log, sub: sub, firstRev: delta.Rev, queue: s.split(delta), target: delta.Rev}, nil
+}
+
+// initial computes a stream's first delta from what its first request
+// says the agent holds: its versions, or their digest. A digest that
+// differs from the view's is answered with send_initial_versions, and the
+// next request, which must bring the versions, decides.
+func (s *Server) initial(ctx context.Context, stream viewStream, node string, first *spokev1.StreamViewsRequest) (store.Delta, error) {
+	digest := first.GetInitialVersionsDigest()
+	if digest == nil {
+		s.metrics.initialRequests.WithLabelValues("versions").Inc()
+		return s.opts.Store.Initial(node, first.GetInitialResourceVersions()), nil
+	}
+	if d, ok := s.opts.Store.InitialDigest(node, digest); ok {
+		s.metrics.initialRequests.WithLabelValues("digest_matched").Inc()
+		return d, nil
+	}
+	s.metrics.initialRequests.WithLabelValues("digest_differed").Inc()
+	if err := stream.Send(&spokev1.StreamViewsResponse{SendInitialVersions: true}); err != nil {
+		return store.Delta{}, err
+	}
+	held, err := s.receiveFirst(ctx, stream, validateVersions)
+	if err != nil {
+		return store.Delta{}, err
+	}
+	return s.opts.Store.Initial(node, held.GetInitialResourceVersions()), nil
 }
 
 // catchUp waits until this replica's state has followed the API as far as
@@ -147,6 +181,12 @@ func (s *Server) authenticate(ctx context.Context) (string, error) {
 // firstRequest reads and checks the stream's first request, which must
 // arrive within the first-request timeout.
 func (s *Server) firstRequest(ctx context.Context, stream viewStream) (*spokev1.StreamViewsRequest, error) {
+	return s.receiveFirst(ctx, stream, validateFirst)
+}
+
+// receiveFirst reads a request of the handshake, checked by validate,
+// which must arrive within the first-request timeout.
+func (s *Server) receiveFirst(ctx context.Context, stream viewStream, validate func(*spokev1.StreamViewsRequest) error) (*spokev1.StreamViewsRequest, error) {
 	type result struct {
 		req *spokev1.StreamViewsRequest
 		err error
@@ -168,7 +208,7 @@ func (s *Server) firstRequest(ctx context.Context, stream viewStream) (*spokev1.
 		if r.err != nil {
 			return nil, r.err
 		}
-		if err := validateFirst(r.req); err != nil {
+		if err := validate(r.req); err != nil {
 			s.metrics.rejectedStreams.WithLabelValues("invalid").Inc()
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}

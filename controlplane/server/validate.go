@@ -24,10 +24,31 @@ func validateFirst(req *spokev1.StreamViewsRequest) error {
 	if req.GetResponseNonce() != "" || req.GetError() != nil {
 		return errors.New("first request acknowledges nothing")
 	}
-	if len(req.GetInitialResourceVersions()) > maxInitialResources {
+	if d := req.GetInitialVersionsDigest(); d != nil {
+		if len(d) != spokev1.VersionsDigestSize {
+			return fmt.Errorf("initial_versions_digest of %d bytes, not %d", len(d), spokev1.VersionsDigestSize)
+		}
+		if len(req.GetInitialResourceVersions()) > 0 {
+			return errors.New("both initial_versions_digest and initial_resource_versions")
+		}
+	}
+	return validateHeld(req.GetInitialResourceVersions())
+}
+
+// validateVersions checks the request that answers send_initial_versions:
+// the versions alone.
+func validateVersions(req *spokev1.StreamViewsRequest) error {
+	if req.GetResponseNonce() != "" || req.GetError() != nil || req.GetInitialVersionsDigest() != nil || req.GetInitialApiRevisions() != nil || req.GetNodeName() != "" {
+		return errors.New("the answer to send_initial_versions carries initial_resource_versions alone")
+	}
+	return validateHeld(req.GetInitialResourceVersions())
+}
+
+func validateHeld(held map[string]string) error {
+	if len(held) > maxInitialResources {
 		return fmt.Errorf("more than %d initial resources", maxInitialResources)
 	}
-	for name, v := range req.GetInitialResourceVersions() {
+	for name, v := range held {
 		if len(name) > maxNameLen || len(v) > maxVersionLen || name == "" {
 			return fmt.Errorf("initial resource %.64q: bad name or version", name)
 		}
@@ -36,8 +57,8 @@ func validateFirst(req *spokev1.StreamViewsRequest) error {
 }
 
 func validateAck(req *spokev1.StreamViewsRequest) error {
-	if len(req.GetInitialResourceVersions()) > 0 {
-		return errors.New("initial_resource_versions after the first request")
+	if len(req.GetInitialResourceVersions()) > 0 || req.GetInitialVersionsDigest() != nil {
+		return errors.New("initial_resource_versions or initial_versions_digest after the first request")
 	}
 	if req.GetResponseNonce() == "" {
 		return errors.New("request acknowledges no nonce")

@@ -1,10 +1,13 @@
 package store
 
 import (
+	"bytes"
 	"container/list"
 	"context"
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -90,9 +93,12 @@ type nodeEntry struct {
 
 // Store is the set of encoded views, safe for concurrent use.
 type Store struct {
-	mu         sync.RWMutex
-	rev        uint64
-	services   map[string]*serviceEntry
+	mu       sync.RWMutex
+	rev      uint64
+	services map[string]*serviceEntry
+	// sorted holds the entries on the log by name, for digests of views.
+	sorted     []*serviceEntry
+	unsorted   bool
 	log        *list.List // of *serviceEntry, by rev ascending
 	tombstones int
 	nodes      map[string]*nodeEntry
@@ -161,6 +167,10 @@ func (s *Store) Apply(b Batch) (uint64, error) {
 	if changed {
 		s.rev = rev
 		s.collectTombstones()
+	}
+	if s.unsorted {
+		slices.SortFunc(s.sorted, byEntryName)
+		s.unsorted = false
 	}
 	if b.APIRevisions != nil && !s.apiRev.AtLeast(b.APIRevisions) {
 		s.apiRev = &spokev1.ApiRevisions{
@@ -307,6 +317,7 @@ func (s *Store) setService(name string, views *model.Views, rev uint64) (bool, e
 	e.rev = rev
 	if e.elem == nil {
 		e.elem = s.log.PushBack(e)
+		s.sorted, s.unsorted = append(s.sorted, e), true // sorted by Apply
 	} else {
 		s.log.MoveToBack(e.elem)
 	}
@@ -388,6 +399,7 @@ func (s *Store) collectTombstones() {
 	for sub := range s.subs {
 		low = min(low, sub.synced.Load())
 	}
+	removed := false
 	for el := s.log.Front(); el != nil; {
 		e := el.Value.(*serviceEntry)
 		if e.rev > low {
@@ -397,9 +409,13 @@ func (s *Store) collectTombstones() {
 		if e.tombstone() {
 			s.log.Remove(el)
 			delete(s.services, e.name)
+			removed = true
 			s.tombstones--
 		}
 		el = next
+	}
+	if removed {
+		s.sorted = slices.DeleteFunc(s.sorted, func(e *serviceEntry) bool { return s.services[e.name] != e })
 	}
 }
 
@@ -504,6 +520,33 @@ func (s *Store) Initial(node string, have map[string]string) Delta {
 	sortDelta(&d)
 	return d
 }
+
+// InitialDigest is Initial for an agent that sent the
+// spokev1.VersionsDigest of the versions it holds instead of the versions:
+// when the digest of the node's view is equal, the agent holds its view and
+// the delta is empty; ok is false otherwise, and the agent's versions are
+// needed to tell what differs.
+func (s *Store) InitialDigest(node string, digest []byte) (d Delta, ok bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	d = Delta{Rev: s.rev, APIRevisions: s.apiRev, APIRevisionsField: s.apiRevField}
+	dg := spokev1.NewVersionsDigester()
+	zone := ""
+	if n := s.nodes[node]; n != nil {
+		zone = n.zone
+		if n.enc != nil {
+			dg.Add(spokev1.NodeResourceName, n.enc.Version)
+		}
+	}
+	for _, e := range s.sorted {
+		if v := e.viewFor(node, zone); v != nil {
+			dg.Add(e.name, v.Version)
+		}
+	}
+	return d, bytes.Equal(dg.Sum(), digest)
+}
+
+func byEntryName(a, b *serviceEntry) int { return strings.Compare(a.name, b.name) }
 
 // Since returns what changed for a node after revision synced. skip holds
 // versions the agent rejected: those are not sent again. If the node's

@@ -94,6 +94,9 @@ type Agent struct {
 	acks, nacks    uint64
 	lastNack       string
 	lastNonce      string
+	// digests is whether the control plane of the last stream announced
+	// that it reads a digest of the held versions (VersionsDigestHeader).
+	digests bool
 }
 
 var _ spokev1.AgentInspectionServiceServer = (*Agent)(nil)
@@ -318,16 +321,41 @@ func (a *Agent) stream(ctx context.Context) (progressed bool, err error) {
 		held[name] = r.GetVersion()
 	}
 	revisions := a.revisions
+	// A control plane that announced it reads digests (on the last stream)
+	// is sent the digest of what the agent holds: 32 bytes, not every
+	// version, when thousands of agents reconnect at once.
+	digest := a.digests && len(held) > 0
 	a.mu.Unlock()
-	first := &spokev1.StreamViewsRequest{NodeName: a.opts.NodeName, InitialResourceVersions: held, InitialApiRevisions: revisions}
+	first := &spokev1.StreamViewsRequest{NodeName: a.opts.NodeName, InitialApiRevisions: revisions}
+	if digest {
+		first.InitialVersionsDigest = spokev1.VersionsDigest(held)
+	} else {
+		first.InitialResourceVersions = held
+	}
 	if err := s.Send(first); err != nil {
 		return false, err
 	}
 	defer a.setConnected(false)
+	asked := false
 	for {
 		resp, err := s.Recv()
 		if err != nil {
 			return progressed, err
+		}
+		if !progressed && !asked {
+			if err := a.readsDigests(s, digest); err != nil {
+				return false, err
+			}
+		}
+		if resp.GetSendInitialVersions() {
+			if !digest || asked || progressed {
+				return progressed, fmt.Errorf("%w: send_initial_versions unasked for", errProtocol)
+			}
+			asked = true
+			if err := s.Send(&spokev1.StreamViewsRequest{InitialResourceVersions: held}); err != nil {
+				return progressed, err
+			}
+			continue
 		}
 		if !progressed {
 			a.setConnected(true)
@@ -346,6 +374,25 @@ func (a *Agent) stream(ctx context.Context) (progressed bool, err error) {
 			return progressed, err
 		}
 	}
+}
+
+// readsDigests records whether the stream's control plane announced that
+// it reads digests. One that did not, sent a digest, answered as if the
+// agent held nothing and would remove nothing it holds: the stream is
+// dropped before its response is applied, and the next sends the versions.
+func (a *Agent) readsDigests(s grpc.ClientStream, sentDigest bool) error {
+	md, err := s.Header()
+	if err != nil {
+		return err
+	}
+	reads := slices.Contains(md.Get(spokev1.VersionsDigestHeader), spokev1.VersionsDigestScheme)
+	a.mu.Lock()
+	a.digests = reads
+	a.mu.Unlock()
+	if sentDigest && !reads {
+		return errors.New("the control plane does not read digests of held versions; reconnecting with the versions")
+	}
+	return nil
 }
 
 func (a *Agent) setConnected(c bool) {

@@ -47,6 +47,12 @@ type controlPlane struct {
 
 func startControlPlane(t *testing.T, addr string, st *store.Store, with ...func(*server.Options)) *controlPlane {
 	t.Helper()
+	return startControlPlaneWith(t, addr, st, nil, with...)
+}
+
+// startControlPlaneWith is startControlPlane with extra gRPC server options.
+func startControlPlaneWith(t *testing.T, addr string, st *store.Store, grpcOpts []grpc.ServerOption, with ...func(*server.Options)) *controlPlane {
+	t.Helper()
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -57,7 +63,7 @@ func startControlPlane(t *testing.T, addr string, st *store.Store, with ...func(
 		f(&opts)
 	}
 	cp.server = server.New(opts)
-	cp.grpc = grpc.NewServer(server.ServerOptions()...)
+	cp.grpc = grpc.NewServer(append(server.ServerOptions(), grpcOpts...)...)
 	cp.server.Register(cp.grpc)
 	cp.health = health.NewServer()
 	cp.health.SetServingStatus(viewService, healthpb.HealthCheckResponse_SERVING)
@@ -379,16 +385,33 @@ func TestFailoverToLaggingReplicaDoesNotRollBack(t *testing.T) {
 	}
 }
 
-// counter returns the value of a control plane's counter.
-func counter(t *testing.T, cp *controlPlane, name string) float64 {
+// counter returns the value of a control plane's counter; labels, as
+// name and value pairs, pick one of a vector's.
+func counter(t *testing.T, cp *controlPlane, name string, labels ...string) float64 {
 	t.Helper()
 	fams, err := cp.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range fams {
-		if f.GetName() == name && len(f.GetMetric()) == 1 {
-			return f.GetMetric()[0].GetCounter().GetValue()
+		if f.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range f.GetMetric() {
+			have := map[string]string{}
+			for _, l := range m.GetLabel() {
+				have[l.GetName()] = l.GetValue()
+			}
+			for i := 0; i+1 < len(labels); i += 2 {
+				if have[labels[i]] != labels[i+1] {
+					continue metrics
+				}
+			}
+			if len(labels) == 0 && len(f.GetMetric()) != 1 {
+				t.Fatalf("%s has %d series: name one", name, len(f.GetMetric()))
+			}
+			return m.GetCounter().GetValue()
 		}
 	}
 	return 0

@@ -37,6 +37,16 @@ type internShard struct {
 	m  map[string]weak.Pointer[spokev1.Resource]
 }
 
+// Field numbers of StreamViewsResponse, from the generated descriptors.
+var (
+	respFields     = (&spokev1.StreamViewsResponse{}).ProtoReflect().Descriptor().Fields()
+	fieldNonce     = respFields.ByName("nonce").Number()
+	fieldResources = respFields.ByName("resources").Number()
+	fieldRemoved   = respFields.ByName("removed_resources").Number()
+	fieldRevisions = respFields.ByName("api_revisions").Number()
+	fieldSendHeld  = respFields.ByName("send_initial_versions").Number()
+)
+
 func newInternCodec() *internCodec {
 	c := &internCodec{proto: encoding.GetCodecV2("proto"), seed: maphash.MakeSeed()}
 	for i := range c.shards {
@@ -64,7 +74,16 @@ func (c *internCodec) Unmarshal(data mem.BufferSlice, v any) error {
 			return fmt.Errorf("decoding a view response: %w", protowire.ParseError(n))
 		}
 		b = b[n:]
-		if typ != protowire.BytesType || num < 1 || num > 4 {
+		if num == fieldSendHeld && typ == protowire.VarintType {
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return fmt.Errorf("decoding a view response: %w", protowire.ParseError(n))
+			}
+			resp.SendInitialVersions = v != 0
+			b = b[n:]
+			continue
+		}
+		if typ != protowire.BytesType || (num != fieldNonce && num != fieldResources && num != fieldRemoved && num != fieldRevisions) {
 			// Not what this codec knows: decode it the standard way.
 			resp.Reset()
 			return proto.Unmarshal(whole, resp)
@@ -75,17 +94,17 @@ func (c *internCodec) Unmarshal(data mem.BufferSlice, v any) error {
 		}
 		b = b[n:]
 		switch num {
-		case 1:
+		case fieldNonce:
 			resp.Nonce = string(field)
-		case 2:
+		case fieldResources:
 			r, err := c.intern(field)
 			if err != nil {
 				return err
 			}
 			resp.Resources = append(resp.Resources, r)
-		case 3:
+		case fieldRemoved:
 			resp.RemovedResources = append(resp.RemovedResources, string(field))
-		case 4:
+		case fieldRevisions:
 			resp.ApiRevisions = &spokev1.ApiRevisions{}
 			if err := proto.Unmarshal(field, resp.ApiRevisions); err != nil {
 				return fmt.Errorf("decoding a view response's API revisions: %w", err)

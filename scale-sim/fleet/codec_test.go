@@ -18,6 +18,8 @@ func TestResponsesShareResources(t *testing.T) {
 		Resources:        []*spokev1.Resource{{Name: "ns/web", Version: "v1", Kind: &spokev1.Resource_Service{Service: &spokev1.Service{}}}},
 		RemovedResources: []string{"ns/old"},
 		ApiRevisions:     &spokev1.ApiRevisions{Services: 10, EndpointSlices: 11, Nodes: 12},
+		// Alone in real responses; here so that every field is decoded.
+		SendInitialVersions: true,
 	}
 	// Every field is set, so that a field added to responses and not
 	// known to the codec (which then decodes without sharing) fails here.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -40,6 +41,7 @@ type lightAgent struct {
 	mu        sync.Mutex
 	held      map[string]Hash
 	revisions []byte
+	digests   bool // the last stream's control plane reads digests
 	acks      uint64
 	nacks     uint64
 	lastNack  string
@@ -93,7 +95,7 @@ func (a *lightAgent) stream(ctx context.Context) (progressed bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	first, err := a.hello()
+	first, held, err := a.hello()
 	if err != nil {
 		return false, err
 	}
@@ -101,10 +103,26 @@ func (a *lightAgent) stream(ctx context.Context) (progressed bool, err error) {
 		return false, err
 	}
 	lastNonce := "" // nonces are per stream
+	asked := false
 	for {
 		var resp response
 		if err := s.RecvMsg(&resp); err != nil {
 			return progressed, err
+		}
+		if !progressed && !asked {
+			if err := a.readsDigests(s, first.InitialVersionsDigest != nil); err != nil {
+				return false, err
+			}
+		}
+		if resp.sendHeld {
+			if first.InitialVersionsDigest == nil || asked || progressed {
+				return progressed, fmt.Errorf("%w: send_initial_versions unasked for", errProtocol)
+			}
+			asked = true
+			if err := s.SendMsg(&spokev1.StreamViewsRequest{InitialResourceVersions: held}); err != nil {
+				return progressed, err
+			}
+			continue
 		}
 		progressed = true
 		release()
@@ -119,21 +137,47 @@ func (a *lightAgent) stream(ctx context.Context) (progressed bool, err error) {
 }
 
 // hello is a stream's first request: the node, and the versions and API
-// revisions it holds, so that the control plane sends only what changed.
-func (a *lightAgent) hello() (*spokev1.StreamViewsRequest, error) {
+// revisions it holds, so that the control plane sends only what changed;
+// the versions' digest instead of them to a control plane that announced
+// it reads digests, as the real agent does. held is the versions.
+func (a *lightAgent) hello() (req *spokev1.StreamViewsRequest, held map[string]string, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	req := &spokev1.StreamViewsRequest{NodeName: a.name, InitialResourceVersions: make(map[string]string, len(a.held))}
+	held = make(map[string]string, len(a.held))
 	for name, h := range a.held {
-		req.InitialResourceVersions[name] = h.String()
+		held[name] = h.String()
+	}
+	req = &spokev1.StreamViewsRequest{NodeName: a.name}
+	if a.digests && len(held) > 0 {
+		req.InitialVersionsDigest = spokev1.VersionsDigest(held)
+	} else {
+		req.InitialResourceVersions = held
 	}
 	if a.revisions != nil {
 		req.InitialApiRevisions = &spokev1.ApiRevisions{}
 		if err := proto.Unmarshal(a.revisions, req.InitialApiRevisions); err != nil {
-			return nil, fmt.Errorf("held API revisions: %w", err)
+			return nil, nil, fmt.Errorf("held API revisions: %w", err)
 		}
 	}
-	return req, nil
+	return req, held, nil
+}
+
+// readsDigests records whether the stream's control plane announced that
+// it reads digests, and refuses a stream that answered a digest without
+// (as the real agent does).
+func (a *lightAgent) readsDigests(s grpc.ClientStream, sentDigest bool) error {
+	md, err := s.Header()
+	if err != nil {
+		return err
+	}
+	reads := slices.Contains(md.Get(spokev1.VersionsDigestHeader), spokev1.VersionsDigestScheme)
+	a.mu.Lock()
+	a.digests = reads
+	a.mu.Unlock()
+	if sentDigest && !reads {
+		return errors.New("the control plane does not read digests of held versions")
+	}
+	return nil
 }
 
 // handle holds what a response carries and returns its ACK, or its NACK

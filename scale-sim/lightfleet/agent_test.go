@@ -1,6 +1,7 @@
 package lightfleet
 
 import (
+	"bytes"
 	"testing"
 	"time"
 
@@ -66,13 +67,24 @@ func TestAgentHoldsContentHashes(t *testing.T) {
 	if len(got) != 2 || len(got[0].put) != 3 || len(got[1].removed) != 1 || time.Since(got[1].at) > time.Minute {
 		t.Fatalf("reported %+v, want 3 resources applied then 1 removed", got)
 	}
-	hello, err := a.hello()
+	hello, held, err := a.hello()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(hello.GetInitialResourceVersions()) != 2 || hello.GetInitialResourceVersions()["web"] != web.GetVersion() ||
-		hello.GetInitialApiRevisions().GetEndpointSlices() != 4 || hello.GetNodeName() != "n1" {
+		hello.GetInitialApiRevisions().GetEndpointSlices() != 4 || hello.GetNodeName() != "n1" || hello.GetInitialVersionsDigest() != nil {
 		t.Errorf("resuming with %v", hello)
+	}
+	// To a control plane that reads digests, the digest of the same
+	// versions instead.
+	a.digests = true
+	hello, _, err = a.hello()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hello.GetInitialResourceVersions()) != 0 || !bytes.Equal(hello.GetInitialVersionsDigest(), spokev1.VersionsDigest(held)) ||
+		hello.GetInitialApiRevisions().GetEndpointSlices() != 4 {
+		t.Errorf("resuming with a digest: %v", hello)
 	}
 }
 

@@ -25,6 +25,7 @@ var (
 	fieldResources = respFields.ByName("resources").Number()
 	fieldRemoved   = respFields.ByName("removed_resources").Number()
 	fieldRevisions = respFields.ByName("api_revisions").Number()
+	fieldSendHeld  = respFields.ByName("send_initial_versions").Number()
 	fieldName      = resFields.ByName("name").Number()
 	fieldVersion   = resFields.ByName("version").Number()
 	fieldService   = resFields.ByName("service").Number()
@@ -58,6 +59,8 @@ type response struct {
 	resources []received
 	removed   []string
 	revisions []byte // the encoded ApiRevisions, nil when unset
+	// sendHeld asks for the versions held: the digest differed.
+	sendHeld bool
 }
 
 // decodeResponse reads a StreamViewsResponse's envelope from its wire form;
@@ -69,6 +72,15 @@ func decodeResponse(b []byte, resp *response, intern func([]byte) string) error 
 			return fmt.Errorf("decoding a view response: %w", protowire.ParseError(n))
 		}
 		b = b[n:]
+		if num == fieldSendHeld && typ == protowire.VarintType {
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return fmt.Errorf("decoding a view response: %w", protowire.ParseError(n))
+			}
+			resp.sendHeld = v != 0
+			b = b[n:]
+			continue
+		}
 		if typ != protowire.BytesType {
 			n = protowire.ConsumeFieldValue(num, typ, b)
 			if n < 0 {

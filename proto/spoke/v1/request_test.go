@@ -52,6 +52,10 @@ func TestUnmarshalRequestAgreesWithProto(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	digest, err := proto.Marshal(&StreamViewsRequest{NodeName: "node-1", InitialVersionsDigest: VersionsDigest(firstRequest(100).InitialResourceVersions)})
+	if err != nil {
+		t.Fatal(err)
+	}
 	cat := func(parts ...[]byte) []byte {
 		var b []byte
 		for _, p := range parts {
@@ -62,6 +66,8 @@ func TestUnmarshalRequestAgreesWithProto(t *testing.T) {
 	for name, b := range map[string][]byte{
 		"first request":             full,
 		"acknowledgement":           ack,
+		"first request with digest": digest,
+		"digest and versions":       cat(digest, entry(str(1, "a/b"), str(2, "v"))),
 		"empty":                     nil,
 		"repeated key, last wins":   cat(entry(str(1, "a/b"), str(2, "v1")), str(1, "node"), entry(str(1, "a/b"), str(2, "v2"))),
 		"value first, key missing":  entry(str(2, "v")),
@@ -87,6 +93,11 @@ func FuzzUnmarshalRequest(f *testing.F) {
 		}
 		f.Add(b)
 	}
+	b, err := proto.Marshal(&StreamViewsRequest{InitialVersionsDigest: VersionsDigest(firstRequest(3).InitialResourceVersions)})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b)
 	f.Fuzz(sameAsProto)
 }
 

@@ -39,8 +39,17 @@ type StreamViewsRequest struct {
 	// until it has caught up before it answers, so that an agent that fails
 	// over to a lagging replica is never rolled back.
 	InitialApiRevisions *ApiRevisions `protobuf:"bytes,5,opt,name=initial_api_revisions,json=initialApiRevisions,proto3" json:"initial_api_revisions,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// initial_versions_digest is VersionsDigest of the versions the agent
+	// holds, sent on the first request instead of initial_resource_versions
+	// (32 bytes against about 60 for each resource held) to a control plane
+	// that announced it reads it (the response header VersionsDigestHeader of
+	// an earlier stream). When the digest of the node's view is equal, the
+	// agent holds its view and the first response carries nothing; otherwise
+	// the control plane answers with send_initial_versions, and the agent's
+	// next request carries initial_resource_versions.
+	InitialVersionsDigest []byte `protobuf:"bytes,6,opt,name=initial_versions_digest,json=initialVersionsDigest,proto3" json:"initial_versions_digest,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *StreamViewsRequest) Reset() {
@@ -104,6 +113,13 @@ func (x *StreamViewsRequest) GetError() *Rejection {
 func (x *StreamViewsRequest) GetInitialApiRevisions() *ApiRevisions {
 	if x != nil {
 		return x.InitialApiRevisions
+	}
+	return nil
+}
+
+func (x *StreamViewsRequest) GetInitialVersionsDigest() []byte {
+	if x != nil {
+		return x.InitialVersionsDigest
 	}
 	return nil
 }
@@ -172,9 +188,15 @@ type StreamViewsResponse struct {
 	// api_revisions are how far the control plane's state had followed the
 	// Kubernetes API when it computed this response: every replica that has
 	// reached them computes the same view or a newer one.
-	ApiRevisions  *ApiRevisions `protobuf:"bytes,4,opt,name=api_revisions,json=apiRevisions,proto3" json:"api_revisions,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ApiRevisions *ApiRevisions `protobuf:"bytes,4,opt,name=api_revisions,json=apiRevisions,proto3" json:"api_revisions,omitempty"`
+	// send_initial_versions asks for the versions the agent holds: the
+	// digest of its first request differs from the view's. Such a response
+	// carries nothing else and has no nonce; the agent answers it with a
+	// request that carries only initial_resource_versions, and the stream
+	// then goes on as if that request had been the first.
+	SendInitialVersions bool `protobuf:"varint,5,opt,name=send_initial_versions,json=sendInitialVersions,proto3" json:"send_initial_versions,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *StreamViewsResponse) Reset() {
@@ -233,6 +255,13 @@ func (x *StreamViewsResponse) GetApiRevisions() *ApiRevisions {
 		return x.ApiRevisions
 	}
 	return nil
+}
+
+func (x *StreamViewsResponse) GetSendInitialVersions() bool {
+	if x != nil {
+		return x.SendInitialVersions
+	}
+	return false
 }
 
 // ApiRevisions are, per kind of object the control plane watches, the
@@ -303,24 +332,26 @@ var File_spoke_v1_stream_proto protoreflect.FileDescriptor
 
 const file_spoke_v1_stream_proto_rawDesc = "" +
 	"\n" +
-	"\x15spoke/v1/stream.proto\x12\bspoke.v1\x1a\x13spoke/v1/view.proto\"\x92\x03\n" +
+	"\x15spoke/v1/stream.proto\x12\bspoke.v1\x1a\x13spoke/v1/view.proto\"\xca\x03\n" +
 	"\x12StreamViewsRequest\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12u\n" +
 	"\x19initial_resource_versions\x18\x02 \x03(\v29.spoke.v1.StreamViewsRequest.InitialResourceVersionsEntryR\x17initialResourceVersions\x12%\n" +
 	"\x0eresponse_nonce\x18\x03 \x01(\tR\rresponseNonce\x12)\n" +
 	"\x05error\x18\x04 \x01(\v2\x13.spoke.v1.RejectionR\x05error\x12J\n" +
-	"\x15initial_api_revisions\x18\x05 \x01(\v2\x16.spoke.v1.ApiRevisionsR\x13initialApiRevisions\x1aJ\n" +
+	"\x15initial_api_revisions\x18\x05 \x01(\v2\x16.spoke.v1.ApiRevisionsR\x13initialApiRevisions\x126\n" +
+	"\x17initial_versions_digest\x18\x06 \x01(\fR\x15initialVersionsDigest\x1aJ\n" +
 	"\x1cInitialResourceVersionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"L\n" +
 	"\tRejection\x12\x18\n" +
 	"\amessage\x18\x01 \x01(\tR\amessage\x12%\n" +
-	"\x0eresource_names\x18\x02 \x03(\tR\rresourceNames\"\xc7\x01\n" +
+	"\x0eresource_names\x18\x02 \x03(\tR\rresourceNames\"\xfb\x01\n" +
 	"\x13StreamViewsResponse\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\tR\x05nonce\x120\n" +
 	"\tresources\x18\x02 \x03(\v2\x12.spoke.v1.ResourceR\tresources\x12+\n" +
 	"\x11removed_resources\x18\x03 \x03(\tR\x10removedResources\x12;\n" +
-	"\rapi_revisions\x18\x04 \x01(\v2\x16.spoke.v1.ApiRevisionsR\fapiRevisions\"i\n" +
+	"\rapi_revisions\x18\x04 \x01(\v2\x16.spoke.v1.ApiRevisionsR\fapiRevisions\x122\n" +
+	"\x15send_initial_versions\x18\x05 \x01(\bR\x13sendInitialVersions\"i\n" +
 	"\fApiRevisions\x12\x1a\n" +
 	"\bservices\x18\x01 \x01(\x04R\bservices\x12'\n" +
 	"\x0fendpoint_slices\x18\x02 \x01(\x04R\x0eendpointSlices\x12\x14\n" +
