@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/protobuf/proto"
 
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
@@ -77,6 +78,15 @@ func (a *lightAgent) run(ctx context.Context) error {
 func (a *lightAgent) stream(ctx context.Context) (progressed bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// A connection that is reconnecting on its own (its control plane went
+	// away) is waited for outside the worker's connecting slots: holding a
+	// slot meanwhile kept nodes whose connections were back from streaming.
+	// An idle one connects when its stream opens, within a slot.
+	for st := a.conn.GetState(); st != connectivity.Ready && st != connectivity.Idle; st = a.conn.GetState() {
+		if !a.conn.WaitForStateChange(ctx, st) {
+			return false, ctx.Err()
+		}
+	}
 	select {
 	case a.connecting <- struct{}{}:
 	case <-ctx.Done():
