@@ -86,6 +86,14 @@ func (s *sim) scenarioControlPlaneRestart(ctx context.Context) error {
 		[2]string{"every agent reconnected and acked", fmtDur(all)},
 		[2]string{"resources resent (agents' count)", fmt.Sprint(resent)},
 		[2]string{"bytes to agents after restart", fmt.Sprint(s.fleet.RxBytes() - rx)})
+	// How the agents told the new control plane what they held: the
+	// digest of their versions once they know it reads digests.
+	var held [3]float64
+	for i, kind := range []string{"versions", "digest_matched", "digest_differed"} {
+		held[i], _ = s.cp.Metric(`spoke_controlplane_initial_requests_total{held="` + kind + `"`)
+	}
+	s.extra["initial_requests_versions"], s.extra["initial_requests_digest_matched"], s.extra["initial_requests_digest_differed"] = held[0], held[1], held[2]
+	s.table = append(s.table, [2]string{"first requests with versions / digest matched / digest differed", fmt.Sprintf("%.0f / %.0f / %.0f", held[0], held[1], held[2])})
 	s.extra["controlplane_resources_sent_after_restart"] = cpResent
 	s.extra["controlplane_connected_agents"] = connected
 	s.table = append(s.table, [2]string{"resources sent by the new control plane", fmt.Sprint(cpResent)},
