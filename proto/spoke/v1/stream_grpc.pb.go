@@ -29,7 +29,7 @@ const (
 // ViewService streams a node's view to its agent with delta semantics.
 //
 // The agent opens one stream and sends a first request with the versions it
-// already holds. The control plane answers with the resources whose version
+// already holds (or their digest: initial_versions_digest). The control plane answers with the resources whose version
 // differs and the names it no longer has. Every response carries a nonce; the
 // agent answers each one with an ACK (response_nonce alone) once it has
 // applied the response, or a NACK (response_nonce and error) when it could not,
@@ -67,7 +67,7 @@ type ViewService_StreamViewsClient = grpc.BidiStreamingClient[StreamViewsRequest
 // ViewService streams a node's view to its agent with delta semantics.
 //
 // The agent opens one stream and sends a first request with the versions it
-// already holds. The control plane answers with the resources whose version
+// already holds (or their digest: initial_versions_digest). The control plane answers with the resources whose version
 // differs and the names it no longer has. Every response carries a nonce; the
 // agent answers each one with an ACK (response_nonce alone) once it has
 // applied the response, or a NACK (response_nonce and error) when it could not,
