@@ -193,6 +193,15 @@ func names(resp *spokev1.StreamViewsResponse) []string {
 	return out
 }
 
+// serving starts a server whose store holds services and is ready.
+func serving(t *testing.T, services ...*spokev1.Service) (*fixture, context.Context) {
+	t.Helper()
+	f := start(t, server.Options{})
+	f.set(t, services...)
+	f.store.MarkReady()
+	return f, testContext(t)
+}
+
 func testContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
@@ -200,10 +209,7 @@ func testContext(t *testing.T) context.Context {
 }
 
 func TestInitialSyncThenDeltas(t *testing.T) {
-	f := start(t, server.Options{})
-	ctx := testContext(t)
-	f.set(t, svc("a", "one", "10.0.0.1"), svc("a", "two", "10.0.0.2"))
-	f.store.MarkReady()
+	f, ctx := serving(t, svc("a", "one", "10.0.0.1"), svc("a", "two", "10.0.0.2"))
 
 	c := f.dial(ctx, t, "node-1", nil)
 	resp := c.recv()
@@ -237,10 +243,7 @@ func TestInitialSyncThenDeltas(t *testing.T) {
 }
 
 func TestReconnectWithCurrentVersionsReceivesNothing(t *testing.T) {
-	f := start(t, server.Options{})
-	ctx := testContext(t)
-	f.set(t, svc("a", "one", "10.0.0.1"), svc("a", "two", "10.0.0.2"))
-	f.store.MarkReady()
+	f, ctx := serving(t, svc("a", "one", "10.0.0.1"), svc("a", "two", "10.0.0.2"))
 	c := f.dial(ctx, t, "node-1", nil)
 	resp := c.recv()
 	c.ack(resp)
@@ -265,10 +268,7 @@ func TestReconnectWithCurrentVersionsReceivesNothing(t *testing.T) {
 // versions and sent what differs; the control plane announces that it
 // reads digests in its response header.
 func TestReconnectWithDigest(t *testing.T) {
-	f := start(t, server.Options{})
-	ctx := testContext(t)
-	f.set(t, svc("a", "one", "10.0.0.1"), svc("a", "two", "10.0.0.2"))
-	f.store.MarkReady()
+	f, ctx := serving(t, svc("a", "one", "10.0.0.1"), svc("a", "two", "10.0.0.2"))
 	c := f.dial(ctx, t, "node-1", nil)
 	c.ack(c.recv())
 
@@ -320,10 +320,7 @@ func TestReconnectWithDigest(t *testing.T) {
 }
 
 func TestNackedVersionIsNotResent(t *testing.T) {
-	f := start(t, server.Options{})
-	ctx := testContext(t)
-	f.set(t, svc("a", "one", "10.0.0.1"))
-	f.store.MarkReady()
+	f, ctx := serving(t, svc("a", "one", "10.0.0.1"))
 	c := f.dial(ctx, t, "node-1", nil)
 	c.ack(c.recv())
 
@@ -388,10 +385,7 @@ func TestUnacknowledgedStreamIsDisconnected(t *testing.T) {
 }
 
 func TestHostileRequests(t *testing.T) {
-	f := start(t, server.Options{})
-	ctx := testContext(t)
-	f.set(t, svc("a", "one"))
-	f.store.MarkReady()
+	f, ctx := serving(t, svc("a", "one"))
 
 	cases := []struct {
 		name  string
@@ -540,10 +534,7 @@ func TestOversizedViewIsHeldBack(t *testing.T) {
 }
 
 func TestSlowAgentDoesNotDelayOthers(t *testing.T) {
-	f := start(t, server.Options{})
-	ctx := testContext(t)
-	f.set(t, svc("a", "one"))
-	f.store.MarkReady()
+	f, ctx := serving(t, svc("a", "one"))
 	slow := f.dial(ctx, t, "slow", nil)
 	slow.recv() // never acknowledged
 	fast := f.dial(ctx, t, "fast", nil)

@@ -10,10 +10,9 @@ import (
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
 
-// BenchmarkInitialHoldingItsView is a reconnecting agent that holds its
-// whole view (1,000 services): what a restarted control plane computes for
-// each of thousands of agents.
-func BenchmarkInitialHoldingItsView(b *testing.B) {
+// holdingItsView returns a store of 1,000 services and node-1's versions
+// of them.
+func holdingItsView(b *testing.B) (*Store, map[string]string) {
 	s := New()
 	if _, err := s.Apply(nodes(map[string]string{"node-1": "a"})); err != nil {
 		b.Fatal(err)
@@ -29,6 +28,14 @@ func BenchmarkInitialHoldingItsView(b *testing.B) {
 	for _, r := range s.Initial("node-1", nil).Resources {
 		have[r.Name] = r.Version
 	}
+	return s, have
+}
+
+// BenchmarkInitialHoldingItsView is a reconnecting agent that holds its
+// whole view (1,000 services): what a restarted control plane computes for
+// each of thousands of agents.
+func BenchmarkInitialHoldingItsView(b *testing.B) {
+	s, have := holdingItsView(b)
 	for b.Loop() {
 		if d := s.Initial("node-1", have); len(d.Resources)+len(d.Removed) > 0 {
 			b.Fatalf("an agent holding its view is sent %d resources and %d removals", len(d.Resources), len(d.Removed))
@@ -39,21 +46,7 @@ func BenchmarkInitialHoldingItsView(b *testing.B) {
 // BenchmarkInitialDigestHoldingItsView is BenchmarkInitialHoldingItsView
 // for an agent that sends the digest of its versions.
 func BenchmarkInitialDigestHoldingItsView(b *testing.B) {
-	s := New()
-	if _, err := s.Apply(nodes(map[string]string{"node-1": "a"})); err != nil {
-		b.Fatal(err)
-	}
-	batch := Batch{Services: map[string]*model.Views{}}
-	for i := range 1000 {
-		batch.Services[fmt.Sprintf("ns/svc-%d", i)] = &model.Views{Default: view(fmt.Sprintf("svc-%d", i), "10.0.0.1", "10.0.0.2")}
-	}
-	if _, err := s.Apply(batch); err != nil {
-		b.Fatal(err)
-	}
-	have := map[string]string{}
-	for _, r := range s.Initial("node-1", nil).Resources {
-		have[r.Name] = r.Version
-	}
+	s, have := holdingItsView(b)
 	digest := spokev1.VersionsDigest(have)
 	for b.Loop() {
 		if _, ok := s.InitialDigest("node-1", digest); !ok {

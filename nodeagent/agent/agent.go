@@ -343,7 +343,11 @@ func (a *Agent) stream(ctx context.Context) (progressed bool, err error) {
 			return progressed, err
 		}
 		if !progressed && !asked {
-			if err := a.readsDigests(s, digest); err != nil {
+			reads, err := spokev1.ReadsDigests(s, digest)
+			a.mu.Lock()
+			a.digests = reads
+			a.mu.Unlock()
+			if err != nil {
 				return false, err
 			}
 		}
@@ -374,25 +378,6 @@ func (a *Agent) stream(ctx context.Context) (progressed bool, err error) {
 			return progressed, err
 		}
 	}
-}
-
-// readsDigests records whether the stream's control plane announced that
-// it reads digests. One that did not, sent a digest, answered as if the
-// agent held nothing and would remove nothing it holds: the stream is
-// dropped before its response is applied, and the next sends the versions.
-func (a *Agent) readsDigests(s grpc.ClientStream, sentDigest bool) error {
-	md, err := s.Header()
-	if err != nil {
-		return err
-	}
-	reads := slices.Contains(md.Get(spokev1.VersionsDigestHeader), spokev1.VersionsDigestScheme)
-	a.mu.Lock()
-	a.digests = reads
-	a.mu.Unlock()
-	if sentDigest && !reads {
-		return errors.New("the control plane does not read digests of held versions; reconnecting with the versions")
-	}
-	return nil
 }
 
 func (a *Agent) setConnected(c bool) {

@@ -10,6 +10,7 @@ import (
 	"github.com/spoke-proxy/spoke/datapath"
 	"github.com/spoke-proxy/spoke/datapath/memory"
 	"github.com/spoke-proxy/spoke/internal/wait"
+	"github.com/spoke-proxy/spoke/nodeagent/agent"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
 
@@ -21,11 +22,7 @@ const initialRequests = "spoke_controlplane_initial_requests_total"
 // versions when asked and gets exactly the change and the removal.
 func TestReconnectSendsDigest(t *testing.T) {
 	web, api := svc("web", "10.96.0.10", "10.244.1.5"), svc("api", "10.96.0.11", "10.244.2.5")
-	cp := startControlPlane(t, "127.0.0.1:0", newStore(t, web, api))
-	dp := memory.New(memory.Options{})
-	a := newAgent(t, cp.addr, filepath.Join(t.TempDir(), "state.db"), dp)
-	run(t, a)
-	synced(t, cp, a)
+	cp, dp, a := syncedWith(t, web, api)
 	if n := counter(t, cp, initialRequests, "held", "versions"); n != 1 {
 		t.Fatalf("first stream: %v first requests with versions, want 1 (an agent that never heard of digests sends versions)", n)
 	}
@@ -64,11 +61,7 @@ func TestReconnectSendsDigest(t *testing.T) {
 // its versions on the next stream, and the removal reaches the datapath.
 func TestDigestIgnoredByOldControlPlane(t *testing.T) {
 	web, api := svc("web", "10.96.0.10", "10.244.1.5"), svc("api", "10.96.0.11", "10.244.2.5")
-	cp := startControlPlane(t, "127.0.0.1:0", newStore(t, web, api))
-	dp := memory.New(memory.Options{})
-	a := newAgent(t, cp.addr, filepath.Join(t.TempDir(), "state.db"), dp)
-	run(t, a)
-	synced(t, cp, a)
+	cp, dp, a := syncedWith(t, web, api)
 
 	cp.grpc.Stop()
 	old := startControlPlaneWith(t, cp.addr, newStore(t, web), []grpc.ServerOption{grpc.StreamInterceptor(
@@ -85,6 +78,17 @@ func TestDigestIgnoredByOldControlPlane(t *testing.T) {
 	if n := counter(t, old, initialRequests, "held", "versions"); n < 2 {
 		t.Errorf("the old control plane read %v first requests as versions, want the ignored digest and then the versions", n)
 	}
+}
+
+// syncedWith runs an agent in sync with a control plane serving services.
+func syncedWith(t *testing.T, services ...*spokev1.Service) (*controlPlane, *memory.Datapath, *agent.Agent) {
+	t.Helper()
+	cp := startControlPlane(t, "127.0.0.1:0", newStore(t, services...))
+	dp := memory.New(memory.Options{})
+	a := newAgent(t, cp.addr, filepath.Join(t.TempDir(), "state.db"), dp)
+	run(t, a)
+	synced(t, cp, a)
+	return cp, dp, a
 }
 
 // withoutDigests makes a stream look like one of a control plane that

@@ -44,7 +44,6 @@ var (
 	fieldResources = respFields.ByName("resources").Number()
 	fieldRemoved   = respFields.ByName("removed_resources").Number()
 	fieldRevisions = respFields.ByName("api_revisions").Number()
-	fieldSendHeld  = respFields.ByName("send_initial_versions").Number()
 )
 
 func newInternCodec() *internCodec {
@@ -74,17 +73,10 @@ func (c *internCodec) Unmarshal(data mem.BufferSlice, v any) error {
 			return fmt.Errorf("decoding a view response: %w", protowire.ParseError(n))
 		}
 		b = b[n:]
-		if num == fieldSendHeld && typ == protowire.VarintType {
-			v, n := protowire.ConsumeVarint(b)
-			if n < 0 {
-				return fmt.Errorf("decoding a view response: %w", protowire.ParseError(n))
-			}
-			resp.SendInitialVersions = v != 0
-			b = b[n:]
-			continue
-		}
 		if typ != protowire.BytesType || (num != fieldNonce && num != fieldResources && num != fieldRemoved && num != fieldRevisions) {
-			// Not what this codec knows: decode it the standard way.
+			// Not what this codec knows (send_initial_versions, in a
+			// response that carries nothing else): decode it the
+			// standard way.
 			resp.Reset()
 			return proto.Unmarshal(whole, resp)
 		}

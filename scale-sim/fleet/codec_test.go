@@ -18,14 +18,14 @@ func TestResponsesShareResources(t *testing.T) {
 		Resources:        []*spokev1.Resource{{Name: "ns/web", Version: "v1", Kind: &spokev1.Resource_Service{Service: &spokev1.Service{}}}},
 		RemovedResources: []string{"ns/old"},
 		ApiRevisions:     &spokev1.ApiRevisions{Services: 10, EndpointSlices: 11, Nodes: 12},
-		// Alone in real responses; here so that every field is decoded.
-		SendInitialVersions: true,
 	}
 	// Every field is set, so that a field added to responses and not
-	// known to the codec (which then decodes without sharing) fails here.
+	// known to the codec (which then decodes without sharing) fails here;
+	// but send_initial_versions, which comes alone and is decoded the
+	// standard way.
 	fields := sent.ProtoReflect().Descriptor().Fields()
 	for i := range fields.Len() {
-		if !sent.ProtoReflect().Has(fields.Get(i)) {
+		if fields.Get(i).Name() != "send_initial_versions" && !sent.ProtoReflect().Has(fields.Get(i)) {
 			t.Fatalf("the test response does not set %s", fields.Get(i).Name())
 		}
 	}
@@ -46,5 +46,14 @@ func TestResponsesShareResources(t *testing.T) {
 	}
 	if got[0].Resources[0] != got[1].Resources[0] {
 		t.Error("two agents decoding the same response hold two copies of its resource")
+	}
+	ask := &spokev1.StreamViewsResponse{SendInitialVersions: true}
+	wire, err = proto.Marshal(ask)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var decoded spokev1.StreamViewsResponse
+	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(wire)}, &decoded); err != nil || !proto.Equal(&decoded, ask) {
+		t.Errorf("decoded %v (%v), want %v", &decoded, err, ask)
 	}
 }

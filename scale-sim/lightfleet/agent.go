@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"sync"
 	"time"
 
@@ -120,7 +119,11 @@ func (a *lightAgent) stream(ctx context.Context) (progressed bool, err error) {
 			return progressed, err
 		}
 		if !progressed && !asked {
-			if err := a.readsDigests(s, first.InitialVersionsDigest != nil); err != nil {
+			reads, err := spokev1.ReadsDigests(s, first.InitialVersionsDigest != nil)
+			a.mu.Lock()
+			a.digests = reads
+			a.mu.Unlock()
+			if err != nil {
 				return false, err
 			}
 		}
@@ -170,24 +173,6 @@ func (a *lightAgent) hello() (req *spokev1.StreamViewsRequest, held map[string]s
 		}
 	}
 	return req, held, nil
-}
-
-// readsDigests records whether the stream's control plane announced that
-// it reads digests, and refuses a stream that answered a digest without
-// (as the real agent does).
-func (a *lightAgent) readsDigests(s grpc.ClientStream, sentDigest bool) error {
-	md, err := s.Header()
-	if err != nil {
-		return err
-	}
-	reads := slices.Contains(md.Get(spokev1.VersionsDigestHeader), spokev1.VersionsDigestScheme)
-	a.mu.Lock()
-	a.digests = reads
-	a.mu.Unlock()
-	if sentDigest && !reads {
-		return errors.New("the control plane does not read digests of held versions")
-	}
-	return nil
 }
 
 // handle holds what a response carries and returns its ACK, or its NACK

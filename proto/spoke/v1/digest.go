@@ -3,8 +3,11 @@ package spokev1
 import (
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"hash"
 	"slices"
+
+	"google.golang.org/grpc"
 )
 
 // VersionsDigestHeader is the response header by which a control plane
@@ -15,6 +18,27 @@ import (
 // ignored the digest answered as if the agent held nothing, and told it
 // to remove nothing).
 const VersionsDigestHeader = "spoke-versions-digest"
+
+// ReadsDigests reports whether the control plane of a stream that has
+// received its first response announced that it reads digests. When
+// sentDigest (the stream's first request carried one) and it did not, it
+// answered as if the agent held nothing, and the error is ErrDigestsUnread:
+// that answer must not be applied.
+func ReadsDigests(s grpc.ClientStream, sentDigest bool) (bool, error) {
+	md, err := s.Header()
+	if err != nil {
+		return false, err
+	}
+	reads := slices.Contains(md.Get(VersionsDigestHeader), VersionsDigestScheme)
+	if sentDigest && !reads {
+		return false, ErrDigestsUnread
+	}
+	return reads, nil
+}
+
+// ErrDigestsUnread is the error of a stream whose control plane answered a
+// digest without announcing that it reads digests.
+var ErrDigestsUnread = errors.New("the control plane does not read digests of held versions; reconnecting with the versions")
 
 // VersionsDigestScheme names how VersionsDigest is computed.
 const VersionsDigestScheme = "sha256-v1"
