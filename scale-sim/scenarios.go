@@ -63,14 +63,6 @@ func (s *sim) scenarioControlPlaneRestart(ctx context.Context) error {
 	if err := s.restartAuthFigures(requestsBefore, requestsKnown); err != nil {
 		return err
 	}
-	cpResent, err := s.metric("spoke_controlplane_resources_sent_total")
-	if err != nil {
-		return err
-	}
-	connected, err := s.metric("spoke_controlplane_connected_agents")
-	if err != nil {
-		return err
-	}
 	all := last.Sub(t0)
 	if missing > 0 {
 		s.note("controlplane-restart: %d agents had not reconnected after 2 minutes", missing)
@@ -86,21 +78,37 @@ func (s *sim) scenarioControlPlaneRestart(ctx context.Context) error {
 		[2]string{"every agent reconnected and acked", fmtDur(all)},
 		[2]string{"resources resent (agents' count)", fmt.Sprint(resent)},
 		[2]string{"bytes to agents after restart", fmt.Sprint(s.fleet.RxBytes() - rx)})
-	// How the agents told the new control plane what they held: the
-	// digest of their versions once they know it reads digests.
-	var held [3]float64
-	for i, kind := range []string{"versions", "digest_matched", "digest_differed"} {
-		held[i], _ = s.cp.Metric(`spoke_controlplane_initial_requests_total{held="` + kind + `"`)
+	if err := s.heldFigures(); err != nil {
+		return err
 	}
-	s.extra["initial_requests_versions"], s.extra["initial_requests_digest_matched"], s.extra["initial_requests_digest_differed"] = held[0], held[1], held[2]
-	s.table = append(s.table, [2]string{"first requests with versions / digest matched / digest differed", fmt.Sprintf("%.0f / %.0f / %.0f", held[0], held[1], held[2])})
-	s.extra["controlplane_resources_sent_after_restart"] = cpResent
-	s.extra["controlplane_connected_agents"] = connected
-	s.table = append(s.table, [2]string{"resources sent by the new control plane", fmt.Sprint(cpResent)},
-		[2]string{"agents connected to it", fmt.Sprint(connected)})
 	if s.c.churn > 0 && s.c.duration > 0 {
 		s.measuredChurn(ctx, 1, "churn after restart")
 	}
+	return nil
+}
+
+// heldFigures reports what the new control plane sent and to how many
+// agents, and how the agents told it what they held: the digest of their
+// versions once they know it reads digests.
+func (s *sim) heldFigures() error {
+	cpResent, err := s.metric("spoke_controlplane_resources_sent_total")
+	if err != nil {
+		return err
+	}
+	connected, err := s.metric("spoke_controlplane_connected_agents")
+	if err != nil {
+		return err
+	}
+	var held [3]float64
+	for i, kind := range []string{"versions", "digest_matched", "digest_differed"} {
+		held[i], _ = s.cp.Metric(`spoke_controlplane_initial_requests_total{held="` + kind + `"`)
+		s.extra["initial_requests_"+kind] = held[i]
+	}
+	s.extra["controlplane_resources_sent_after_restart"] = cpResent
+	s.extra["controlplane_connected_agents"] = connected
+	s.table = append(s.table, [2]string{"resources sent by the new control plane", fmt.Sprint(cpResent)},
+		[2]string{"agents connected to it", fmt.Sprint(connected)},
+		[2]string{"first requests with versions / digest matched / digest differed", fmt.Sprintf("%.0f / %.0f / %.0f", held[0], held[1], held[2])})
 	return nil
 }
 
