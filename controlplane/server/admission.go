@@ -115,27 +115,27 @@ func over(n, limit int) bool { return limit >= 0 && n >= limit }
 func (t *ticket) bound() {
 	t.a.mu.Lock()
 	defer t.a.mu.Unlock()
-	if !t.isBound {
-		t.isBound = true
-		t.a.unpend(t.peer)
-	}
+	t.unpend()
 }
 
 // done releases the stream's place.
 func (t *ticket) done() {
 	t.a.mu.Lock()
 	defer t.a.mu.Unlock()
-	if !t.isBound {
-		t.isBound = true
-		t.a.unpend(t.peer)
-	}
+	t.unpend()
 	t.a.streams--
 }
 
-func (a *admission) unpend(host string) {
+// unpend stops counting the stream as pending, once; under t.a.mu.
+func (t *ticket) unpend() {
+	if t.isBound {
+		return
+	}
+	t.isBound = true
+	a := t.a
 	a.pending--
-	if a.perPeer[host]--; a.perPeer[host] <= 0 {
-		delete(a.perPeer, host)
+	if a.perPeer[t.peer]--; a.perPeer[t.peer] <= 0 {
+		delete(a.perPeer, t.peer)
 	}
 }
 

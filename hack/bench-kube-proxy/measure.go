@@ -126,16 +126,11 @@ func (b *bench) newBackendNode(ctx context.Context, name string) (*node, error) 
 // programRound starts a proxy of kind cold on a fresh node and times it
 // until the last service answers.
 func (b *bench) programRound(ctx context.Context, res *results, kind string, services, round int, timeout time.Duration) error {
-	n, err := b.newBackendNode(ctx, fmt.Sprintf("%s-%d-r%d", kind, services, round))
+	n, r, stop, err := b.proxyOnNewNode(ctx, kind, fmt.Sprintf("%s-%d-r%d", kind, services, round))
 	if err != nil {
 		return err
 	}
-	defer b.dropNode(n)
-	r, err := b.startProxy(kind, n)
-	if err != nil {
-		return err
-	}
-	defer b.stopProxy(r)
+	defer stop()
 	last := addrPort(b.objs.clusterIP[services-1], servicePort)
 	var run programRun
 	probe, err := b.runProbe(n, "-wait", "-dst", last, "-timeout", timeout.String())
@@ -210,6 +205,19 @@ func awaitOwnSync(ctx context.Context, kind string, scrape func(context.Context)
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
 // dropNode removes a node and its Node object.
+// proxyOnNewNode starts a proxy of kind on a fresh backend node; stop
+// stops the proxy, then removes the node.
+func (b *bench) proxyOnNewNode(ctx context.Context, kind, name string) (n *node, r *running, stop func(), err error) {
+	if n, err = b.newBackendNode(ctx, name); err != nil {
+		return nil, nil, nil, err
+	}
+	if r, err = b.startProxy(kind, n); err != nil {
+		b.dropNode(n)
+		return nil, nil, nil, err
+	}
+	return n, r, func() { b.stopProxy(r); b.dropNode(n) }, nil
+}
+
 func (b *bench) dropNode(n *node) {
 	if err := n.close(); err != nil {
 		b.log.Warn("removing node", "node", n.name, "err", err)
@@ -262,16 +270,11 @@ func (b *bench) settle(ctx context.Context, r *running, before histogram, want i
 // churnOne measures a proxy's endpoint changes at a size: one change every
 // 2 s, then churnRate changes/s for churnFor, with its CPU and RSS.
 func (b *bench) churnOne(ctx context.Context, res *results, kind string, services int) error {
-	n, err := b.newBackendNode(ctx, fmt.Sprintf("%s-%d-churn", kind, services))
+	n, r, stop, err := b.proxyOnNewNode(ctx, kind, fmt.Sprintf("%s-%d-churn", kind, services))
 	if err != nil {
 		return err
 	}
-	defer b.dropNode(n)
-	r, err := b.startProxy(kind, n)
-	if err != nil {
-		return err
-	}
-	defer b.stopProxy(r)
+	defer stop()
 	if _, err := b.runProbe(n, "-wait", "-dst", addrPort(b.objs.clusterIP[services-1], servicePort), "-timeout", b.cfg.programTimeout.String()); err != nil {
 		return fmt.Errorf("%s before the churn: %w", kind, err)
 	}
