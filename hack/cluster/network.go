@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -48,17 +47,7 @@ func nodeNSName(i int) string { return fmt.Sprintf("%s-node-%d", prefix, i) }
 
 // removeNetwork removes the bridge and every namespace of the cluster (the
 // veths go with their namespaces).
-func removeNetwork() error {
-	var errs []error
-	if l, err := netlink.LinkByName(bridgeName); err == nil {
-		errs = append(errs, netlink.LinkDel(l))
-	}
-	names, _ := filepath.Glob(filepath.Join(netns.Dir, prefix+"-*"))
-	for _, path := range names {
-		errs = append(errs, netns.Remove(path))
-	}
-	return errors.Join(errs...)
-}
+func removeNetwork() error { return netns.RemoveAll(bridgeName, prefix) }
 
 // buildNetwork makes the bridge and n node namespaces.
 func buildNetwork(n int) error {

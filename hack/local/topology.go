@@ -67,14 +67,7 @@ type node struct {
 // cleanupTopology removes what an earlier run may have left: the bridge,
 // the namespaces and the cgroups (the eBPF pins are the agents' to remove).
 func cleanupTopology() error {
-	var errs []error
-	if l, err := netlink.LinkByName(bridgeName); err == nil {
-		errs = append(errs, netlink.LinkDel(l))
-	}
-	names, _ := filepath.Glob(filepath.Join(netns.Dir, prefix+"-*"))
-	for _, path := range names {
-		errs = append(errs, netns.Remove(path))
-	}
+	errs := []error{netns.RemoveAll(bridgeName, prefix)}
 	if root, err := cgroup.Root(); err == nil {
 		errs = append(errs, removeCgroups(filepath.Join(root, prefix)))
 	}

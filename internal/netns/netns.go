@@ -80,6 +80,21 @@ func Remove(path string) error {
 	return nil
 }
 
+// RemoveAll removes what a lab named prefix left in the host namespace:
+// the bridge, if any, and every namespace whose name starts with prefix-
+// (their veths go with them).
+func RemoveAll(bridge, prefix string) error {
+	var errs []error
+	if l, err := netlink.LinkByName(bridge); err == nil {
+		errs = append(errs, netlink.LinkDel(l))
+	}
+	names, _ := filepath.Glob(filepath.Join(Dir, prefix+"-*"))
+	for _, path := range names {
+		errs = append(errs, Remove(path))
+	}
+	return errors.Join(errs...)
+}
+
 // Do runs fn with its goroutine's thread in the network namespace held by
 // the file at path; with an empty path it just runs fn.
 func Do(path string, fn func() error) error {
