@@ -99,10 +99,17 @@ func (s *sim) heldFigures() error {
 	if err != nil {
 		return err
 	}
+	// A kind no agent used has no series; a control plane with none at
+	// all does not count them, and saying 0 would be wrong.
 	var held [3]float64
+	found := false
 	for i, kind := range []string{"versions", "digest_matched", "digest_differed"} {
-		held[i], _ = s.cp.Metric(`spoke_controlplane_initial_requests_total{held="` + kind + `"`)
-		s.extra["initial_requests_"+kind] = held[i]
+		v, ok := s.cp.Metric(`spoke_controlplane_initial_requests_total{held="` + kind + `"`)
+		held[i], found = v, found || ok
+		s.extra["initial_requests_"+kind] = v
+	}
+	if !found {
+		return fmt.Errorf("the control plane serves no metric spoke_controlplane_initial_requests_total")
 	}
 	s.extra["controlplane_resources_sent_after_restart"] = cpResent
 	s.extra["controlplane_connected_agents"] = connected

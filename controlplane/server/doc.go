@@ -7,7 +7,10 @@
 // for the first request), then goes through a handshake: the first request
 // is checked and bound to a node by an Authenticator, and a replica that is
 // behind the API revisions the agent already holds waits to catch up, or
-// refuses the stream with Aborted so that the agent tries another. A
+// refuses the stream with Aborted so that the agent tries another. The
+// first delta compares what the agent holds with the node's view: its
+// versions, or their digest, which the server announces it reads in a
+// response header and answers with send_initial_versions when it differs. A
 // receive pump and a send loop then run beside a session that sends the
 // view one response at a time and settles each acknowledgement before the
 // next. Resources are encoded once in the store and sent from its bytes

@@ -55,7 +55,8 @@ func (s *Server) StreamViews(stream viewStream) error {
 // handshake authenticates the stream, reads and checks its first request,
 // binds it to a node and computes the first delta. The identity comes from
 // the stream's metadata, before anything is read or waited for. The first
-// request carries every version the agent holds: it is read only once the
+// request carries every version the agent holds, or their digest (then the
+// versions follow only if it differs: initial): it is read only once the
 // store holds a whole view, and only by a bounded number of streams at a
 // time (sync slots), so that thousands of agents reconnecting to a
 // starting control plane do not all sit decoded in memory at once. A

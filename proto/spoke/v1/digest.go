@@ -87,7 +87,7 @@ func (d *VersionsDigester) Add(name, version string) {
 	d.buf = append(d.buf, name...)
 	d.buf = binary.AppendUvarint(d.buf, uint64(len(version)))
 	d.buf = append(d.buf, version...)
-	if len(d.buf) >= 4096-2*binary.MaxVarintLen64 {
+	if len(d.buf) >= 4096 {
 		d.h.Write(d.buf)
 		d.buf = d.buf[:0]
 	}
