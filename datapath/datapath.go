@@ -32,6 +32,24 @@ type Datapath interface {
 	Programmed(ctx context.Context) (map[string]*Service, error)
 }
 
+// Stamper is a datapath whose programmed state outlives its caller (the
+// eBPF datapath's pinned maps) and keeps, beside it, a stamp its caller
+// sets. The agent stamps the datapath, with a stamp its state file records
+// too, once the datapath holds exactly what that file records; a restarted
+// agent that finds both stamps equal knows the datapath already holds the
+// file's services, and is ready without programming or reading them back
+// first (it verifies them in the background). The stamp says nothing about
+// writes by anyone else: that is what the verification is for.
+type Stamper interface {
+	// Stamp replaces the stamp; at most MaxStamp bytes.
+	Stamp(ctx context.Context, stamp []byte) error
+	// Stamped returns the stamp, nil when none was set.
+	Stamped(ctx context.Context) ([]byte, error)
+}
+
+// MaxStamp is the longest stamp a Stamper keeps.
+const MaxStamp = 32
+
 // Sentinel errors callers branch on.
 var (
 	// ErrInvalid marks a service the datapath cannot express.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 
@@ -35,22 +36,28 @@ func (e *FullError) Unwrap() error { return datapath.ErrFull }
 type Datapath struct {
 	opts Options
 
-	mu      sync.Mutex
-	objs    lbObjects
-	sizes   map[string]int
+	mu    sync.Mutex
+	objs  lbObjects
+	stamp *ebpf.Map
+	sizes map[string]int
+	// state mirrors the maps; nil until the first Apply reads them back,
+	// so that opening pinned maps costs no read of them.
 	state   *state
 	counts  map[string]int
 	owners  map[lbSvcKey]uint32 // frontend -> service id
 	attach  *attachments
 	node    datapath.Node
+	nodeSet bool // SetNode was called
 	devices []string
 	closed  bool
 }
 
 // New opens the datapath pinned under opts.PinPath, creating it if there
 // is none, and attaches its programs. What is already pinned is adopted as
-// it is: the maps keep every service and flow, and the programs attached to
-// the cgroup and devices are replaced atomically by this build's.
+// it is: the maps keep every service and flow (read back by the first
+// Apply, not here), the SNAT sources stay those of the node until SetNode,
+// and the programs attached to the cgroup and devices are replaced
+// atomically by this build's.
 func New(opts Options) (*Datapath, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
@@ -88,12 +95,13 @@ func New(opts Options) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading the eBPF programs: %w", err)
 	}
-	if err := d.writeConfig(); err != nil {
+	if d.stamp, err = openStamp(opts.PinPath); err != nil {
 		d.objs.Close()
 		return nil, err
 	}
-	if err := d.reload(); err != nil {
+	if err := d.writeConfig(); err != nil {
 		d.objs.Close()
+		d.stamp.Close()
 		return nil, err
 	}
 	d.attach = newAttachments(opts, &d.objs)
@@ -138,7 +146,7 @@ func (d *Datapath) Close() error {
 	if d.attach != nil {
 		errs = append(errs, d.attach.close())
 	}
-	errs = append(errs, d.objs.Close())
+	errs = append(errs, d.objs.Close(), d.stamp.Close())
 	return errors.Join(errs...)
 }
 
@@ -178,7 +186,7 @@ func (d *Datapath) SetNode(ctx context.Context, node datapath.Node) error {
 	if err := deleteAll(d.objs.Nodes, c.deleted()); err != nil {
 		return err
 	}
-	d.node = node
+	d.node, d.nodeSet = node, true
 	if err := d.writeConfig(); err != nil {
 		return err
 	}
@@ -195,18 +203,24 @@ func (d *Datapath) SetNode(ctx context.Context, node datapath.Node) error {
 	return nil
 }
 
-// writeConfig writes the SNAT sources and port range.
+// writeConfig writes the SNAT port range and sources: the node's first
+// address of each family once SetNode was called, before that those the
+// pinned config holds, so that a restarted agent keeps them.
 func (d *Datapath) writeConfig() error {
-	cfg := lbCfgVal{SnatMin: d.opts.SNATPortMin, SnatMax: d.opts.SNATPortMax}
-	var have4, have6 bool
-	for _, a := range d.node.Addresses {
-		if a.Is4() && !have4 {
-			cfg.Node4, have4 = toAddr(a), true
-		}
-		if a.Is6() && !have6 {
-			cfg.Node6, have6 = toAddr(a), true
+	var cfg lbCfgVal
+	if !d.nodeSet {
+		if err := d.objs.Config.Lookup(uint32(0), &cfg); err != nil {
+			return fmt.Errorf("reading map config: %w", err)
 		}
 	}
+	for _, a := range slices.Backward(d.node.Addresses) {
+		if a.Is4() {
+			cfg.Node4 = toAddr(a)
+		} else {
+			cfg.Node6 = toAddr(a)
+		}
+	}
+	cfg.SnatMin, cfg.SnatMax = d.opts.SNATPortMin, d.opts.SNATPortMax
 	if err := d.objs.Config.Put(uint32(0), cfg); err != nil {
 		return fmt.Errorf("writing map config: %w", err)
 	}
@@ -331,6 +345,11 @@ func (d *Datapath) Apply(ctx context.Context, upsert []*datapath.Service, remove
 		return err
 	}
 	defer d.mu.Unlock()
+	if d.state == nil {
+		if err := d.reload(); err != nil {
+			return err
+		}
+	}
 	st := d.state
 	updates, p, err := planUpdates(st, upsert, remove)
 	if err != nil {

@@ -8,8 +8,11 @@
 // both ways.
 //
 // Maps and links are pinned under Options.PinPath, so that the datapath
-// outlives the agent: a new agent adopts the pins, reads back what they
-// hold and replaces the programs atomically.
+// outlives the agent: a new agent adopts the pins and replaces the programs
+// atomically; its first Apply reads back what the maps hold. A pinned stamp
+// map keeps the agent's stamp (datapath.Stamper), with which a restarted
+// agent knows, without reading the maps back, that they hold its state
+// file's services.
 //
 // Caveats: needs root, BTF, cgroup v2 and bpffs. The kernel runs no cgroup
 // connect hook for SCTP sockets, so SCTP to a service from the node or its

@@ -10,13 +10,17 @@ package fault
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 
 	"github.com/spoke-proxy/spoke/datapath"
 )
 
-var _ datapath.Datapath = (*Datapath)(nil)
+var (
+	_ datapath.Datapath = (*Datapath)(nil)
+	_ datapath.Stamper  = (*Datapath)(nil)
+)
 
 // Datapath is a datapath.Datapath that fails on request. It is safe for
 // concurrent use.
@@ -103,6 +107,25 @@ func (d *Datapath) Name() string { return d.inner.Name() }
 // SetNode implements datapath.Datapath.
 func (d *Datapath) SetNode(ctx context.Context, node datapath.Node) error {
 	return d.inner.SetNode(ctx, node)
+}
+
+// Stamp implements datapath.Stamper: it passes the stamp to the wrapped
+// datapath, or fails with errors.ErrUnsupported if that keeps none.
+func (d *Datapath) Stamp(ctx context.Context, stamp []byte) error {
+	s, ok := d.inner.(datapath.Stamper)
+	if !ok {
+		return errors.ErrUnsupported
+	}
+	return s.Stamp(ctx, stamp)
+}
+
+// Stamped implements datapath.Stamper like Stamp.
+func (d *Datapath) Stamped(ctx context.Context) ([]byte, error) {
+	s, ok := d.inner.(datapath.Stamper)
+	if !ok {
+		return nil, errors.ErrUnsupported
+	}
+	return s.Stamped(ctx)
 }
 
 // Apply implements datapath.Datapath.

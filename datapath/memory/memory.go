@@ -1,6 +1,7 @@
 package memory
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"hash/fnv"
@@ -11,7 +12,10 @@ import (
 	"github.com/spoke-proxy/spoke/datapath"
 )
 
-var _ datapath.Datapath = (*Datapath)(nil)
+var (
+	_ datapath.Datapath = (*Datapath)(nil)
+	_ datapath.Stamper  = (*Datapath)(nil)
+)
 
 // Options configure a memory datapath.
 type Options struct {
@@ -30,6 +34,7 @@ type Datapath struct {
 	services map[string]*datapath.Service
 	index    map[frontend]target // nil when stale
 	affinity map[affinityKey]affinityEntry
+	stamp    []byte
 }
 
 // New returns an empty in-memory datapath.
@@ -105,6 +110,27 @@ func (d *Datapath) Programmed(context.Context) (map[string]*datapath.Service, er
 		out[k] = s
 	}
 	return out, nil
+}
+
+// Stamp implements datapath.Stamper.
+func (d *Datapath) Stamp(_ context.Context, stamp []byte) error {
+	if len(stamp) > datapath.MaxStamp {
+		return fmt.Errorf("%w: stamp of %d bytes, at most %d", datapath.ErrInvalid, len(stamp), datapath.MaxStamp)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.stamp = bytes.Clone(stamp)
+	return nil
+}
+
+// Stamped implements datapath.Stamper.
+func (d *Datapath) Stamped(context.Context) ([]byte, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if len(d.stamp) == 0 {
+		return nil, nil
+	}
+	return bytes.Clone(d.stamp), nil
 }
 
 // Len returns the number of programmed services.

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -78,6 +79,12 @@ type Agent struct {
 	// health checks and inspection take, is never held through them.
 	applyMu sync.Mutex
 	store   *state.Store // under applyMu
+	// stamped is the stamp last given to the datapath; under applyMu.
+	stamped []byte
+	// adopted: Restore found the datapath stamped with the state file's
+	// stamp and took its services without programming them; Run reads
+	// them back to verify them.
+	adopted bool
 
 	mu     sync.Mutex
 	cached map[string]*spokev1.Resource // accepted: the last good state; written under both locks
@@ -132,8 +139,10 @@ func New(opts Options) (*Agent, error) {
 // Restore opens the state file and programs the datapath from it. A corrupt
 // file is moved aside and the agent starts empty; a file the system will
 // not let it use is left where it is and the agent runs without one. Either
-// way the datapath keeps what it holds until the first sync. After Restore
-// the agent is ready: it serves with what it had, before it has
+// way the datapath keeps what it holds until the first sync. A datapath
+// stamped with the file's stamp already holds the file's services: Restore
+// takes them as they are, and Run reads them back to verify them. After
+// Restore the agent is ready: it serves with what it had, before it has
 // reconnected.
 func (a *Agent) Restore(ctx context.Context) error {
 	a.applyMu.Lock()
@@ -160,7 +169,7 @@ func (a *Agent) Restore(ctx context.Context) error {
 	a.cacheAppliedAt = time.Now()
 	a.updatedAt = a.cacheAppliedAt
 	a.mu.Unlock()
-	a.log.Info("datapath programmed from state file", "resources", restored)
+	a.log.Info("datapath programmed from state file", "resources", restored, "stamped", a.adopted)
 	return nil
 }
 
@@ -195,12 +204,22 @@ func (a *Agent) restoreFrom(ctx context.Context, st *state.Store) (int, error) {
 	for name, err := range bad {
 		a.log.Warn("dropping a cached resource that does not decode", "resource", name, "err", err)
 	}
-	failed, err := a.rec.Apply(ctx, node, upsert, nil)
-	if err != nil {
-		return 0, fmt.Errorf("programming cached state: %w", err)
-	}
-	for name, err := range failed {
-		a.log.Warn("cached service could not be programmed", "service", name, "err", err)
+	var failed map[string]error
+	if len(bad) == 0 && a.datapathHolds(ctx, st.Stamp()) {
+		if err := a.rec.Adopt(ctx, node, upsert); err != nil {
+			return 0, fmt.Errorf("adopting cached state: %w", err)
+		}
+		a.adopted = true
+	} else {
+		if failed, err = a.rec.Apply(ctx, node, upsert, nil); err != nil {
+			return 0, fmt.Errorf("programming cached state: %w", err)
+		}
+		for name, err := range failed {
+			a.log.Warn("cached service could not be programmed", "service", name, "err", err)
+		}
+		if len(failed) == 0 && len(bad) == 0 {
+			a.stampDatapath(ctx)
+		}
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -211,6 +230,64 @@ func (a *Agent) restoreFrom(ctx context.Context, st *state.Store) (int, error) {
 	}
 	a.revisions = st.Revisions()
 	return len(a.cached), nil
+}
+
+// datapathHolds reports whether the datapath is stamped with the state
+// file's stamp, that is, holds what the file holds (datapath.Stamper).
+func (a *Agent) datapathHolds(ctx context.Context, stamp []byte) bool {
+	dp, ok := a.opts.Datapath.(datapath.Stamper)
+	if !ok || stamp == nil {
+		return false
+	}
+	got, err := dp.Stamped(ctx)
+	if err != nil {
+		if !errors.Is(err, errors.ErrUnsupported) {
+			a.log.Warn("reading the datapath's stamp; programming it from the state file", "err", err)
+		}
+		return false
+	}
+	a.stamped = got
+	return bytes.Equal(got, stamp)
+}
+
+// stampDatapath gives the datapath the state file's stamp, once the
+// datapath holds what the file holds: the caller applied everything the
+// file holds, and nothing is left to retry. Under applyMu.
+func (a *Agent) stampDatapath(ctx context.Context) {
+	dp, ok := a.opts.Datapath.(datapath.Stamper)
+	if !ok || a.store == nil || a.store.Stamp() == nil || bytes.Equal(a.stamped, a.store.Stamp()) || a.rec.Dirty() {
+		return
+	}
+	if err := dp.Stamp(ctx, a.store.Stamp()); err != nil {
+		if !errors.Is(err, errors.ErrUnsupported) {
+			a.log.Warn("stamping the datapath (the next restart programs it from the state file)", "err", err)
+		}
+		return
+	}
+	a.stamped = a.store.Stamp()
+}
+
+// verifyAdopted reads back the datapath whose services Restore adopted and
+// repairs what differs: its stamp vouches for the agent's own writes only.
+func (a *Agent) verifyAdopted(ctx context.Context) {
+	drift, err := a.rec.Repair(ctx)
+	a.repaired(drift, err)
+	if err == nil {
+		a.log.Info("datapath adopted from its stamp verified", "differences", len(drift))
+	}
+}
+
+// repaired reports a drift repair.
+func (a *Agent) repaired(drift []string, err error) {
+	if err != nil {
+		a.log.Warn("drift repair failed", "err", err)
+	} else {
+		a.markUpdated()
+	}
+	if len(drift) > 0 {
+		a.log.Warn("datapath drifted; repaired", "differences", drift)
+		a.opts.Metrics.drift(len(drift))
+	}
 }
 
 // Ready reports whether the datapath holds the agent's last known state.
@@ -228,18 +305,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer a.closeState()
+	var verify sync.WaitGroup
+	defer verify.Wait()
+	if a.adopted {
+		verify.Go(func() { a.verifyAdopted(ctx) })
+	}
 	if a.opts.RepairInterval > 0 {
-		go a.rec.Run(ctx, a.opts.RepairInterval, func(drift []string, err error) {
-			if err != nil {
-				a.log.Warn("drift repair failed", "err", err)
-			} else {
-				a.markUpdated()
-			}
-			if len(drift) > 0 {
-				a.log.Warn("datapath drifted; repaired", "differences", drift)
-				a.opts.Metrics.drift(len(drift))
-			}
-		})
+		go a.rec.Run(ctx, a.opts.RepairInterval, a.repaired)
 	}
 	backoff := a.opts.MinBackoff
 	behind := 0
@@ -429,6 +501,9 @@ func (a *Agent) handle(ctx context.Context, resp *spokev1.StreamViewsResponse) (
 	}
 	maps.Copy(rejected, failed)
 	applied, removed := a.commit(good, remove, failed)
+	if err == nil && len(failed) == 0 {
+		a.stampDatapath(ctx)
+	}
 	if revisions != nil {
 		a.mu.Lock()
 		a.revisions = revisions

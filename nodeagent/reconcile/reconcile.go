@@ -65,14 +65,8 @@ func (r *Reconciler) MarkSynced() {
 func (r *Reconciler) Apply(ctx context.Context, node *datapath.Node, upsert []*datapath.Service, remove []string) (failed map[string]error, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if node != nil {
-		if err := r.dp.SetNode(ctx, *node); errors.Is(err, datapath.ErrInvalid) {
-			return nil, fmt.Errorf("setting node: %w", err)
-		} else if err != nil {
-			r.markDirty()
-		}
-		n := *node
-		r.node = &n
+	if err := r.setNode(ctx, node); err != nil {
+		return nil, err
 	}
 	if len(upsert) == 0 && len(remove) == 0 {
 		return nil, nil
@@ -90,6 +84,39 @@ func (r *Reconciler) Apply(ctx context.Context, node *datapath.Node, upsert []*d
 		}
 	}
 	return failed, nil
+}
+
+// Adopt takes services the datapath already holds as the desired state,
+// without programming them, and sets the node: a restarted agent whose
+// datapath is stamped with its state file's stamp (datapath.Stamper)
+// adopts the file's services. Repair verifies them. err is set when the
+// node is invalid.
+func (r *Reconciler) Adopt(ctx context.Context, node *datapath.Node, services []*datapath.Service) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.setNode(ctx, node); err != nil {
+		return err
+	}
+	for _, s := range services {
+		r.desired[s.Key] = s
+	}
+	return nil
+}
+
+// setNode sets the node unless it is nil. It fails only for an invalid
+// node; any other failure marks the datapath dirty.
+func (r *Reconciler) setNode(ctx context.Context, node *datapath.Node) error {
+	if node == nil {
+		return nil
+	}
+	if err := r.dp.SetNode(ctx, *node); errors.Is(err, datapath.ErrInvalid) {
+		return fmt.Errorf("setting node: %w", err)
+	} else if err != nil {
+		r.markDirty()
+	}
+	n := *node
+	r.node = &n
+	return nil
 }
 
 // applyEach applies a batch that failed as a whole one service at a time,

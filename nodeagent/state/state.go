@@ -14,6 +14,7 @@
 package state
 
 import (
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -42,6 +44,7 @@ var (
 	resourcesBucket = []byte("resources")
 	schemaKey       = []byte("schema")
 	revisionsKey    = []byte("api-revisions")
+	stampKey        = []byte("stamp")
 	crcTable        = crc32.MakeTable(crc32.Castagnoli)
 )
 
@@ -62,6 +65,8 @@ type Store struct {
 	opened map[string]*spokev1.Resource
 	// revisions are those of the newest response stored; nil when none.
 	revisions *spokev1.ApiRevisions
+	// stamp is new with every Update; nil when none was stored.
+	stamp []byte
 }
 
 // Open opens or creates the state file at path and checks its schema and
@@ -106,7 +111,28 @@ func Open(path string) (s *Store, err error) {
 		db.Close()
 		return nil, err
 	}
+	s.loadStamp()
 	return s, nil
+}
+
+// Stamp identifies the file's content as of the last Update: every Update
+// stores a new random one with what it writes, in the same transaction. A
+// datapath stamped with it once it held that content still holds it if the
+// stamps agree after a restart (see datapath.Stamper). nil when the file
+// has none.
+func (s *Store) Stamp() []byte { return s.stamp }
+
+// stampSize is the length of a stamp: random, so that no two updates share one.
+const stampSize = 16
+
+// loadStamp reads the stamp; a value of the wrong length is no stamp.
+func (s *Store) loadStamp() {
+	s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(metaBucket).Get(stampKey); len(v) == stampSize {
+			s.stamp = slices.Clone(v)
+		}
+		return nil
+	})
 }
 
 // Revisions returns the API revisions stored with the newest update that
@@ -266,10 +292,16 @@ func (s *Store) load() (map[string]*spokev1.Resource, error) {
 }
 
 // Update stores the put resources, deletes the removed names and, unless
-// nil, replaces the stored API revisions, in one transaction.
+// nil, replaces the stored API revisions, in one transaction that also
+// stores a new stamp.
 func (s *Store) Update(put []*spokev1.Resource, remove []string, revisions *spokev1.ApiRevisions) error {
 	s.opened = nil
+	stamp := make([]byte, stampSize)
+	rand.Read(stamp)
 	err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(metaBucket).Put(stampKey, stamp); err != nil {
+			return fmt.Errorf("storing the stamp: %w", err)
+		}
 		if revisions != nil {
 			v, err := encode(revisions)
 			if err != nil {
@@ -296,10 +328,17 @@ func (s *Store) Update(put []*spokev1.Resource, remove []string, revisions *spok
 		}
 		return nil
 	})
-	if err == nil && revisions != nil {
+	if err != nil {
+		// What the transaction stored is unknown to the caller: no stamp
+		// vouches for it.
+		s.stamp = nil
+		return err
+	}
+	s.stamp = stamp
+	if revisions != nil {
 		s.revisions = revisions
 	}
-	return err
+	return nil
 }
 
 func encode(m proto.Message) ([]byte, error) {

@@ -219,3 +219,49 @@ func TestUnreadableFileIsNotMovedAside(t *testing.T) {
 		t.Fatalf("the file changed or went away: %v", err)
 	}
 }
+
+// TestStampChangesWithEveryUpdate checks that a stamp names one content:
+// none for a new file, a new one with every update (even one that writes
+// nothing), the same after reopening, and none for a stored value of the
+// wrong length.
+func TestStampChangesWithEveryUpdate(t *testing.T) {
+	s, path := openTemp(t)
+	if s.Stamp() != nil {
+		t.Fatalf("a new file has stamp %x", s.Stamp())
+	}
+	seen := map[string]bool{}
+	for i, put := range [][]*spokev1.Resource{{resource("ns/a", "1")}, {resource("ns/a", "2")}, nil} {
+		if err := s.Update(put, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		if len(s.Stamp()) != stampSize || seen[string(s.Stamp())] {
+			t.Fatalf("update %d: stamp %x, want a new one of %d bytes", i, s.Stamp(), stampSize)
+		}
+		seen[string(s.Stamp())] = true
+	}
+	last := s.Stamp()
+	s.Close()
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(s.Stamp(), last) {
+		t.Errorf("after reopening: stamp %x, want %x", s.Stamp(), last)
+	}
+	s.Close()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket(metaBucket).Put(stampKey, []byte("short")) }); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if s, err = Open(path); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.Stamp() != nil {
+		t.Errorf("a stamp of the wrong length read as %x, want none", s.Stamp())
+	}
+}

@@ -27,16 +27,22 @@ import (
 // from the exec of the agent (this package's main, in a process of its own)
 // to the log line that says its datapath is programmed from the state file,
 // with no control plane to reach. The state file holds 10,000 services of
-// 10 endpoints (100 in -short mode). One iteration is one process; the
-// metrics are the percentiles over the iterations (-benchtime 20x for a
-// p99 worth the name). After the last one the test reads the programmed
-// services back through the agent's inspection service.
+// 10 endpoints (100 in -short mode). One iteration is one process, after
+// one untimed start; the metrics are the percentiles over the iterations
+// (-benchtime 20x for a p99 worth the name). After the last one the test
+// reads the programmed services back through the agent's inspection
+// service.
 //
 // memory: the in-memory datapath, programmed from the file on every start.
 // ebpf-cold: the eBPF datapath with nothing in the kernel (its pins removed
 // before each start): programs loaded and attached, every map written.
-// ebpf: the eBPF datapath finding the previous process's pinned state, as
-// after a crash or an upgrade.
+// ebpf-unstamped: the eBPF datapath finding the previous process's pinned
+// maps, but the state file changed since they were stamped (as after a
+// crash between the two writes): the maps are read back and what differs
+// is programmed.
+// ebpf: the eBPF datapath finding the previous process's pinned maps
+// stamped with the state file's stamp, as after a crash or an upgrade: the
+// agent takes them as they are (and verifies them once it is ready).
 func BenchmarkRestartProcess(b *testing.B) {
 	services := 10000
 	if testing.Short() {
@@ -47,14 +53,10 @@ func BenchmarkRestartProcess(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Run("memory", func(b *testing.B) {
-		benchRestart(b, services, func() {}, "-datapath", "memory", "-state-file", state)
+		benchRestart(b, services, false, func() {}, "-datapath", "memory", "-state-file", state)
 	})
-	for _, cold := range []bool{true, false} {
-		name := "ebpf"
-		if cold {
-			name = "ebpf-cold"
-		}
-		b.Run(name, func(b *testing.B) {
+	for _, c := range []string{"ebpf-cold", "ebpf-unstamped", "ebpf"} {
+		b.Run(c, func(b *testing.B) {
 			testnet.RequireRoot(b)
 			lab := testnet.NewForTest(b, testnet.Options{})
 			if err := lab.SetNodeAddrs([]netip.Addr{netip.MustParseAddr(statetest.NodeAddr)}); err != nil {
@@ -62,34 +64,44 @@ func BenchmarkRestartProcess(b *testing.B) {
 			}
 			opts, ebpfArgs := labDatapath(b, lab)
 			before := func() {}
-			if cold {
+			switch c {
+			case "ebpf-cold":
 				before = func() {
 					if err := spokeebpf.Cleanup(opts); err != nil {
 						b.Fatal(err)
 					}
 				}
+			case "ebpf-unstamped":
+				before = func() {
+					if err := statetest.Touch(state); err != nil {
+						b.Fatal(err)
+					}
+				}
 			}
-			benchRestart(b, services, before, append(ebpfArgs, "-state-file", state)...)
+			benchRestart(b, services, c == "ebpf", before, append(ebpfArgs, "-state-file", state)...)
 		})
 	}
 }
 
-// benchRestart starts the agent with args once per iteration, calling
-// before first (untimed), and reports the percentiles of the time from exec
-// to the datapath programmed from the state file.
-func benchRestart(b *testing.B, services int, before func(), args ...string) {
+// benchRestart starts the agent with args once untimed, then once per
+// iteration, calling before first (untimed), and reports the percentiles
+// of the time from exec to the datapath programmed from the state file.
+// Each timed start must have found the datapath stamped, or not, as
+// stamped says.
+func benchRestart(b *testing.B, services int, stamped bool, before func(), args ...string) {
 	inspect := freeAddr(b)
 	args = append(args, "-node-name", "node-1", "-controlplane", "127.0.0.1:1", "-insecure", "-token-file", "",
 		"-log-format", "json", "-healthz-address", freeAddr(b), "-metrics-address", freeAddr(b), "-inspect-address", inspect)
 	var took []time.Duration
-	var last *exec.Cmd
+	last, _, err := startUntilRestored(args)
+	if err != nil {
+		b.Fatal(err)
+	}
 	b.ResetTimer()
 	for b.Loop() {
 		b.StopTimer()
-		if last != nil {
-			last.Process.Kill()
-			last.Wait()
-		}
+		last.Process.Kill()
+		last.Wait()
 		before()
 		b.StartTimer()
 		start := time.Now()
@@ -99,8 +111,11 @@ func benchRestart(b *testing.B, services int, before func(), args ...string) {
 		}
 		took = append(took, time.Since(start))
 		last = cmd
-		if restored != services+1 {
-			b.Fatalf("the agent restored %d resources, want %d services and its node", restored, services)
+		if restored.Resources != services+1 {
+			b.Fatalf("the agent restored %d resources, want %d services and its node", restored.Resources, services)
+		}
+		if restored.Stamped != stamped {
+			b.Fatalf("the agent found the datapath stamped: %v, want %v", restored.Stamped, stamped)
 		}
 	}
 	b.StopTimer()
@@ -119,32 +134,37 @@ func benchRestart(b *testing.B, services int, before func(), args ...string) {
 	b.ReportMetric(0, "ns/op")
 }
 
+// restoredLine is the agent's log line that says it programmed its datapath
+// from its state file.
+type restoredLine struct {
+	Msg       string `json:"msg"`
+	Resources int    `json:"resources"`
+	Stamped   bool   `json:"stamped"`
+}
+
 // startUntilRestored starts the agent and reads its log until the line that
 // says how many resources it programmed from its state file.
-func startUntilRestored(args []string) (*exec.Cmd, int, error) {
+func startUntilRestored(args []string) (*exec.Cmd, restoredLine, error) {
 	cmd := exec.Command(os.Args[0], append([]string{"-test.run=^$"}, args...)...)
 	cmd.Env = append(os.Environ(), agentEnv+"=1")
 	logs, err := cmd.StderrPipe()
 	if err != nil {
-		return nil, 0, err
+		return nil, restoredLine{}, err
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, 0, err
+		return nil, restoredLine{}, err
 	}
 	lines := bufio.NewScanner(logs)
 	for lines.Scan() {
-		var l struct {
-			Msg       string `json:"msg"`
-			Resources int    `json:"resources"`
-		}
+		var l restoredLine
 		if json.Unmarshal(lines.Bytes(), &l) == nil && l.Msg == "datapath programmed from state file" {
 			go io.Copy(io.Discard, logs)
-			return cmd, l.Resources, nil
+			return cmd, l, nil
 		}
 	}
 	cmd.Process.Kill()
 	cmd.Wait()
-	return nil, 0, fmt.Errorf("the agent exited before programming its datapath from the state file")
+	return nil, restoredLine{}, fmt.Errorf("the agent exited before programming its datapath from the state file")
 }
 
 // programmedServices asks the agent at addr how many services its datapath
