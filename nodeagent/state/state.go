@@ -14,6 +14,7 @@
 package state
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -192,6 +193,19 @@ func (s *Store) checkSize() error {
 }
 
 func (s *Store) init() error {
+	// A file of this schema is read, not written: a restart waits for no
+	// sync to disk.
+	var ready bool
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(metaBucket)
+		ready = meta != nil && tx.Bucket(resourcesBucket) != nil && bytes.Equal(meta.Get(schemaKey), binary.BigEndian.AppendUint32(nil, SchemaVersion))
+		return nil
+	}); err != nil {
+		return fmt.Errorf("%w: initialising: %w", classify(err), err)
+	}
+	if ready {
+		return nil
+	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		meta, err := tx.CreateBucketIfNotExists(metaBucket)
 		if err != nil {

@@ -226,7 +226,8 @@ func addr(s string) (netip.Addr, error) {
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("bad address %q", s)
 	}
-	if a.Zone() != "" || a.Is4In6() || a.String() != s || a.IsUnspecified() {
+	var canonical [64]byte // the longest IPv6 text without a zone is 45 bytes
+	if a.Zone() != "" || a.Is4In6() || string(a.AppendTo(canonical[:0])) != s || a.IsUnspecified() {
 		return netip.Addr{}, fmt.Errorf("address %q is not canonical", s)
 	}
 	return a, nil

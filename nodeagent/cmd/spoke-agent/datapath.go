@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"strings"
@@ -108,4 +110,100 @@ func (f *datapathFlags) cleanup() error {
 		return err
 	}
 	return ebpf.Cleanup(opts)
+}
+
+// opening is a datapath being opened in the background, so that the agent
+// reads and decodes its state file meanwhile (opening the eBPF datapath is
+// mostly the kernel verifying its programs). Each method waits for the
+// open to end and fails with its error if it failed.
+type opening struct {
+	done  chan struct{}
+	dp    datapath.Datapath
+	close func() error
+	err   error
+}
+
+var (
+	_ datapath.Datapath = (*opening)(nil)
+	_ datapath.Stamper  = (*opening)(nil)
+)
+
+// openInBackground starts opening the chosen datapath.
+func (f *datapathFlags) openInBackground(reg prometheus.Registerer) *opening {
+	o := &opening{done: make(chan struct{})}
+	go func() {
+		defer close(o.done)
+		o.dp, o.close, o.err = f.open(reg)
+		if o.err != nil {
+			o.err = fmt.Errorf("opening the %s datapath: %w", f.name, o.err)
+		}
+	}()
+	return o
+}
+
+// wait waits for the open to end and returns its error.
+func (o *opening) wait() error {
+	<-o.done
+	return o.err
+}
+
+// Close closes the datapath once it is open.
+func (o *opening) Close() error {
+	if o.wait() != nil {
+		return nil
+	}
+	return o.close()
+}
+
+func (o *opening) Name() string {
+	if o.wait() != nil {
+		return "unopened"
+	}
+	return o.dp.Name()
+}
+
+func (o *opening) SetNode(ctx context.Context, node datapath.Node) error {
+	if err := o.wait(); err != nil {
+		return err
+	}
+	return o.dp.SetNode(ctx, node)
+}
+
+func (o *opening) Apply(ctx context.Context, upsert []*datapath.Service, remove []string) error {
+	if err := o.wait(); err != nil {
+		return err
+	}
+	return o.dp.Apply(ctx, upsert, remove)
+}
+
+func (o *opening) Programmed(ctx context.Context) (map[string]*datapath.Service, error) {
+	if err := o.wait(); err != nil {
+		return nil, err
+	}
+	return o.dp.Programmed(ctx)
+}
+
+// Stamp implements datapath.Stamper; errors.ErrUnsupported when the
+// datapath keeps no stamp.
+func (o *opening) Stamp(ctx context.Context, stamp []byte) error {
+	if err := o.wait(); err != nil {
+		return err
+	}
+	s, ok := o.dp.(datapath.Stamper)
+	if !ok {
+		return errors.ErrUnsupported
+	}
+	return s.Stamp(ctx, stamp)
+}
+
+// Stamped implements datapath.Stamper like Stamp.
+func (o *opening) Stamped(ctx context.Context) ([]byte, error) {
+	if err := o.wait(); err != nil {
+		return nil, err
+	}
+	s, ok := o.dp.(datapath.Stamper)
+	if !ok {
+		return nil, errors.ErrUnsupported
+	}
+	return s.Stamped(ctx)
 }

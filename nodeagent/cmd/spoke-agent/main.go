@@ -102,11 +102,8 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Closing the datapath releases the agent's handles only: what it
 	// programmed stays in the kernel and keeps forwarding.
-	dp, closeDatapath, err := c.datapath.open(reg)
-	if err != nil {
-		return fmt.Errorf("opening the %s datapath: %w", c.datapath.name, err)
-	}
-	defer closeDatapath()
+	dp := c.datapath.openInBackground(reg)
+	defer dp.Close()
 	dialOpts, err := c.transport(log)
 	if err != nil {
 		return err
@@ -131,8 +128,12 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	}
 	// Program the datapath from the state file before anything else: the
 	// node forwards with its last known state even if nothing below works.
-	if err := a.Restore(ctx); err != nil {
+	restoreErr := a.Restore(ctx)
+	if err := dp.wait(); err != nil {
 		return err
+	}
+	if restoreErr != nil {
+		return restoreErr
 	}
 	if st, err := a.GetState(ctx, nil); err != nil {
 		log.Warn("health-check node ports wait for the first update", "err", err)
