@@ -49,25 +49,20 @@ func Write(path string, services, endpoints int) error {
 	if err != nil {
 		return err
 	}
+	return update(path, rs)
+}
+
+// Touch stores nothing new in the state file at path, which gives it a new
+// stamp: a datapath stamped with the old one no longer vouches for it.
+func Touch(path string) error { return update(path, nil) }
+
+// update stores rs in the state file at path, in one update.
+func update(path string, rs []*spokev1.Resource) error {
 	st, err := state.Open(path)
 	if err != nil {
 		return err
 	}
 	if err := st.Update(rs, nil, nil); err != nil {
-		st.Close()
-		return err
-	}
-	return st.Close()
-}
-
-// Touch stores nothing new in the state file at path, which gives it a new
-// stamp: a datapath stamped with the old one no longer vouches for it.
-func Touch(path string) error {
-	st, err := state.Open(path)
-	if err != nil {
-		return err
-	}
-	if err := st.Update(nil, nil, nil); err != nil {
 		st.Close()
 		return err
 	}
