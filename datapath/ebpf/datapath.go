@@ -36,13 +36,17 @@ func (e *FullError) Unwrap() error { return datapath.ErrFull }
 type Datapath struct {
 	opts Options
 
-	mu    sync.Mutex
+	mu sync.Mutex
+	// open is held (shared) by reads of the maps made without mu, and by
+	// Close, so that no read outlives the maps' file descriptors.
+	open  sync.RWMutex
 	objs  lbObjects
 	stamp *ebpf.Map
 	sizes map[string]int
 	// state mirrors the maps; nil until the first Apply reads them back,
 	// so that opening pinned maps costs no read of them.
 	state   *state
+	writes  uint64 // Applies that wrote to the maps
 	counts  map[string]int
 	owners  map[lbSvcKey]uint32 // frontend -> service id
 	attach  *attachments
@@ -136,6 +140,8 @@ func (d *Datapath) lock(ctx context.Context) error {
 // Close releases the datapath's file descriptors. Everything pinned stays
 // attached and keeps forwarding; New adopts it again.
 func (d *Datapath) Close() error {
+	d.open.Lock()
+	defer d.open.Unlock()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -229,14 +235,22 @@ func (d *Datapath) writeConfig() error {
 
 var errClosed = errors.New("ebpf datapath is closed")
 
-// reload reads the configuration maps into the state.
-func (d *Datapath) reload() error {
-	dm, err := readDump(&d.objs.lbMaps)
+// mirror is what the configuration maps hold, read back: the state, and
+// the entry counts and frontend owners that go with it.
+type mirror struct {
+	state  *state
+	counts map[string]int
+	owners map[lbSvcKey]uint32
+}
+
+// readMirror reads the configuration maps back.
+func readMirror(m *lbMaps) (*mirror, error) {
+	dm, err := readDump(m)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	d.state = newState(dm)
-	d.counts = map[string]int{
+	mi := &mirror{state: newState(dm), owners: map[lbSvcKey]uint32{}}
+	mi.counts = map[string]int{
 		lbMapSvcMeta:   len(dm.meta),
 		lbMapPortMeta:  len(dm.ports),
 		lbMapSvcAddrs:  len(dm.addrs),
@@ -245,37 +259,81 @@ func (d *Datapath) reload() error {
 		lbMapSrcRanges: len(dm.ranges),
 		lbMapBackends:  len(dm.backends),
 	}
-	d.owners = map[lbSvcKey]uint32{}
 	for k, v := range dm.frontends {
-		if _, ok := d.state.byID[v.SvcId]; ok {
-			d.owners[k] = v.SvcId
+		if _, ok := mi.state.byID[v.SvcId]; ok {
+			mi.owners[k] = v.SvcId
 		}
 	}
+	return mi, nil
+}
+
+// install makes mi the datapath's view of its maps.
+func (d *Datapath) install(mi *mirror) {
+	d.state, d.counts, d.owners = mi.state, mi.counts, mi.owners
+}
+
+// reload reads the configuration maps into the state; under d.mu.
+func (d *Datapath) reload() error {
+	mi, err := readMirror(&d.objs.lbMaps)
+	if err != nil {
+		return err
+	}
+	d.install(mi)
 	return nil
 }
 
-// Programmed implements datapath.Datapath. It reads the maps back; a
-// service whose entries are incomplete or inconsistent is left out, so that
-// the agent programs it again.
+// Programmed implements datapath.Datapath. It reads the maps back and takes
+// what it read as its state from then on; a service whose entries are
+// incomplete or inconsistent is left out, so that the agent programs it
+// again. At 10,000 services reading back takes hundreds of milliseconds, so
+// the maps are read without the datapath's lock and Apply goes on
+// meanwhile; a read during which an Apply wrote is not taken (it may hold
+// half of that Apply) and is done again, the last time under the lock.
 func (d *Datapath) Programmed(ctx context.Context) (map[string]*datapath.Service, error) {
-	if err := ctx.Err(); err != nil {
+	for range unlockedReads {
+		d.open.RLock() // before mu, as Close takes them
+		if err := d.lock(ctx); err != nil {
+			d.open.RUnlock()
+			return nil, err
+		}
+		writes := d.writes
+		d.mu.Unlock()
+		mi, readErr := readMirror(&d.objs.lbMaps)
+		d.open.RUnlock()
+		if err := d.lock(ctx); err != nil {
+			return nil, err
+		}
+		if readErr == nil && d.writes == writes {
+			d.install(mi)
+			out := d.programmed()
+			d.mu.Unlock()
+			return out, nil
+		}
+		d.mu.Unlock()
+	}
+	if err := d.lock(ctx); err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.closed {
-		return nil, errClosed
-	}
 	if err := d.reload(); err != nil {
 		return nil, err
 	}
+	return d.programmed(), nil
+}
+
+// unlockedReads is how many times Programmed reads the maps without the
+// lock before it reads them under it.
+const unlockedReads = 2
+
+// programmed returns the services the state holds whole; under d.mu.
+func (d *Datapath) programmed() map[string]*datapath.Service {
 	out := make(map[string]*datapath.Service, len(d.state.services))
 	for key, ss := range d.state.services {
 		if ss.svc != nil {
 			out[key] = ss.svc
 		}
 	}
-	return out, nil
+	return out
 }
 
 // update is one service's part of an Apply.
@@ -362,6 +420,7 @@ func (d *Datapath) Apply(ctx context.Context, upsert []*datapath.Service, remove
 	if err := d.checkRoom(c); err != nil {
 		return err
 	}
+	d.writes++
 	if err := d.write(c); err != nil {
 		// The maps are somewhere between before and after: read them back.
 		if rerr := d.reload(); rerr != nil {

@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/spoke-proxy/spoke/datapath"
 	"github.com/spoke-proxy/spoke/internal/testnet"
@@ -78,5 +81,96 @@ func TestReopenKeepsStampAndNode(t *testing.T) {
 	}
 	if got, err := d2.Stamped(ctx); err != nil || got != nil {
 		t.Errorf("after an empty stamp: %x, %v; want none", got, err)
+	}
+}
+
+// TestProgrammedDuringApplies reads the maps back while applies go on: what
+// Programmed takes as its state must stay exact: the maps hold what was
+// applied last, and an Apply planned on that state leaves nothing behind.
+func TestProgrammedDuringApplies(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	opts := labOptions(t, testnet.NewForTest(t, testnet.Options{}))
+	d := newDatapath(t, opts)
+	services := benchServices(200, 10)
+	if err := d.Apply(ctx, services, nil); err != nil {
+		t.Fatal(err)
+	}
+	version := func(round int) []*datapath.Service {
+		out := benchServices(200, 10)
+		for i, s := range out {
+			if (i+round)%3 == 0 {
+				ep := &s.Ports[0].Internal.Endpoints[0]
+				ep.Addr = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 250, byte(round), byte(i)}), 8080)
+			}
+		}
+		return out[:200-round%5]
+	}
+	done := make(chan error, 1)
+	var last []*datapath.Service
+	go func() {
+		for round := range 40 {
+			last = version(round)
+			keep := map[string]bool{}
+			for _, s := range last {
+				keep[s.Key] = true
+			}
+			var remove []string
+			for _, s := range services {
+				if !keep[s.Key] {
+					remove = append(remove, s.Key)
+				}
+			}
+			if err := d.Apply(ctx, last, remove); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	reads := 0
+	for applying := true; applying; reads++ {
+		if _, err := d.Programmed(ctx); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			applying = false
+		default:
+		}
+	}
+	check := func(d *Datapath, when string) {
+		t.Helper()
+		got, err := d.Programmed(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(last) {
+			t.Errorf("%s: %d services programmed, want %d", when, len(got), len(last))
+		}
+		for _, s := range last {
+			if !datapath.Equal(got[s.Key], s) {
+				t.Errorf("%s: %s programmed as %+v, want %+v", when, s.Key, got[s.Key], s)
+				return
+			}
+		}
+	}
+	check(d, fmt.Sprintf("after 40 applies and %d reads beside them", reads))
+	// An Apply planned on the state a read installed removes every entry.
+	keys := make([]string, len(last))
+	for i, s := range last {
+		keys[i] = s.Key
+	}
+	if err := d.Apply(ctx, nil, keys); err != nil {
+		t.Fatal(err)
+	}
+	for name, m := range map[string]interface{ Iterate() *ebpf.MapIterator }{"services": d.objs.Services, "slots": d.objs.Slots, "backends": d.objs.Backends, "svc_meta": d.objs.SvcMeta} {
+		var k, v []byte
+		if it := m.Iterate(); it.Next(&k, &v) {
+			t.Errorf("after removing every service, map %s still holds entries", name)
+		}
 	}
 }

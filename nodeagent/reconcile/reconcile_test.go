@@ -133,3 +133,62 @@ func TestRepairRemovesNothingBeforeSync(t *testing.T) {
 		t.Fatal("repair after the sync kept a service nobody wants")
 	}
 }
+
+// heldRead is a datapath whose Programmed, once it has read what the
+// datapath holds, waits until released before it returns it.
+type heldRead struct {
+	*memory.Datapath
+	read, release chan struct{}
+}
+
+func (d *heldRead) Programmed(ctx context.Context) (map[string]*datapath.Service, error) {
+	got, err := d.Datapath.Programmed(ctx)
+	close(d.read)
+	<-d.release
+	return got, err
+}
+
+// An apply is not held up while a repair reads the datapath back, and what
+// it applied is not taken for drift by that repair, whose read predates it.
+func TestApplyGoesOnWhileRepairReadsBack(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	dp := &heldRead{Datapath: memory.New(memory.Options{}), read: make(chan struct{}), release: make(chan struct{})}
+	r := reconcile.New(dp)
+	r.MarkSynced()
+	if _, err := r.Apply(ctx, nil, []*datapath.Service{service("ns/a", "10.96.0.1")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		drift []string
+		err   error
+	}
+	repaired := make(chan result, 1)
+	go func() {
+		drift, err := r.Repair(ctx)
+		repaired <- result{drift, err}
+	}()
+	<-dp.read
+	applied := make(chan error, 1)
+	go func() {
+		_, err := r.Apply(ctx, nil, []*datapath.Service{service("ns/b", "10.96.0.2")}, []string{"ns/a"})
+		applied <- err
+	}()
+	select {
+	case err := <-applied:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		close(dp.release)
+		t.Fatal("the apply waited for the repair's read-back")
+	}
+	close(dp.release)
+	res := <-repaired
+	if res.err != nil || len(res.drift) != 0 {
+		t.Errorf("the repair found %v, %v; want nothing (what it read of ns/a and ns/b predates the apply)", res.drift, res.err)
+	}
+	if got, _ := dp.Datapath.Programmed(ctx); len(got) != 1 || got["ns/b"] == nil {
+		t.Errorf("after the repair the datapath holds %v, want ns/b alone", got)
+	}
+}
