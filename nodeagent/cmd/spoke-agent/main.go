@@ -3,6 +3,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -128,12 +129,10 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	}
 	// Program the datapath from the state file before anything else: the
 	// node forwards with its last known state even if nothing below works.
+	// A datapath that failed to open is the error to report first.
 	restoreErr := a.Restore(ctx)
-	if err := dp.wait(); err != nil {
+	if err := cmp.Or(dp.wait(), restoreErr); err != nil {
 		return err
-	}
-	if restoreErr != nil {
-		return restoreErr
 	}
 	if st, err := a.GetState(ctx, nil); err != nil {
 		log.Warn("health-check node ports wait for the first update", "err", err)
