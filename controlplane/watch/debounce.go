@@ -2,6 +2,7 @@ package watch
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/utils/clock"
@@ -14,6 +15,10 @@ type debouncer struct {
 	window, maxDelay time.Duration
 	clock            clock.Clock
 	trigger          chan struct{}
+	// pending is when the first trigger not yet covered by a run came, in
+	// Unix nanoseconds; 0 when none. A trigger that comes while fn runs
+	// starts the next burst's maxDelay then, not once fn returns.
+	pending atomic.Int64
 	// idle, when set, is called each time Run is about to wait: tests use
 	// it to step a fake clock only once the timers are set.
 	idle func()
@@ -25,6 +30,7 @@ func newDebouncer(window, maxDelay time.Duration, c clock.Clock) *debouncer {
 
 // Trigger asks for a run. It never blocks.
 func (d *debouncer) Trigger() {
+	d.pending.CompareAndSwap(0, d.clock.Now().UnixNano())
 	select {
 	case d.trigger <- struct{}{}:
 	default:
@@ -41,11 +47,15 @@ func (d *debouncer) Run(ctx context.Context, fn func()) {
 		case <-d.trigger:
 		}
 		first := d.clock.Now()
+		if p := d.pending.Load(); p != 0 {
+			first = time.Unix(0, p)
+		}
 		quiet := d.clock.NewTimer(d.window)
 	burst:
 		for {
 			deadline := d.maxDelay - d.clock.Since(first)
 			if deadline <= 0 {
+				quiet.Stop()
 				break
 			}
 			limit := d.clock.NewTimer(deadline)
@@ -67,6 +77,7 @@ func (d *debouncer) Run(ctx context.Context, fn func()) {
 				quiet = d.clock.NewTimer(d.window)
 			}
 		}
+		d.pending.Store(0)
 		fn()
 	}
 }

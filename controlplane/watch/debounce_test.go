@@ -90,3 +90,42 @@ func TestDebounceMaxDelayBoundsAnEndlessBurst(t *testing.T) {
 		t.Fatalf("%d runs at the maximum delay, want 1", h.runCount())
 	}
 }
+
+// A trigger that comes while a run is under way starts the maximum delay
+// then: a run that took the whole delay is followed at once by the next,
+// not a maximum delay after it returned.
+func TestDebounceMaxDelayCountsFromTheTrigger(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	clock := clocktesting.NewFakeClock(time.Unix(0, 0))
+	d := newDebouncer(100*time.Millisecond, time.Second, clock)
+	running, release, runs := make(chan struct{}), make(chan struct{}), make(chan struct{}, 10)
+	first := true
+	go d.Run(ctx, func() {
+		if first {
+			first = false
+			close(running)
+			<-release
+		}
+		runs <- struct{}{}
+	})
+	d.Trigger()
+	for !clock.HasWaiters() {
+		time.Sleep(time.Millisecond)
+	}
+	clock.Step(100 * time.Millisecond) // the first burst ends
+	select {
+	case <-running:
+	case <-ctx.Done():
+		t.Fatal("no first run")
+	}
+	d.Trigger()             // a change while the first run is under way,
+	clock.Step(time.Second) // which takes the whole maximum delay
+	close(release)
+	<-runs
+	select {
+	case <-runs:
+	case <-time.After(2 * time.Second):
+		t.Fatal("the change that came during a run waited for another maximum delay after it")
+	}
+}
