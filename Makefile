@@ -103,7 +103,7 @@ test-fuzz:
 	@set -e; for dir in $(FUZZ_TARGETS); do \
 		for target in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go | sed 's/^func //'); do \
 			echo "fuzz $$dir $$target"; \
-			$(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) $$dir; \
+			hack/fuzz/run.sh $(GO) $$dir $$target $(FUZZTIME); \
 		done; \
 	done
 
