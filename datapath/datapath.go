@@ -50,6 +50,35 @@ type Stamper interface {
 // MaxStamp is the longest stamp a Stamper keeps.
 const MaxStamp = 32
 
+// CheckStamp returns an error that wraps ErrInvalid for a stamp longer
+// than MaxStamp.
+func CheckStamp(stamp []byte) error {
+	if len(stamp) > MaxStamp {
+		return fmt.Errorf("%w: stamp of %d bytes, at most %d", ErrInvalid, len(stamp), MaxStamp)
+	}
+	return nil
+}
+
+// Stamp stamps dp, or fails with errors.ErrUnsupported if dp keeps no
+// stamp.
+func Stamp(ctx context.Context, dp Datapath, stamp []byte) error {
+	s, ok := dp.(Stamper)
+	if !ok {
+		return errors.ErrUnsupported
+	}
+	return s.Stamp(ctx, stamp)
+}
+
+// Stamped returns dp's stamp, or fails with errors.ErrUnsupported if dp
+// keeps none.
+func Stamped(ctx context.Context, dp Datapath) ([]byte, error) {
+	s, ok := dp.(Stamper)
+	if !ok {
+		return nil, errors.ErrUnsupported
+	}
+	return s.Stamped(ctx)
+}
+
 // Sentinel errors callers branch on.
 var (
 	// ErrInvalid marks a service the datapath cannot express.

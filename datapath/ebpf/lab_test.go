@@ -1,9 +1,11 @@
 package ebpf
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
@@ -22,6 +24,29 @@ func labOptions(t testing.TB, lab *testnet.Lab) Options {
 		NetNS:      lab.NodeNS().Path(),
 		Devices:    []string{testnet.ExternalDevice},
 	}
+}
+
+// labDatapath opens a datapath on a lab of its own, with a context that
+// ends with the test or after a minute.
+func labDatapath(t *testing.T) (context.Context, *Datapath) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx, newDatapath(t, labOptions(t, testnet.NewForTest(t, testnet.Options{})))
+}
+
+// reopen closes d and opens its pins again, as a restarted agent does; the
+// new datapath is closed when the test ends.
+func reopen(t *testing.T, d *Datapath) *Datapath {
+	t.Helper()
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d2, err := New(d.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d2.Close() })
+	return d2
 }
 
 // newDatapath opens a datapath and removes it, pins and all, when the test

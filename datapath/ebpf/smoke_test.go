@@ -69,10 +69,7 @@ func TestSmoke(t *testing.T) {
 // leaves the backends map: after an endpoint change, and, for entries left
 // behind by an earlier agent, after the next Apply of a reopened datapath.
 func TestUnusedBackendsAreDeleted(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	opts := labOptions(t, testnet.NewForTest(t, testnet.Options{}))
-	d := newDatapath(t, opts)
+	ctx, d := labDatapath(t)
 	svc := func(eps ...string) *datapath.Service {
 		s := &datapath.Service{Key: "default/web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
 			Ports: []datapath.Port{{Name: "http", Protocol: datapath.TCP, Port: 80, Internal: datapath.Backends{NoEndpoints: datapath.Reject}}}}
@@ -107,14 +104,7 @@ func TestUnusedBackendsAreDeleted(t *testing.T) {
 	if err := d.objs.Backends.Put(uint32(999), lbBackend{Addr: toAddr(netip.MustParseAddr("10.244.9.9")), Port: toPort(80), Family: 4}); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Close(); err != nil {
-		t.Fatal(err)
-	}
-	d2, err := New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d2.Close()
+	d2 := reopen(t, d)
 	if err := d2.Apply(ctx, []*datapath.Service{svc("10.244.1.7:8080")}, nil); err != nil {
 		t.Fatal(err)
 	}

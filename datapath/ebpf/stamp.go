@@ -35,8 +35,8 @@ func openStamp(pinPath string) (*ebpf.Map, error) {
 
 // Stamp implements datapath.Stamper.
 func (d *Datapath) Stamp(ctx context.Context, stamp []byte) error {
-	if len(stamp) > datapath.MaxStamp {
-		return fmt.Errorf("%w: stamp of %d bytes, at most %d", datapath.ErrInvalid, len(stamp), datapath.MaxStamp)
+	if err := datapath.CheckStamp(stamp); err != nil {
+		return err
 	}
 	if err := d.lock(ctx); err != nil {
 		return err

@@ -2,7 +2,6 @@ package ebpf
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -12,7 +11,6 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/spoke-proxy/spoke/datapath"
-	"github.com/spoke-proxy/spoke/internal/testnet"
 )
 
 // TestReopenKeepsStampAndNode checks what a restarted agent relies on
@@ -20,10 +18,7 @@ import (
 // is still there, the SNAT sources are still the node's until SetNode, and
 // the first Apply sees the services the maps already hold.
 func TestReopenKeepsStampAndNode(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	opts := labOptions(t, testnet.NewForTest(t, testnet.Options{}))
-	d := newDatapath(t, opts)
+	ctx, d := labDatapath(t)
 	if got, err := d.Stamped(ctx); err != nil || got != nil {
 		t.Fatalf("fresh maps: stamp %x, %v; want none", got, err)
 	}
@@ -44,15 +39,8 @@ func TestReopenKeepsStampAndNode(t *testing.T) {
 	if err := d.Stamp(ctx, make([]byte, datapath.MaxStamp+1)); !errors.Is(err, datapath.ErrInvalid) {
 		t.Errorf("a stamp too long: %v, want ErrInvalid", err)
 	}
-	if err := d.Close(); err != nil {
-		t.Fatal(err)
-	}
 
-	d2, err := New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d2.Close()
+	d2 := reopen(t, d)
 	if got, err := d2.Stamped(ctx); err != nil || !bytes.Equal(got, stamp) {
 		t.Errorf("after reopening: stamp %x, %v; want %x", got, err, stamp)
 	}
@@ -88,10 +76,7 @@ func TestReopenKeepsStampAndNode(t *testing.T) {
 // Programmed takes as its state must stay exact: the maps hold what was
 // applied last, and an Apply planned on that state leaves nothing behind.
 func TestProgrammedDuringApplies(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	opts := labOptions(t, testnet.NewForTest(t, testnet.Options{}))
-	d := newDatapath(t, opts)
+	ctx, d := labDatapath(t)
 	services := benchServices(200, 10)
 	if err := d.Apply(ctx, services, nil); err != nil {
 		t.Fatal(err)
@@ -124,6 +109,11 @@ func TestProgrammedDuringApplies(t *testing.T) {
 			if err := d.Apply(ctx, last, remove); err != nil {
 				done <- err
 				return
+			}
+			// Every other apply leaves room for a whole read, so that reads
+			// are taken between applies as well as refused across them.
+			if round%2 == 1 {
+				time.Sleep(20 * time.Millisecond)
 			}
 		}
 		done <- nil

@@ -10,7 +10,6 @@ package fault
 
 import (
 	"context"
-	"errors"
 	"slices"
 	"sync"
 
@@ -112,20 +111,12 @@ func (d *Datapath) SetNode(ctx context.Context, node datapath.Node) error {
 // Stamp implements datapath.Stamper: it passes the stamp to the wrapped
 // datapath, or fails with errors.ErrUnsupported if that keeps none.
 func (d *Datapath) Stamp(ctx context.Context, stamp []byte) error {
-	s, ok := d.inner.(datapath.Stamper)
-	if !ok {
-		return errors.ErrUnsupported
-	}
-	return s.Stamp(ctx, stamp)
+	return datapath.Stamp(ctx, d.inner, stamp)
 }
 
 // Stamped implements datapath.Stamper like Stamp.
 func (d *Datapath) Stamped(ctx context.Context) ([]byte, error) {
-	s, ok := d.inner.(datapath.Stamper)
-	if !ok {
-		return nil, errors.ErrUnsupported
-	}
-	return s.Stamped(ctx)
+	return datapath.Stamped(ctx, d.inner)
 }
 
 // Apply implements datapath.Datapath.

@@ -114,8 +114,8 @@ func (d *Datapath) Programmed(context.Context) (map[string]*datapath.Service, er
 
 // Stamp implements datapath.Stamper.
 func (d *Datapath) Stamp(_ context.Context, stamp []byte) error {
-	if len(stamp) > datapath.MaxStamp {
-		return fmt.Errorf("%w: stamp of %d bytes, at most %d", datapath.ErrInvalid, len(stamp), datapath.MaxStamp)
+	if err := datapath.CheckStamp(stamp); err != nil {
+		return err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()

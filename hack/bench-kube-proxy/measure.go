@@ -204,7 +204,6 @@ func awaitOwnSync(ctx context.Context, kind string, scrape func(context.Context)
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
-// dropNode removes a node and its Node object.
 // proxyOnNewNode starts a proxy of kind on a fresh backend node; stop
 // stops the proxy, then removes the node.
 func (b *bench) proxyOnNewNode(ctx context.Context, kind, name string) (n *node, r *running, stop func(), err error) {
@@ -218,6 +217,7 @@ func (b *bench) proxyOnNewNode(ctx context.Context, kind, name string) (n *node,
 	return n, r, func() { b.stopProxy(r); b.dropNode(n) }, nil
 }
 
+// dropNode removes a node and its Node object.
 func (b *bench) dropNode(n *node) {
 	if err := n.close(); err != nil {
 		b.log.Warn("removing node", "node", n.name, "err", err)

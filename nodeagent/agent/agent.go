@@ -235,11 +235,10 @@ func (a *Agent) restoreFrom(ctx context.Context, st *state.Store) (int, error) {
 // datapathHolds reports whether the datapath is stamped with the state
 // file's stamp, that is, holds what the file holds (datapath.Stamper).
 func (a *Agent) datapathHolds(ctx context.Context, stamp []byte) bool {
-	dp, ok := a.opts.Datapath.(datapath.Stamper)
-	if !ok || stamp == nil {
+	if stamp == nil {
 		return false
 	}
-	got, err := dp.Stamped(ctx)
+	got, err := datapath.Stamped(ctx, a.opts.Datapath)
 	if err != nil {
 		if !errors.Is(err, errors.ErrUnsupported) {
 			a.log.Warn("reading the datapath's stamp; programming it from the state file", "err", err)
@@ -254,11 +253,10 @@ func (a *Agent) datapathHolds(ctx context.Context, stamp []byte) bool {
 // datapath holds what the file holds: the caller applied everything the
 // file holds, and nothing is left to retry. Under applyMu.
 func (a *Agent) stampDatapath(ctx context.Context) {
-	dp, ok := a.opts.Datapath.(datapath.Stamper)
-	if !ok || a.store == nil || a.store.Stamp() == nil || bytes.Equal(a.stamped, a.store.Stamp()) || a.rec.Dirty() {
+	if a.store == nil || a.store.Stamp() == nil || bytes.Equal(a.stamped, a.store.Stamp()) || a.rec.Dirty() {
 		return
 	}
-	if err := dp.Stamp(ctx, a.store.Stamp()); err != nil {
+	if err := datapath.Stamp(ctx, a.opts.Datapath, a.store.Stamp()); err != nil {
 		if !errors.Is(err, errors.ErrUnsupported) {
 			a.log.Warn("stamping the datapath (the next restart programs it from the state file)", "err", err)
 		}

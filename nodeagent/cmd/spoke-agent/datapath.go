@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"strings"
@@ -189,11 +188,7 @@ func (o *opening) Stamp(ctx context.Context, stamp []byte) error {
 	if err := o.wait(); err != nil {
 		return err
 	}
-	s, ok := o.dp.(datapath.Stamper)
-	if !ok {
-		return errors.ErrUnsupported
-	}
-	return s.Stamp(ctx, stamp)
+	return datapath.Stamp(ctx, o.dp, stamp)
 }
 
 // Stamped implements datapath.Stamper like Stamp.
@@ -201,9 +196,5 @@ func (o *opening) Stamped(ctx context.Context) ([]byte, error) {
 	if err := o.wait(); err != nil {
 		return nil, err
 	}
-	s, ok := o.dp.(datapath.Stamper)
-	if !ok {
-		return nil, errors.ErrUnsupported
-	}
-	return s.Stamped(ctx)
+	return datapath.Stamped(ctx, o.dp)
 }
