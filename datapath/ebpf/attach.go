@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/cilium/ebpf"
@@ -17,12 +18,12 @@ import (
 	"github.com/spoke-proxy/spoke/internal/netns"
 )
 
-// Names of pins and tc filters. Links are pinned under <PinPath>/links.
+// Names of pins. Links are pinned under <PinPath>/links.
 const (
-	linksDir       = "links"
-	cgroupPrefix   = "cgroup_"
-	tcxPrefix      = "tcx_"
-	filterPrefix   = "spoke_"
+	linksDir     = "links"
+	cgroupPrefix = "cgroup_"
+	// clsact filters of both roles share a handle and priority, so that a
+	// device that changes role has its filter replaced atomically.
 	filterHandle   = 0x5b0c
 	filterPriority = 1
 )
@@ -51,9 +52,37 @@ type direction struct {
 	prog   func(*lbObjects) *ebpf.Program
 }
 
-var directions = []direction{
-	{"ingress", ebpf.AttachTCXIngress, netlink.HANDLE_MIN_INGRESS, func(o *lbObjects) *ebpf.Program { return o.TcIngress }},
-	{"egress", ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS, func(o *lbObjects) *ebpf.Program { return o.TcEgress }},
+// role is what a device is to the datapath, and so which tc programs it
+// gets: tcx links are pinned as <pin><direction>_<device>, clsact filters
+// are named <filter><direction>.
+type role struct {
+	pin, filter string
+	directions  []direction
+}
+
+var (
+	// external devices: where traffic from outside the node arrives.
+	external = role{pin: "tcx_", filter: "spoke_", directions: []direction{
+		{"ingress", ebpf.AttachTCXIngress, netlink.HANDLE_MIN_INGRESS, func(o *lbObjects) *ebpf.Program { return o.TcIngress }},
+		{"egress", ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS, func(o *lbObjects) *ebpf.Program { return o.TcEgress }},
+	}}
+	// pod devices: where the node's pods send from (SCTP to services).
+	pod = role{pin: "tcxpod_", filter: "spokepod_", directions: []direction{
+		{"ingress", ebpf.AttachTCXIngress, netlink.HANDLE_MIN_INGRESS, func(o *lbObjects) *ebpf.Program { return o.TcPodIngress }},
+		{"egress", ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS, func(o *lbObjects) *ebpf.Program { return o.TcPodEgress }},
+	}}
+	roles = []role{external, pod}
+)
+
+// pinDevice returns the device a tcx pin of r was made for, or false when
+// the pin is not one of r's.
+func (r role) pinDevice(pin string) (string, bool) {
+	rest, ok := strings.CutPrefix(filepath.Base(pin), r.pin)
+	if !ok {
+		return "", false
+	}
+	_, dev, ok := strings.Cut(rest, "_")
+	return dev, ok
 }
 
 // attachments are the datapath's links and filters.
@@ -62,15 +91,33 @@ type attachments struct {
 	objs  *lbObjects
 	dir   string
 	links []link.Link
-	// attached devices: name -> ifindex
-	devs map[string]int
+
+	mu sync.Mutex
+	// devs and pods are the attached devices of each role: name -> ifindex.
+	devs, pods map[string]int
+
+	// stop ends the pod device watcher; watching is done once it has.
+	stop     chan struct{}
+	watching sync.WaitGroup
 }
 
 func newAttachments(opts Options, objs *lbObjects) *attachments {
-	return &attachments{opts: opts, objs: objs, dir: filepath.Join(opts.PinPath, linksDir), devs: map[string]int{}}
+	return &attachments{opts: opts, objs: objs, dir: filepath.Join(opts.PinPath, linksDir),
+		devs: map[string]int{}, pods: map[string]int{}}
+}
+
+// watch starts following pod devices as they come and go.
+func (a *attachments) watch() {
+	a.stop = make(chan struct{})
+	a.watching.Go(func() { a.watchPods(a.stop, a.opts.OnError) })
 }
 
 func (a *attachments) close() error {
+	if a.stop != nil {
+		close(a.stop)
+		a.watching.Wait()
+		a.stop = nil
+	}
 	var errs []error
 	for _, l := range a.links {
 		errs = append(errs, l.Close())
@@ -133,9 +180,12 @@ func (a *attachments) cgroup() error {
 	return nil
 }
 
-// devices attaches the tc programs to exactly these devices: it adopts and
-// updates what is attached to them and detaches from devices not named.
+// devices attaches the external devices' tc programs to exactly these
+// devices: it adopts and updates what is attached to them and detaches
+// from devices not named. A pod device named here becomes an external one.
 func (a *attachments) devices(names []string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	return netns.Do(a.opts.NetNS, func() error {
 		want := map[string]int{}
 		for _, n := range names {
@@ -145,40 +195,17 @@ func (a *attachments) devices(names []string) error {
 			}
 			want[n] = ifc.Index
 		}
-		useTCX := a.opts.TC != TCClsact
 		for name, idx := range want {
-			if useTCX {
-				err := a.attachTCX(name, idx)
-				if errors.Is(err, ebpf.ErrNotSupported) && a.opts.TC == TCAuto {
-					useTCX = false
-				} else if err != nil {
-					return err
-				} else {
-					removeFilters(idx)
-					continue
-				}
-			}
-			if err := a.attachClsact(name, idx); err != nil {
+			if err := a.attachTC(external, name, idx); err != nil {
 				return err
 			}
-		}
-		// Detach from devices no longer named.
-		pins, _ := filepath.Glob(filepath.Join(a.dir, tcxPrefix+"*"))
-		for _, pin := range pins {
-			dev := strings.TrimPrefix(filepath.Base(pin), tcxPrefix)
-			dev = dev[strings.IndexByte(dev, '_')+1:]
-			if _, keep := want[dev]; !keep {
-				unpinLink(pin)
+			if _, ok := a.pods[name]; ok {
+				unpinRole(a.dir, pod, name)
+				delete(a.pods, name)
 			}
 		}
-		links, err := netlink.LinkList()
-		if err != nil {
-			return fmt.Errorf("listing devices: %w", err)
-		}
-		for _, l := range links {
-			if _, keep := want[l.Attrs().Name]; !keep {
-				removeFilters(l.Attrs().Index)
-			}
+		if err := a.detach(external, want); err != nil {
+			return err
 		}
 		if err := a.writeDevices(want); err != nil {
 			return err
@@ -188,9 +215,49 @@ func (a *attachments) devices(names []string) error {
 	})
 }
 
-func (a *attachments) attachTCX(name string, idx int) error {
-	for _, d := range directions {
-		pin := filepath.Join(a.dir, tcxPrefix+d.name+"_"+name)
+// detach removes r's programs from every device not in keep. Run in the
+// datapath's network namespace.
+func (a *attachments) detach(r role, keep map[string]int) error {
+	pins, _ := filepath.Glob(filepath.Join(a.dir, r.pin+"*"))
+	for _, pin := range pins {
+		if dev, ok := r.pinDevice(pin); ok {
+			if _, kept := keep[dev]; !kept {
+				unpinLink(pin)
+			}
+		}
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return fmt.Errorf("listing devices: %w", err)
+	}
+	for _, l := range links {
+		if _, kept := keep[l.Attrs().Name]; !kept {
+			removeFilters(r, l.Attrs().Index)
+		}
+	}
+	return nil
+}
+
+// attachTC attaches r's programs to a device with tcx links where the
+// options allow and the kernel has them, else with clsact filters. Run in
+// the datapath's network namespace.
+func (a *attachments) attachTC(r role, name string, idx int) error {
+	if a.opts.TC != TCClsact {
+		err := a.attachTCX(r, name, idx)
+		if err == nil {
+			removeFilters(r, idx)
+			return nil
+		}
+		if !errors.Is(err, ebpf.ErrNotSupported) || a.opts.TC == TCX {
+			return err
+		}
+	}
+	return a.attachClsact(r, name, idx)
+}
+
+func (a *attachments) attachTCX(r role, name string, idx int) error {
+	for _, d := range r.directions {
+		pin := filepath.Join(a.dir, r.pin+d.name+"_"+name)
 		prog := d.prog(a.objs)
 		old, err := link.LoadPinnedLink(pin, nil)
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -230,7 +297,7 @@ func (a *attachments) attachTCX(name string, idx int) error {
 	return nil
 }
 
-func (a *attachments) attachClsact(name string, idx int) error {
+func (a *attachments) attachClsact(r role, name string, idx int) error {
 	qdisc := &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
 		QdiscType:  "clsact",
@@ -238,7 +305,7 @@ func (a *attachments) attachClsact(name string, idx int) error {
 	if err := netlink.QdiscAdd(qdisc); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("adding the clsact qdisc to %s: %w", name, err)
 	}
-	for _, d := range directions {
+	for _, d := range r.directions {
 		f := &netlink.BpfFilter{
 			FilterAttrs: netlink.FilterAttrs{
 				LinkIndex: idx,
@@ -248,7 +315,7 @@ func (a *attachments) attachClsact(name string, idx int) error {
 				Priority:  filterPriority,
 			},
 			Fd:           d.prog(a.objs).FD(),
-			Name:         filterPrefix + d.name,
+			Name:         r.filter + d.name,
 			DirectAction: true,
 		}
 		// Replacing a filter of the same handle and priority is atomic.
@@ -278,22 +345,29 @@ func (a *attachments) writeDevices(want map[string]int) error {
 	return deleteAll(a.objs.Devices, c.deleted())
 }
 
-// removeFilters removes this datapath's clsact filters from a device.
-func removeFilters(idx int) {
+// removeFilters removes r's clsact filters from a device.
+func removeFilters(r role, idx int) {
 	l, err := netlink.LinkByIndex(idx)
 	if err != nil {
 		return
 	}
-	for _, d := range directions {
+	for _, d := range r.directions {
 		filters, err := netlink.FilterList(l, d.parent)
 		if err != nil {
 			continue
 		}
 		for _, f := range filters {
-			if bf, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(bf.Name, filterPrefix) {
+			if bf, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(bf.Name, r.filter) {
 				netlink.FilterDel(f)
 			}
 		}
+	}
+}
+
+// unpinRole removes the pins of r's tcx links on a device.
+func unpinRole(dir string, r role, dev string) {
+	for _, d := range r.directions {
+		unpinLink(filepath.Join(dir, r.pin+d.name+"_"+dev))
 	}
 }
 

@@ -169,9 +169,7 @@ func BenchmarkConnect(b *testing.B) {
 // (100,000 distinct backends) into maps of the default sizes: a cluster of
 // that size must not need tuning flags.
 func TestDefaultMapsHoldALargeCluster(t *testing.T) {
-	var r [4]byte
-	rand.Read(r[:])
-	d := newDatapath(t, Options{PinPath: "/sys/fs/bpf/spoke-test-" + hex.EncodeToString(r[:]), CgroupPath: testnet.Cgroup(t)})
+	d := newDatapath(t, Options{PinPath: testPinPath(), CgroupPath: testnet.Cgroup(t)})
 	if err := d.Apply(context.Background(), benchServices(10000, 10), nil); err != nil {
 		t.Fatalf("programming 10,000 services of 10 endpoints with the default map sizes: %v", err)
 	}

@@ -34,7 +34,9 @@ func Cleanup(opts Options) error {
 			return err
 		}
 		for _, l := range links {
-			removeFilters(l.Attrs().Index)
+			for _, r := range roles {
+				removeFilters(r, l.Attrs().Index)
+			}
 		}
 		return nil
 	})

@@ -120,6 +120,13 @@ func New(opts Options) (*Datapath, error) {
 		}
 		d.devices = opts.Devices
 	}
+	if len(opts.PodDevices) > 0 {
+		if err := d.attach.syncPods(); err != nil {
+			d.Close()
+			return nil, err
+		}
+		d.attach.watch()
+	}
 	return d, nil
 }
 
@@ -205,6 +212,10 @@ func (d *Datapath) SetNode(ctx context.Context, node datapath.Node) error {
 			return err
 		}
 		d.devices = devs
+		if len(d.opts.PodDevices) > 0 {
+			// A device that stopped being external may be a pod device.
+			return d.attach.syncPods()
+		}
 	}
 	return nil
 }

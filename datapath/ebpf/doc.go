@@ -4,8 +4,8 @@
 // Traffic from the node and its pods is balanced at the socket (cgroup v2
 // connect, sendmsg, recvmsg and getpeername hooks: no per-packet work);
 // traffic from outside is translated per packet by tc programs on the
-// node's devices, with a connection table and reverse NAT. README.md draws
-// both ways.
+// node's external devices, with a connection table and reverse NAT.
+// README.md draws both ways.
 //
 // Maps and links are pinned under Options.PinPath, so that the datapath
 // outlives the agent: a new agent adopts the pins and replaces the programs
@@ -14,8 +14,13 @@
 // agent knows, without reading the maps back, that they hold its state
 // file's services.
 //
-// Caveats: needs root, BTF, cgroup v2 and bpffs. The kernel runs no cgroup
-// connect hook for SCTP sockets, so SCTP to a service from the node or its
-// pods is not balanced; SCTP from outside is. A full map is an error that
-// names the map; services are never programmed in part.
+// The kernel runs no cgroup socket hook for SCTP, so SCTP from the node's
+// pods is translated per packet too, by tc programs on the devices pods send
+// from (Options.PodDevices), attached to as they appear.
+//
+// Caveats: needs root, BTF, cgroup v2 and bpffs. SCTP sent by the node
+// itself (host network) to a service is not balanced. A pod's first packets
+// may pass untranslated if they leave before the watcher has attached to
+// its new device. A full map is an error that names the map; services are
+// never programmed in part.
 package ebpf

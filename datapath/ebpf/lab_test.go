@@ -14,16 +14,24 @@ import (
 )
 
 // labOptions returns datapath options for a lab: its cgroup, its node's
-// namespace and external device, and pins of the test's own.
+// namespace, external device and pod devices (the pod's and the local
+// backends', which are pods too), and pins of the test's own.
 func labOptions(t testing.TB, lab *testnet.Lab) Options {
-	var b [4]byte
-	rand.Read(b[:])
 	return Options{
-		PinPath:    "/sys/fs/bpf/spoke-test-" + hex.EncodeToString(b[:]),
+		PinPath:    testPinPath(),
 		CgroupPath: lab.CgroupPath(),
 		NetNS:      lab.NodeNS().Path(),
 		Devices:    []string{testnet.ExternalDevice},
+		PodDevices: []string{testnet.PodDevice, testnet.BackendDevices},
+		OnError:    func(err error) { t.Errorf("ebpf datapath: %v", err) },
 	}
+}
+
+// testPinPath returns a pin folder of the caller's own.
+func testPinPath() string {
+	var b [4]byte
+	rand.Read(b[:])
+	return "/sys/fs/bpf/spoke-test-" + hex.EncodeToString(b[:])
 }
 
 // labDatapath opens a datapath on a lab of its own, with a context that

@@ -244,6 +244,8 @@ const (
 	lbProgSock6Sendmsg     = "sock6_sendmsg"
 	lbProgTcEgress         = "tc_egress"
 	lbProgTcIngress        = "tc_ingress"
+	lbProgTcPodEgress      = "tc_pod_egress"
+	lbProgTcPodIngress     = "tc_pod_ingress"
 )
 
 // loadLb returns the embedded CollectionSpec for lb.
@@ -298,6 +300,8 @@ type lbProgramSpecs struct {
 	Sock6Sendmsg     *ebpf.ProgramSpec `ebpf:"sock6_sendmsg"`
 	TcEgress         *ebpf.ProgramSpec `ebpf:"tc_egress"`
 	TcIngress        *ebpf.ProgramSpec `ebpf:"tc_ingress"`
+	TcPodEgress      *ebpf.ProgramSpec `ebpf:"tc_pod_egress"`
+	TcPodIngress     *ebpf.ProgramSpec `ebpf:"tc_pod_ingress"`
 }
 
 // lbMapSpecs contains maps before they are loaded into the kernel.
@@ -401,6 +405,8 @@ type lbPrograms struct {
 	Sock6Sendmsg     *ebpf.Program `ebpf:"sock6_sendmsg"`
 	TcEgress         *ebpf.Program `ebpf:"tc_egress"`
 	TcIngress        *ebpf.Program `ebpf:"tc_ingress"`
+	TcPodEgress      *ebpf.Program `ebpf:"tc_pod_egress"`
+	TcPodIngress     *ebpf.Program `ebpf:"tc_pod_ingress"`
 }
 
 func (p *lbPrograms) Close() error {
@@ -415,6 +421,8 @@ func (p *lbPrograms) Close() error {
 		p.Sock6Sendmsg,
 		p.TcEgress,
 		p.TcIngress,
+		p.TcPodEgress,
+		p.TcPodIngress,
 	)
 }
 

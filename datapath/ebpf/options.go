@@ -53,6 +53,17 @@ type Options struct {
 	NetNS string
 	// TC chooses tcx links or clsact filters.
 	TC TCMode
+	// PodDevices are patterns (path.Match syntax) of the interfaces the
+	// node's pods send from, in NetNS. The kernel runs no socket hook for
+	// SCTP, so SCTP from pods to a service is balanced per packet on these
+	// devices; they are attached to as they appear, and an external device
+	// is never one. None when empty: SCTP from pods then reaches service
+	// addresses untranslated. SCTP sent by the node itself (host network)
+	// is never balanced.
+	PodDevices []string
+	// OnError, if set, is called with what fails in the background:
+	// following pod devices and attaching to them.
+	OnError func(error)
 
 	// Map sizes.
 	//
@@ -119,6 +130,14 @@ func (o Options) withDefaults() (Options, error) {
 		if *s.v == 0 {
 			*s.v = s.def
 		}
+	}
+	for _, p := range o.PodDevices {
+		if _, err := filepath.Match(p, ""); err != nil {
+			return o, fmt.Errorf("pod device pattern %q: %w", p, err)
+		}
+	}
+	if o.OnError == nil {
+		o.OnError = func(error) {}
 	}
 	if o.SNATPortMin == 0 && o.SNATPortMax == 0 {
 		o.SNATPortMin, o.SNATPortMax = 61000, 65535

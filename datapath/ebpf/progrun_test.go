@@ -2,8 +2,6 @@ package ebpf
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"net"
 	"net/netip"
 	"testing"
@@ -29,16 +27,8 @@ const (
 // network namespace: no route leads anywhere, so a translated packet comes
 // back to the test (TC_ACT_OK) instead of being redirected.
 func TestTCProgramsRun(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var b [4]byte
-	rand.Read(b[:])
-	d := newDatapath(t, Options{PinPath: "/sys/fs/bpf/spoke-test-" + hex.EncodeToString(b[:]), CgroupPath: testnet.Cgroup(t)})
-	ns := testnet.NetNS(t)
 	node4, node6 := netip.MustParseAddr("192.168.0.1"), netip.MustParseAddr("fd00::1")
-	if err := d.SetNode(ctx, datapath.Node{Name: "n", Addresses: []netip.Addr{node4, node6}}); err != nil {
-		t.Fatal(err)
-	}
+	ctx, d, ns := progRunDatapath(t, node4, node6)
 	backends := func(no datapath.NoEndpoints, eps ...string) datapath.Backends {
 		b := datapath.Backends{NoEndpoints: no}
 		for _, ep := range eps {
@@ -74,21 +64,7 @@ func TestTCProgramsRun(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	run := func(prog *ebpf.Program, in []byte) (uint32, []byte) {
-		t.Helper()
-		out := make([]byte, len(in)+256)
-		opts := &ebpf.RunOptions{Data: in, DataOut: out}
-		var ret uint32
-		err := netns.Do(ns.Path(), func() error {
-			var err error
-			ret, err = prog.Run(opts)
-			return err
-		})
-		if err != nil {
-			t.Fatalf("BPF_PROG_RUN: %v", err)
-		}
-		return ret, opts.DataOut
-	}
+	run := func(prog *ebpf.Program, in []byte) (uint32, []byte) { return progRun(t, ns, prog, in) }
 	client4 := netip.MustParseAddrPort("203.0.113.50:40000")
 	client6 := netip.MustParseAddrPort("[2001:db8::50]:40000")
 
@@ -173,6 +149,113 @@ func TestTCProgramsRun(t *testing.T) {
 			t.Errorf("verdict %d, packet changed: %v", verdict, string(out) != string(pkt))
 		}
 	})
+}
+
+// progRunDatapath opens a datapath for a node with these addresses, with
+// pins of the test's own and a network namespace to run its programs in.
+func progRunDatapath(t *testing.T, node ...netip.Addr) (context.Context, *Datapath, *netns.NS) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	t.Cleanup(cancel)
+	d := newDatapath(t, Options{PinPath: testPinPath(), CgroupPath: testnet.Cgroup(t)})
+	if err := d.SetNode(ctx, datapath.Node{Name: "n", Addresses: node}); err != nil {
+		t.Fatal(err)
+	}
+	return ctx, d, testnet.NetNS(t)
+}
+
+// progRun runs a tc program on a packet in the namespace and returns its
+// verdict and the packet as it left.
+func progRun(t *testing.T, ns *netns.NS, prog *ebpf.Program, in []byte) (uint32, []byte) {
+	t.Helper()
+	out := make([]byte, len(in)+256)
+	opts := &ebpf.RunOptions{Data: in, DataOut: out}
+	var ret uint32
+	err := ns.Do(func() error {
+		var err error
+		ret, err = prog.Run(opts)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("BPF_PROG_RUN: %v", err)
+	}
+	return ret, opts.DataOut
+}
+
+// The pod devices' program balances SCTP to a service with the backends for
+// traffic from the node, keeping the pod's address, and leaves TCP and UDP
+// (which the socket programs translated) alone; its egress program turns
+// the replies' source back, and only theirs.
+func TestPodProgramRuns(t *testing.T) {
+	node4 := netip.MustParseAddr("192.168.0.1")
+	ctx, d, ns := progRunDatapath(t, node4)
+	to := func(a string) datapath.Backends {
+		return datapath.Backends{NoEndpoints: datapath.Reject, Endpoints: []datapath.Endpoint{{Addr: netip.MustParseAddrPort(a)}}}
+	}
+	ext, fromNode := to("10.244.2.38:3869"), to("10.244.3.38:3869")
+	err := d.Apply(ctx, []*datapath.Service{{
+		Key:        "default/sig",
+		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.38")},
+		Ports: []datapath.Port{{Name: "sig", Protocol: datapath.SCTP, Port: 3868, NodePort: 30868,
+			Internal: to("10.244.1.38:3869"), External: &ext, ExternalFromNode: &fromNode}},
+	}, {
+		Key:        "default/web",
+		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
+		Ports: []datapath.Port{{Name: "http", Protocol: datapath.TCP, Port: 80,
+			Internal: to("10.244.1.5:8080")}},
+	}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := netip.MustParseAddrPort("10.244.1.100:40000")
+	for _, c := range []struct {
+		name    string
+		in, out []byte
+	}{
+		{"SCTP to a cluster IP", sctp(pod, netip.MustParseAddrPort("10.96.0.38:3868")), sctp(pod, netip.MustParseAddrPort("10.244.1.38:3869"))},
+		{"SCTP to a node port", sctp(pod, netip.AddrPortFrom(node4, 30868)), sctp(pod, netip.MustParseAddrPort("10.244.3.38:3869"))},
+		{"TCP left to the socket programs", tcpSYN(pod, netip.MustParseAddrPort("10.96.0.10:80")), nil},
+		{"SCTP to no service", sctp(pod, netip.MustParseAddrPort("10.244.2.9:3868")), nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			want := c.out
+			if want == nil {
+				want = c.in
+			}
+			verdict, out := progRun(t, ns, d.objs.TcPodIngress, c.in)
+			if verdict != tcActOK || string(out) != string(want) {
+				t.Errorf("verdict %d, got\n%s\nwant\n%s", verdict, gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default),
+					gopacket.NewPacket(want, layers.LayerTypeEthernet, gopacket.Default))
+			}
+		})
+	}
+	// A flow from outside to the node port, whose backend is local.
+	client := netip.MustParseAddrPort("203.0.113.50:40000")
+	if v, _ := progRun(t, ns, d.objs.TcIngress, sctp(client, netip.AddrPortFrom(node4, 30868))); v != tcActOK {
+		t.Fatalf("flow from outside: verdict %d", v)
+	}
+	podReply, outsideReply := sctp(netip.MustParseAddrPort("10.244.1.38:3869"), pod), sctp(netip.MustParseAddrPort("10.244.2.38:3869"), client)
+	for _, c := range []struct {
+		name    string
+		prog    *ebpf.Program
+		in, out []byte
+	}{
+		{"reply to the pod translated", d.objs.TcPodEgress, podReply, sctp(netip.MustParseAddrPort("10.96.0.38:3868"), pod)},
+		{"reply to outside left to the external devices", d.objs.TcPodEgress, outsideReply, nil},
+		{"reply to outside translated by them", d.objs.TcEgress, outsideReply, sctp(netip.AddrPortFrom(node4, 30868), client)},
+		{"reply to the pod left to the pod devices", d.objs.TcEgress, podReply, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			want := c.out
+			if want == nil {
+				want = c.in
+			}
+			verdict, out := progRun(t, ns, c.prog, c.in)
+			if verdict != tcActOK || string(out) != string(want) {
+				t.Errorf("verdict %d, got\n%s\nwant\n%s", verdict, gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default),
+					gopacket.NewPacket(want, layers.LayerTypeEthernet, gopacket.Default))
+			}
+		})
+	}
 }
 
 var (
@@ -298,16 +381,8 @@ func checkResum(t *testing.T, p gopacket.Packet) {
 // while a SYN on a tuple whose connection went on (the client sent ACKs) is
 // a new connection and is balanced afresh.
 func TestRetransmittedSYNKeepsItsBackend(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var b [4]byte
-	rand.Read(b[:])
-	d := newDatapath(t, Options{PinPath: "/sys/fs/bpf/spoke-test-" + hex.EncodeToString(b[:]), CgroupPath: testnet.Cgroup(t)})
-	ns := testnet.NetNS(t)
 	node := netip.MustParseAddr("192.168.0.1")
-	if err := d.SetNode(ctx, datapath.Node{Name: "n", Addresses: []netip.Addr{node}}); err != nil {
-		t.Fatal(err)
-	}
+	ctx, d, ns := progRunDatapath(t, node)
 	a, bb := netip.MustParseAddrPort("10.244.1.5:8080"), netip.MustParseAddrPort("10.244.1.6:8080")
 	program := func(eps ...netip.AddrPort) {
 		t.Helper()

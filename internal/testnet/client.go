@@ -183,7 +183,7 @@ func (l *Lab) prepare(origin datapath.Origin, pkt datapath.Packet) (request, err
 		default:
 			req.NS = l.pod.Path()
 			if src.IsValid() {
-				if err := l.addExtra(l.pod, src, "pod0", netip.Addr{}); err != nil {
+				if err := l.addExtra(l.pod, src, PodDevice, netip.Addr{}); err != nil {
 					return req, err
 				}
 			}

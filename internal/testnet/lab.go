@@ -23,8 +23,16 @@ import (
 	"github.com/spoke-proxy/spoke/internal/netns"
 )
 
-// ExternalDevice is the node's interface towards the outside.
-const ExternalDevice = "eth0"
+// The node's interfaces, by name.
+const (
+	// ExternalDevice is the node's interface towards the outside.
+	ExternalDevice = "eth0"
+	// PodDevice is the node's end of the pod's interface.
+	PodDevice = "pod0"
+	// BackendDevices matches (path.Match) the node's ends of the local
+	// backends' interfaces, which come and go with backends.
+	BackendDevices = "be*"
+)
 
 // Addresses the lab's plumbing uses: every node-side veth has gw4 and gw6,
 // the outside has outside4/6 towards the node, the world has world4/6.
@@ -220,7 +228,7 @@ func (l *Lab) build() error {
 	if err := l.wire(l.node, "sink0", l.world, world4, world6); err != nil {
 		return err
 	}
-	if err := l.wire(l.node, "pod0", l.pod, pod4, pod6); err != nil {
+	if err := l.wire(l.node, PodDevice, l.pod, pod4, pod6); err != nil {
 		return err
 	}
 	node := l.handles[l.node]
@@ -447,7 +455,7 @@ func (l *Lab) backendNS(a netip.Addr, remote bool) (*backend, error) {
 		return b, nil
 	}
 	l.nextVeth++
-	dev := fmt.Sprintf("be%d", l.nextVeth)
+	dev := fmt.Sprintf("be%d", l.nextVeth) // BackendDevices
 	ns, err := l.newNS(fmt.Sprintf("b%d", l.nextVeth), nil)
 	if err != nil {
 		return nil, err

@@ -49,6 +49,7 @@ enum spoke_sets : __u8 {
 /* ct_val.flags and rev_val.flags */
 #define CT_F_SNAT 1 /* the source was translated to a node address */
 #define CT_F_SEEN_ACK 2 /* ct_val: the client has sent more than a SYN */
+#define CT_F_POD 4 /* rev_val: a flow from a pod (its replies leave by a pod device) */
 
 #define PORT_NAME_LEN 64
 #define SVC_KEY_LEN 512

@@ -2,7 +2,9 @@
 /* Packet level (tc): packets from outside the node to a service address
  * go to a backend (DNAT, and SNAT to a node address when the backend is
  * elsewhere), with a connection table that the rest of the flow follows;
- * replies are translated back. */
+ * replies are translated back. SCTP from the node's pods, which no socket
+ * hook sees, takes the same path from the pods' devices, with the backends
+ * for traffic from the node and no SNAT. */
 #ifndef SPOKE_TC_H
 #define SPOKE_TC_H
 
@@ -443,12 +445,13 @@ static __always_inline int forward(struct __sk_buff *skb, struct pkt *p, const s
 	return send(&r);
 }
 
-/* record_reply lets the egress program translate replies of a flow to a
- * backend on this node. The reply tuple of a flow may have belonged to an
- * earlier flow from the same client port to another frontend: it is
- * rewritten when it differs. */
+/* record_reply lets the egress programs translate replies of a flow to a
+ * backend on this node or, for a flow from a pod (flags CT_F_POD), to any
+ * backend. The reply tuple of a flow may have belonged to an earlier flow
+ * from the same client port to another frontend: it is rewritten when it
+ * differs. */
 static __noinline void record_reply(const struct pkt *p, const struct addr *backend,
-				    __be16 backend_port)
+				    __be16 backend_port, __u32 flags)
 {
 	struct tuple rev;
 	struct rev_val rv, *cur;
@@ -460,7 +463,7 @@ static __noinline void record_reply(const struct pkt *p, const struct addr *back
 	rev.dport = p->t.sport;
 	rev.proto = p->t.proto;
 	cur = bpf_map_lookup_elem(&revnat, &rev);
-	if (cur && !(cur->flags & CT_F_SNAT) && addr_eq(&cur->frontend, &p->t.daddr) &&
+	if (cur && cur->flags == flags && addr_eq(&cur->frontend, &p->t.daddr) &&
 	    cur->frontend_port == p->t.dport)
 		return;
 	__builtin_memset(&rv, 0, sizeof(rv));
@@ -468,10 +471,16 @@ static __noinline void record_reply(const struct pkt *p, const struct addr *back
 	rv.frontend_port = p->t.dport;
 	rv.client = p->t.saddr;
 	rv.client_port = p->t.sport;
+	rv.flags = flags;
 	bpf_map_update_elem(&revnat, &rev, &rv, BPF_ANY);
 }
 
-static __noinline int new_flow(struct __sk_buff *skb, struct pkt *p)
+/* new_flow picks a backend for the first packet of a flow: from outside
+ * (from_pod 0) among the service's backends for traffic from outside, with
+ * SNAT when the backend is on another node; from a pod among those for
+ * traffic from the node, keeping the pod's address as the source, as the
+ * socket programs do. */
+static __noinline int new_flow(struct __sk_buff *skb, struct pkt *p, int from_pod)
 {
 	struct svc_val *svc;
 	struct aff_key aff;
@@ -488,7 +497,8 @@ static __noinline int new_flow(struct __sk_buff *skb, struct pkt *p)
 
 	__builtin_memset(&aff, 0, sizeof(aff));
 	aff.client = p->t.saddr;
-	act = pick_backend(svc->group_ext, &aff, tuple_hash(&p->t), &pick);
+	act = pick_backend(from_pod ? svc->group_local : svc->group_ext, &aff, tuple_hash(&p->t),
+			   &pick);
 	if (act == ACT_REJECT)
 		return reject(skb, p);
 	if (act != ACT_FWD)
@@ -500,12 +510,12 @@ static __noinline int new_flow(struct __sk_buff *skb, struct pkt *p)
 	ct.backend = pick.id;
 
 	route(skb, p, &p->t.saddr, &pick.be.addr, &r);
-	if (r.remote && snat_source(p, &ct.nat_addr) == 0) {
+	if (!from_pod && r.remote && snat_source(p, &ct.nat_addr) == 0) {
 		if (snat_reserve(p, &pick, &ct.nat_addr, &ct.nat_port) < 0)
 			return TC_ACT_SHOT;
 		ct.flags = CT_F_SNAT;
 	} else {
-		record_reply(p, &pick.be.addr, pick.be.port);
+		record_reply(p, &pick.be.addr, pick.be.port, from_pod ? CT_F_POD : 0);
 	}
 	bpf_map_update_elem(&conntrack, &p->t, &ct, BPF_ANY);
 	return forward(skb, p, &ct);
@@ -523,25 +533,17 @@ static __noinline int reply_snat(struct __sk_buff *skb, struct pkt *p, const str
 	return send(&r);
 }
 
-SEC("tc")
-int tc_ingress(struct __sk_buff *skb)
+/* balance sends a packet to a service address on to its flow's backend,
+ * or to a new one. */
+static __always_inline int balance(struct __sk_buff *skb, struct pkt *p, int from_pod)
 {
 	struct ct_val *ctp, ct;
-	struct rev_val *rvp;
 	struct backend *be;
-	struct pkt p;
 
-	if (parse(skb, &p) < 0)
-		return TC_ACT_OK;
-
-	rvp = bpf_map_lookup_elem(&revnat, &p.t);
-	if (rvp && (rvp->flags & CT_F_SNAT))
-		return reply_snat(skb, &p, rvp);
-
-	ctp = bpf_map_lookup_elem(&conntrack, &p.t);
+	ctp = bpf_map_lookup_elem(&conntrack, &p->t);
 	if (ctp) {
-		int syn = p.t.proto == IPPROTO_TCP &&
-			  (p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+		int syn = p->t.proto == IPPROTO_TCP &&
+			  (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 
 		if (!syn && !(ctp->flags & CT_F_SEEN_ACK))
 			ctp->flags |= CT_F_SEEN_ACK;
@@ -554,16 +556,46 @@ int tc_ingress(struct __sk_buff *skb)
 		if (be && addr_eq(&be->addr, &ct.backend_addr) && be->port == ct.backend_port &&
 		    !(syn && (ct.flags & CT_F_SEEN_ACK))) {
 			if (!(ct.flags & CT_F_SNAT))
-				record_reply(&p, &ct.backend_addr, ct.backend_port);
-			return forward(skb, &p, &ct);
+				record_reply(p, &ct.backend_addr, ct.backend_port, from_pod ? CT_F_POD : 0);
+			return forward(skb, p, &ct);
 		}
-		bpf_map_delete_elem(&conntrack, &p.t);
+		bpf_map_delete_elem(&conntrack, &p->t);
 	}
-	return new_flow(skb, &p);
+	return new_flow(skb, p, from_pod);
 }
 
+/* tc_ingress runs on the devices traffic from outside arrives on. */
 SEC("tc")
-int tc_egress(struct __sk_buff *skb)
+int tc_ingress(struct __sk_buff *skb)
+{
+	struct rev_val *rvp;
+	struct pkt p;
+
+	if (parse(skb, &p) < 0)
+		return TC_ACT_OK;
+
+	rvp = bpf_map_lookup_elem(&revnat, &p.t);
+	if (rvp && (rvp->flags & CT_F_SNAT))
+		return reply_snat(skb, &p, rvp);
+	return balance(skb, &p, 0);
+}
+
+/* tc_pod_ingress runs on the devices the node's pods send from. TCP and UDP
+ * to a service were translated at the socket; SCTP, which the kernel runs
+ * no socket hook for, is balanced here. */
+SEC("tc")
+int tc_pod_ingress(struct __sk_buff *skb)
+{
+	struct pkt p;
+
+	if (parse(skb, &p) < 0 || p.t.proto != IPPROTO_SCTP)
+		return TC_ACT_OK;
+	return balance(skb, &p, 1);
+}
+
+/* reply_rev turns the source of a reply back into the service address,
+ * for replies whose entry has exactly these flags. */
+static __always_inline int reply_rev(struct __sk_buff *skb, __u32 flags)
 {
 	struct rev_val *rvp, rv;
 	struct pkt p;
@@ -571,12 +603,28 @@ int tc_egress(struct __sk_buff *skb)
 	if (parse(skb, &p) < 0)
 		return TC_ACT_OK;
 	rvp = bpf_map_lookup_elem(&revnat, &p.t);
-	if (!rvp || (rvp->flags & CT_F_SNAT))
+	if (!rvp || rvp->flags != flags)
 		return TC_ACT_OK;
 	rv = *rvp;
 	if (set_addr(skb, &p, 1, &rv.frontend) < 0 || set_port(skb, &p, 1, rv.frontend_port) < 0)
 		return TC_ACT_SHOT;
 	return TC_ACT_OK;
+}
+
+/* tc_egress runs on the external devices: replies from a backend on this
+ * node to a client outside leave with the service's address. */
+SEC("tc")
+int tc_egress(struct __sk_buff *skb)
+{
+	return reply_rev(skb, 0);
+}
+
+/* tc_pod_egress runs on the pod devices: replies to a pod's SCTP flow, from
+ * any backend, reach the pod with the service's address. */
+SEC("tc")
+int tc_pod_egress(struct __sk_buff *skb)
+{
+	return reply_rev(skb, CT_F_POD);
 }
 
 #endif /* SPOKE_TC_H */

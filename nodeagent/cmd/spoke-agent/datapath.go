@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,6 +20,7 @@ type datapathFlags struct {
 	name    string
 	ebpf    ebpf.Options
 	devices string
+	pods    string
 	tc      string
 }
 
@@ -28,6 +30,7 @@ func (f *datapathFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.ebpf.CgroupPath, "cgroup-root", ebpf.DefaultCgroupPath, "cgroup v2 folder whose sockets are load balanced (hybrid hosts: /sys/fs/cgroup/unified)")
 	fs.StringVar(&f.devices, "devices", "", "comma-separated interfaces on which traffic from outside arrives (ebpf) or towards other nodes (ipvs); empty: those holding the node's addresses")
 	fs.StringVar(&f.ebpf.NetNS, "devices-netns", "", "network namespace file the devices are in; empty: the agent's")
+	fs.StringVar(&f.pods, "pod-devices", DefaultPodDevices, "comma-separated patterns of the interfaces pods send from (ebpf: SCTP from pods to services is balanced there, as no socket hook sees it); empty: none")
 	fs.StringVar(&f.tc, "tc-mode", "auto", "how tc programs attach: auto (tcx where the kernel has it), tcx or clsact")
 	fs.IntVar(&f.ebpf.MaxServices, "bpf-max-services", 0, "services the eBPF maps hold (0: 16384)")
 	fs.IntVar(&f.ebpf.MaxFrontends, "bpf-max-frontends", 0, "service addresses and ports (0: 65536)")
@@ -38,14 +41,17 @@ func (f *datapathFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.ebpf.MaxSockets, "bpf-max-sockets", 0, "per-socket reverse translations (0: 262144)")
 }
 
+// DefaultPodDevices are the device names common CNI plugins give the
+// node's end of a pod's interface, or the bridge pods hang off: Cilium,
+// Calico, veth-based plugins (bridge, ptp, kindnet, flannel's cni0) and
+// kubenet.
+const DefaultPodDevices = "lxc*,cali*,veth*,cni0,cbr0"
+
 // ebpfOptions completes the eBPF options from the string flags.
 func (f *datapathFlags) ebpfOptions() (ebpf.Options, error) {
 	opts := f.ebpf
-	for d := range strings.SplitSeq(f.devices, ",") {
-		if d = strings.TrimSpace(d); d != "" {
-			opts.Devices = append(opts.Devices, d)
-		}
-	}
+	opts.Devices = splitList(f.devices)
+	opts.PodDevices = splitList(f.pods)
 	switch f.tc {
 	case "auto":
 		opts.TC = ebpf.TCAuto
@@ -59,9 +65,20 @@ func (f *datapathFlags) ebpfOptions() (ebpf.Options, error) {
 	return opts, nil
 }
 
+// splitList splits a comma-separated flag, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for v := range strings.SplitSeq(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
 // open opens the chosen datapath. A full eBPF map is counted by name in
-// reg.
-func (f *datapathFlags) open(reg prometheus.Registerer) (datapath.Datapath, func() error, error) {
+// reg; what fails in the background is logged.
+func (f *datapathFlags) open(reg prometheus.Registerer, log *slog.Logger) (datapath.Datapath, func() error, error) {
 	switch f.name {
 	case "memory":
 		return memory.New(memory.Options{}), func() error { return nil }, nil
@@ -76,6 +93,7 @@ func (f *datapathFlags) open(reg prometheus.Registerer) (datapath.Datapath, func
 		}, []string{"map"})
 		reg.MustRegister(full)
 		opts.OnFull = func(m string) { full.WithLabelValues(m).Inc() }
+		opts.OnError = func(err error) { log.Warn("ebpf datapath", "error", err) }
 		dp, err := ebpf.New(opts)
 		if err != nil {
 			return nil, nil, err
@@ -128,11 +146,11 @@ var (
 )
 
 // openInBackground starts opening the chosen datapath.
-func (f *datapathFlags) openInBackground(reg prometheus.Registerer) *opening {
+func (f *datapathFlags) openInBackground(reg prometheus.Registerer, log *slog.Logger) *opening {
 	o := &opening{done: make(chan struct{})}
 	go func() {
 		defer close(o.done)
-		o.dp, o.close, o.err = f.open(reg)
+		o.dp, o.close, o.err = f.open(reg, log)
 		if o.err != nil {
 			o.err = fmt.Errorf("opening the %s datapath: %w", f.name, o.err)
 		}

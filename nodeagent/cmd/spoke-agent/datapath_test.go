@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 
@@ -15,7 +16,7 @@ import (
 // open is the error of every call.
 func TestOpenInBackground(t *testing.T) {
 	ctx := context.Background()
-	mem := (&datapathFlags{name: "memory"}).openInBackground(prometheus.NewRegistry())
+	mem := (&datapathFlags{name: "memory"}).openInBackground(prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 	if err := mem.wait(); err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +35,7 @@ func TestOpenInBackground(t *testing.T) {
 
 	bad := &datapathFlags{name: "ebpf"}
 	bad.ebpf.PinPath = "relative/pins"
-	failed := bad.openInBackground(prometheus.NewRegistry())
+	failed := bad.openInBackground(prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 	calls := map[string]error{
 		"wait":     failed.wait(),
 		"set node": failed.SetNode(ctx, datapath.Node{Name: "n"}),

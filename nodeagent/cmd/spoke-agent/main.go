@@ -103,7 +103,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Closing the datapath releases the agent's handles only: what it
 	// programmed stays in the kernel and keeps forwarding.
-	dp := c.datapath.openInBackground(reg)
+	dp := c.datapath.openInBackground(reg, log)
 	defer dp.Close()
 	dialOpts, err := c.transport(log)
 	if err != nil {
