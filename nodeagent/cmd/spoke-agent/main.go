@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -130,7 +131,13 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	// Program the datapath from the state file before anything else: the
 	// node forwards with its last known state even if nothing below works.
 	// A datapath that failed to open is the error to report first.
+	// What the restore allocates it keeps (the decoded state file, 30 MB at
+	// 10,000 services): collecting garbage meanwhile would only mark it
+	// again at every doubling of the young heap. A memory limit still
+	// holds.
+	gcPercent := debug.SetGCPercent(-1)
 	restoreErr := a.Restore(ctx)
+	debug.SetGCPercent(gcPercent)
 	if err := cmp.Or(dp.wait(), restoreErr); err != nil {
 		return err
 	}
