@@ -45,11 +45,14 @@ type Datapath struct {
 	sizes map[string]int
 	// state mirrors the maps; nil until the first Apply reads them back,
 	// so that opening pinned maps costs no read of them.
-	state   *state
-	writes  uint64 // Applies that wrote to the maps
-	counts  map[string]int
-	owners  map[lbSvcKey]uint32 // frontend -> service id
-	attach  *attachments
+	state  *state
+	writes uint64 // Applies that wrote to the maps
+	counts map[string]int
+	owners map[lbSvcKey]uint32 // frontend -> service id
+	attach *attachments
+	// reused: the programs are those an earlier datapath of this build
+	// pinned, not loaded again.
+	reused  bool
 	node    datapath.Node
 	nodeSet bool // SetNode was called
 	devices []string
@@ -61,7 +64,8 @@ type Datapath struct {
 // it is: the maps keep every service and flow (read back by the first
 // Apply, not here), the SNAT sources stay those of the node until SetNode,
 // and the programs attached to the cgroup and devices are replaced
-// atomically by this build's.
+// atomically by this build's: those an earlier datapath of this build
+// pinned, or else loaded (and verified by the kernel) afresh.
 func New(opts Options) (*Datapath, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
@@ -92,12 +96,17 @@ func New(opts Options) (*Datapath, error) {
 		}
 		m.MaxEntries = uint32(size)
 	}
-	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinPath}})
+	loadOpts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinPath}}
+	err = spec.LoadAndAssign(&d.objs.lbMaps, loadOpts)
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		return nil, fmt.Errorf("the maps pinned in %s do not match this build or its map sizes (remove them with the cleanup command, which also stops every flow through them): %w", opts.PinPath, err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("loading the eBPF programs: %w", err)
+		return nil, fmt.Errorf("loading the eBPF maps: %w", err)
+	}
+	if d.reused, err = d.loadPrograms(spec, loadOpts); err != nil {
+		d.objs.Close()
+		return nil, err
 	}
 	if d.stamp, err = openStamp(opts.PinPath); err != nil {
 		d.objs.Close()
