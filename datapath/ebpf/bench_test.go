@@ -207,3 +207,27 @@ func BenchmarkReopen10kServices(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// BenchmarkOpenPinned measures New on a datapath pinned by an earlier one
+// of the same build, as a restarted agent opens it: the maps and programs
+// are opened from their pins (no program is loaded, so the kernel verifies
+// none) and attached again. What the maps hold does not matter: New reads
+// none of it.
+func BenchmarkOpenPinned(b *testing.B) {
+	d := benchDatapath(b)
+	if err := d.Apply(context.Background(), benchServices(100, 10), nil); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		reopened, err := New(d.opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if !reopened.reused {
+			b.Fatal("the programs were loaded again")
+		}
+		reopened.Close()
+		b.StartTimer()
+	}
+}
