@@ -141,43 +141,53 @@ func (a *attachments) cgroup() error {
 		return err
 	}
 	for _, h := range cgroupHooks {
-		pin := filepath.Join(a.dir, cgroupPrefix+h.name)
-		prog := h.prog(a.objs)
-		old, err := link.LoadPinnedLink(pin, nil)
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("loading pinned link %s: %w", pin, err)
-		}
-		if old != nil {
-			info, ierr := old.Info()
-			if ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId == st.Ino {
-				if err := old.Update(prog); err != nil {
-					old.Close()
-					return fmt.Errorf("replacing the %s program: %w", h.name, err)
-				}
-				a.links = append(a.links, old)
-				continue
-			}
-		}
-		// Attach the new link before the old one goes, so that no
-		// connection is ever made without a program.
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: a.opts.CgroupPath, Attach: h.attach, Program: prog})
+		l, err := pinnedLink(filepath.Join(a.dir, cgroupPrefix+h.name), h.prog(a.objs),
+			func(i *link.Info) bool { return i.Cgroup() != nil && i.Cgroup().CgroupId == st.Ino },
+			func() (link.Link, error) {
+				return link.AttachCgroup(link.CgroupOptions{Path: a.opts.CgroupPath, Attach: h.attach, Program: h.prog(a.objs)})
+			})
 		if err != nil {
-			if old != nil {
-				old.Close()
-			}
-			return fmt.Errorf("attaching %s to %s: %w", h.name, a.opts.CgroupPath, err)
-		}
-		if old != nil {
-			old.Unpin()
-			old.Close()
-		}
-		if err := l.Pin(pin); err != nil {
-			l.Close()
-			return fmt.Errorf("pinning the %s link (the kernel needs bpf_link for cgroups, 5.7 or later): %w", h.name, err)
+			return fmt.Errorf("the %s program on %s: %w", h.name, a.opts.CgroupPath, err)
 		}
 		a.links = append(a.links, l)
 	}
 	return nil
+}
+
+// pinnedLink makes the link pinned at pin run prog and returns it, open.
+// A pinned link that is where attach would put it (ours says so) gets the
+// program atomically; else a new link is attached, and pinned in the old
+// one's place, before the old one goes, so that nothing ever passes with
+// no program.
+func pinnedLink(pin string, prog *ebpf.Program, ours func(*link.Info) bool, attach func() (link.Link, error)) (link.Link, error) {
+	old, err := link.LoadPinnedLink(pin, nil)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("loading pinned link %s: %w", pin, err)
+	}
+	if old != nil {
+		if info, err := old.Info(); err == nil && ours(info) {
+			if err := old.Update(prog); err != nil {
+				old.Close()
+				return nil, fmt.Errorf("replacing the program: %w", err)
+			}
+			return old, nil
+		}
+	}
+	l, err := attach()
+	if old != nil {
+		if err == nil {
+			old.Unpin()
+		}
+		old.Close()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("attaching: %w", err)
+	}
+	if err := l.Pin(pin); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("pinning: %w", err)
+	}
+	return l, nil
 }
 
 // devices attaches the external devices' tc programs to exactly these
@@ -257,42 +267,15 @@ func (a *attachments) attachTC(r role, name string, idx int) error {
 
 func (a *attachments) attachTCX(r role, name string, idx int) error {
 	for _, d := range r.directions {
-		pin := filepath.Join(a.dir, r.pin+d.name+"_"+name)
-		prog := d.prog(a.objs)
-		old, err := link.LoadPinnedLink(pin, nil)
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("loading pinned link %s: %w", pin, err)
-		}
-		if old != nil {
-			info, ierr := old.Info()
-			if ierr == nil && info.TCX() != nil && int(info.TCX().Ifindex) == idx {
-				err := old.Update(prog)
-				old.Close()
-				if err != nil {
-					return fmt.Errorf("replacing the tc %s program on %s: %w", d.name, name, err)
-				}
-				continue
-			}
-		}
-		l, err := link.AttachTCX(link.TCXOptions{Interface: idx, Program: prog, Attach: d.tcx, Anchor: link.Head()})
+		l, err := pinnedLink(filepath.Join(a.dir, r.pin+d.name+"_"+name), d.prog(a.objs),
+			func(i *link.Info) bool { return i.TCX() != nil && int(i.TCX().Ifindex) == idx },
+			func() (link.Link, error) {
+				return link.AttachTCX(link.TCXOptions{Interface: idx, Program: d.prog(a.objs), Attach: d.tcx, Anchor: link.Head()})
+			})
 		if err != nil {
-			if old != nil {
-				old.Close()
-			}
-			if errors.Is(err, ebpf.ErrNotSupported) {
-				return err
-			}
-			return fmt.Errorf("attaching tc %s to %s: %w", d.name, name, err)
+			return fmt.Errorf("tc %s on %s: %w", d.name, name, err)
 		}
-		if old != nil {
-			old.Unpin()
-			old.Close()
-		}
-		err = l.Pin(pin)
 		l.Close()
-		if err != nil {
-			return fmt.Errorf("pinning the tc %s link of %s: %w", d.name, name, err)
-		}
 	}
 	return nil
 }

@@ -272,6 +272,19 @@ static __always_inline int swap_macs(struct __sk_buff *skb)
 	return bpf_skb_store_bytes(skb, 0, swapped, sizeof(swapped), 0);
 }
 
+/* send_back replaces the packet's L3 and L4 with the len bytes at l3 and
+ * sends it back out of the device it came in by. */
+static __always_inline int send_back(struct __sk_buff *skb, const void *l3, __u32 len)
+{
+	if (bpf_skb_change_tail(skb, ETH_HLEN + len, 0) < 0)
+		return TC_ACT_SHOT;
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, l3, len, 0) < 0)
+		return TC_ACT_SHOT;
+	if (swap_macs(skb) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(skb->ifindex, 0);
+}
+
 /* reject4 turns the packet into an ICMP port unreachable from the service
  * address to the client and sends it back where it came from. */
 static __noinline int reject4(struct __sk_buff *skb, const struct pkt *p)
@@ -302,13 +315,7 @@ static __noinline int reject4(struct __sk_buff *skb, const struct pkt *p)
 	r.icmp.checksum = csum_fold(
 		bpf_csum_diff(NULL, 0, (__be32 *)&r.icmp, sizeof(r.icmp) + sizeof(r.quote), 0));
 
-	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(r), 0) < 0)
-		return TC_ACT_SHOT;
-	if (bpf_skb_store_bytes(skb, ETH_HLEN, &r, sizeof(r), 0) < 0)
-		return TC_ACT_SHOT;
-	if (swap_macs(skb) < 0)
-		return TC_ACT_SHOT;
-	return bpf_redirect(skb->ifindex, 0);
+	return send_back(skb, &r, sizeof(r));
 }
 
 static __noinline int reject6(struct __sk_buff *skb, const struct pkt *p)
@@ -348,13 +355,7 @@ static __noinline int reject6(struct __sk_buff *skb, const struct pkt *p)
 	sum = bpf_csum_diff(NULL, 0, (__be32 *)&r.icmp, sizeof(r.icmp) + sizeof(r.quote), sum);
 	r.icmp.icmp6_cksum = csum_fold(sum);
 
-	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(r), 0) < 0)
-		return TC_ACT_SHOT;
-	if (bpf_skb_store_bytes(skb, ETH_HLEN, &r, sizeof(r), 0) < 0)
-		return TC_ACT_SHOT;
-	if (swap_macs(skb) < 0)
-		return TC_ACT_SHOT;
-	return bpf_redirect(skb->ifindex, 0);
+	return send_back(skb, &r, sizeof(r));
 }
 
 static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p)
