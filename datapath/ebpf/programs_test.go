@@ -47,14 +47,7 @@ func TestReopenReusesPinnedPrograms(t *testing.T) {
 	if err := os.Remove(stale); err != nil {
 		t.Fatal(err)
 	}
-	d = reopen(t, d)
-	if d.reused {
-		t.Fatal("the datapath reused programs bound to a map that is no longer pinned")
-	}
-	if got := programIDs(t, d); got == first {
-		t.Errorf("programs %v are still those bound to the old map", got)
-	}
-	first = programIDs(t, d)
+	d, first = reloaded(t, d, first, "bound to a map that is no longer pinned")
 
 	// Pins of another build are not taken.
 	build, err := ebpf.NewMapWithOptions(buildMap, ebpf.MapOptions{PinPath: d.opts.PinPath})
@@ -65,17 +58,24 @@ func TestReopenReusesPinnedPrograms(t *testing.T) {
 	if err := build.Put(uint32(0), sha256.Sum256([]byte("another build"))); err != nil {
 		t.Fatal(err)
 	}
-	d = reopen(t, d)
-	if d.reused {
-		t.Fatal("the datapath reused programs of another build")
-	}
-	if got := programIDs(t, d); got == first {
-		t.Errorf("programs %v are still the other build's", got)
-	}
+	reloaded(t, d, first, "of another build")
 	var pinned [sha256.Size]byte
 	if err := build.Lookup(uint32(0), &pinned); err != nil || pinned != thisBuild {
 		t.Errorf("build map %x (%v), want this build's", pinned, err)
 	}
+}
+
+// reloaded reopens d and checks that its programs were loaded afresh, not
+// taken from the pins (with the IDs was); it returns the new datapath and
+// its programs' IDs.
+func reloaded(t *testing.T, d *Datapath, was [2]ebpf.ProgramID, why string) (*Datapath, [2]ebpf.ProgramID) {
+	t.Helper()
+	d = reopen(t, d)
+	ids := programIDs(t, d)
+	if d.reused || ids == was {
+		t.Fatalf("the datapath reused programs %s", why)
+	}
+	return d, ids
 }
 
 // programIDs returns the kernel's IDs of d's connect4 and tc ingress
