@@ -99,6 +99,29 @@ func main() {
 	command.Run(log, "agent", func(ctx context.Context) error { return run(ctx, c, log) })
 }
 
+// restore programs the datapath from the state file, before anything else:
+// the node forwards with its last known state even if nothing after works.
+// A datapath that failed to open is the error to report first. The
+// health-check node ports start from what was restored.
+func restore(ctx context.Context, a *agent.Agent, dp *opening, hc *healthChecks, log *slog.Logger) error {
+	// What the restore allocates it keeps (the decoded state file, 30 MB at
+	// 10,000 services): collecting garbage meanwhile would only mark it
+	// again at every doubling of the young heap. A memory limit still
+	// holds.
+	gcPercent := debug.SetGCPercent(-1)
+	restoreErr := a.Restore(ctx)
+	debug.SetGCPercent(gcPercent)
+	if err := cmp.Or(dp.wait(), restoreErr); err != nil {
+		return err
+	}
+	if st, err := a.GetState(ctx, nil); err != nil {
+		log.Warn("health-check node ports wait for the first update", "err", err)
+	} else {
+		hc.applied(st.GetCached(), nil)
+	}
+	return nil
+}
+
 func run(ctx context.Context, c config, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -128,23 +151,8 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	// Program the datapath from the state file before anything else: the
-	// node forwards with its last known state even if nothing below works.
-	// A datapath that failed to open is the error to report first.
-	// What the restore allocates it keeps (the decoded state file, 30 MB at
-	// 10,000 services): collecting garbage meanwhile would only mark it
-	// again at every doubling of the young heap. A memory limit still
-	// holds.
-	gcPercent := debug.SetGCPercent(-1)
-	restoreErr := a.Restore(ctx)
-	debug.SetGCPercent(gcPercent)
-	if err := cmp.Or(dp.wait(), restoreErr); err != nil {
+	if err := restore(ctx, a, dp, hc, log); err != nil {
 		return err
-	}
-	if st, err := a.GetState(ctx, nil); err != nil {
-		log.Warn("health-check node ports wait for the first update", "err", err)
-	} else {
-		hc.applied(st.GetCached(), nil)
 	}
 
 	g := grpcserver.New(reg)
