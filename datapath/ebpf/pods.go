@@ -50,7 +50,9 @@ func (a *attachments) syncPods() error {
 				continue
 			}
 			if err := a.attachTC(pod, name, idx); err != nil {
-				errs = append(errs, err)
+				if !gone(err) {
+					errs = append(errs, err)
+				}
 				continue
 			}
 			want[name] = idx
@@ -85,6 +87,9 @@ func (a *attachments) podLink(u netlink.LinkUpdate) error {
 	switch {
 	case a.isPod(name) && a.pods[name] != idx:
 		err := netns.Do(a.opts.NetNS, func() error { return a.attachTC(pod, name, idx) })
+		if gone(err) {
+			return nil // its deletion is on its way
+		}
 		if err != nil {
 			return err
 		}
@@ -97,6 +102,10 @@ func (a *attachments) podLink(u netlink.LinkUpdate) error {
 	}
 	return nil
 }
+
+// gone reports whether err says the device no longer exists: pods come
+// and go, and a device may go before the watcher attaches to it.
+func gone(err error) bool { return errors.Is(err, unix.ENODEV) }
 
 // watchPods follows the namespace's devices until stop is closed,
 // reporting what fails to onError. When the subscription breaks (the

@@ -172,3 +172,17 @@ func rename(t *testing.T, ns *netns.NS, from, to string) {
 		return h.LinkSetName(l, to)
 	})
 }
+
+// A pod device that is gone by the time the watcher attaches to it (a pod
+// created and deleted at once) is no error: its deletion follows.
+func TestPodDeviceGoneBeforeAttach(t *testing.T) {
+	_, d := labDatapath(t)
+	u := netlink.LinkUpdate{Header: unix.NlMsghdr{Type: unix.RTM_NEWLINK},
+		Link: &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "be999", Index: 1 << 30}}}
+	if err := d.attach.podLink(u); err != nil {
+		t.Errorf("attaching to a device that is gone: %v", err)
+	}
+	if _, ok := d.attach.pods["be999"]; ok {
+		t.Error("a device that is gone is counted as attached")
+	}
+}
