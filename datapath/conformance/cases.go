@@ -155,6 +155,15 @@ func clusterIPCases() []Case {
 			from(withProto(fromPod("10.96.0.38:3868", datapath.Forward, "10.244.2.38:3868"), datapath.SCTP), "192.168.0.1:40000"),
 		},
 	}, {
+		Name:     "hairpin",
+		Services: svcs(service("sig", []string{"10.96.0.38"}, port("sig", corev1.ProtocolSCTP, 3868, 0), port("web", corev1.ProtocolTCP, 80, 0))),
+		Slices: []*discoveryv1.EndpointSlice{slice("sig", "sig-1", discoveryv1.AddressTypeIPv4,
+			[]discoveryv1.EndpointPort{slicePort("sig", corev1.ProtocolSCTP, 3869), slicePort("web", corev1.ProtocolTCP, 8080)}, ep("10.244.1.38", "node-a", ready))},
+		Packets: []Packet{
+			from(withProto(fromPod("10.96.0.38:3868", datapath.Forward, "10.244.1.38:3869"), datapath.SCTP), "10.244.1.38:40000"),
+			from(fromPod("10.96.0.38:80", datapath.Forward, "10.244.1.38:8080"), "10.244.1.38:40000"),
+		},
+	}, {
 		Name:     "sctp-port-local-backend",
 		Services: svcs(service("sig", []string{"10.96.0.38"}, port("sig", corev1.ProtocolSCTP, 3868, 0))),
 		Slices: []*discoveryv1.EndpointSlice{slice("sig", "sig-1", discoveryv1.AddressTypeIPv4,

@@ -211,8 +211,11 @@ func (t *target) Trace(ctx context.Context, from datapath.Origin, pkt datapath.P
 		}
 		v.Action, v.Backend = datapath.Forward, res.Local
 		// A backend on the node sees the client itself: socket-level
-		// balancing and DNAT translate only the destination.
-		if from == datapath.FromNode || !t.remote[res.Local.Addr()] {
+		// balancing and DNAT translate only the destination. Except a
+		// backend reached through its own service (hairpin): its reply
+		// to itself would never leave it, so kube-proxy masquerades it.
+		hairpin := res.Local.Addr() == pkt.Src.Addr()
+		if (from == datapath.FromNode || !t.remote[res.Local.Addr()]) && !hairpin {
 			if res.Peer.Addr() != pkt.Src.Addr() {
 				return v, fmt.Errorf("%s: the backend saw %s as the source, not %s", pkt, res.Peer, pkt.Src)
 			}

@@ -4,7 +4,7 @@
  * elsewhere), with a connection table that the rest of the flow follows;
  * replies are translated back. SCTP from the node's pods, which no socket
  * hook sees, takes the same path from the pods' devices, with the backends
- * for traffic from the node and no SNAT. */
+ * for traffic from the node and no SNAT (but for a pod reaching itself). */
 #ifndef SPOKE_TC_H
 #define SPOKE_TC_H
 
@@ -480,7 +480,7 @@ static __noinline void record_reply(const struct pkt *p, const struct addr *back
  * (from_pod 0) among the service's backends for traffic from outside, with
  * SNAT when the backend is on another node; from a pod among those for
  * traffic from the node, keeping the pod's address as the source, as the
- * socket programs do. */
+ * socket programs do, unless the pod got itself. */
 static __noinline int new_flow(struct __sk_buff *skb, struct pkt *p, int from_pod)
 {
 	struct svc_val *svc;
@@ -488,7 +488,7 @@ static __noinline int new_flow(struct __sk_buff *skb, struct pkt *p, int from_po
 	struct pick pick;
 	struct ct_val ct;
 	struct route r;
-	int act;
+	int act, hairpin;
 
 	svc = frontend_lookup(&p->t.daddr, p->t.dport, p->t.proto);
 	if (!svc)
@@ -511,7 +511,11 @@ static __noinline int new_flow(struct __sk_buff *skb, struct pkt *p, int from_po
 	ct.backend = pick.id;
 
 	route(skb, p, &p->t.saddr, &pick.be.addr, &r);
-	if (!from_pod && r.remote && snat_source(p, &ct.nat_addr) == 0) {
+	/* A pod sent to its own service and got itself (hairpin): its reply
+	 * to itself would never leave it, so the flow leaves from a node
+	 * address, as kube-proxy masquerades it. */
+	hairpin = from_pod && addr_eq(&pick.be.addr, &p->t.saddr);
+	if (((!from_pod && r.remote) || hairpin) && snat_source(p, &ct.nat_addr) == 0) {
 		if (snat_reserve(p, &pick, &ct.nat_addr, &ct.nat_port) < 0)
 			return TC_ACT_SHOT;
 		ct.flags = CT_F_SNAT;
@@ -587,10 +591,15 @@ int tc_ingress(struct __sk_buff *skb)
 SEC("tc")
 int tc_pod_ingress(struct __sk_buff *skb)
 {
+	struct rev_val *rvp;
 	struct pkt p;
 
 	if (parse(skb, &p) < 0 || p.t.proto != IPPROTO_SCTP)
 		return TC_ACT_OK;
+	/* The reply of a pod to itself through its service (hairpin). */
+	rvp = bpf_map_lookup_elem(&revnat, &p.t);
+	if (rvp && (rvp->flags & CT_F_SNAT))
+		return reply_snat(skb, &p, rvp);
 	return balance(skb, &p, 1);
 }
 
