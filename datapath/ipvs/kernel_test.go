@@ -125,14 +125,7 @@ func frontend(c *conformance.Case, pkt datapath.Packet) (svc *corev1.Service, se
 // damages it behind the datapath's back, and checks that the read-back
 // notices and that Apply repairs it.
 func TestReadBackAndRepair(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	lab := testnet.NewForTest(t, testnet.Options{})
-	d := newDatapath(t, lab)
-	node := datapath.Node{Name: "n", Addresses: []netip.Addr{netip.MustParseAddr("192.168.0.1")}}
-	if err := d.SetNode(ctx, node); err != nil {
-		t.Fatal(err)
-	}
+	ctx, lab, d := nodeLab(t)
 	svc := &datapath.Service{Key: "default/web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
 		Ports: []datapath.Port{{Name: "http", Protocol: datapath.TCP, Port: 80, NodePort: 30080,
 			Internal: datapath.Backends{NoEndpoints: datapath.Reject, Endpoints: []datapath.Endpoint{
@@ -153,7 +146,7 @@ func TestReadBackAndRepair(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	vs := plan(svc, node.Addresses)
+	vs := plan(svc, []netip.Addr{a("192.168.0.1")})
 	if err := h.DelDestination(toService(&vs[0]), toDestination(vs[0].dests[0])); err != nil {
 		t.Fatal(err)
 	}

@@ -48,17 +48,7 @@ func webService(backend string) *datapath.Service {
 // the node listening on every address must not answer on a service
 // address, which is the node's own for IPVS.
 func TestNodeSocketsNotReachableThroughServiceAddresses(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	lab := testnet.NewForTest(t, testnet.Options{})
-	d := newDatapath(t, lab)
-	node := []netip.Addr{a("192.168.0.1")}
-	if err := lab.SetNodeAddrs(node); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.SetNode(ctx, datapath.Node{Name: "n", Addresses: node}); err != nil {
-		t.Fatal(err)
-	}
+	ctx, lab, d := nodeLab(t)
 	svc := webService("10.244.1.5:8080")
 	if err := lab.AddBackend(svc.Ports[0].Internal.Endpoints[0].Addr, datapath.TCP, false); err != nil {
 		t.Fatal(err)
@@ -103,17 +93,7 @@ func TestNodeSocketsNotReachableThroughServiceAddresses(t *testing.T) {
 // leads back to this node: the service address would lead to the
 // backend's own node, which holds it too.
 func TestNodeConnectionsToServicesAreMasqueraded(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	lab := testnet.NewForTest(t, testnet.Options{})
-	d := newDatapath(t, lab)
-	node := []netip.Addr{a("192.168.0.1")}
-	if err := lab.SetNodeAddrs(node); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.SetNode(ctx, datapath.Node{Name: "n", Addresses: node}); err != nil {
-		t.Fatal(err)
-	}
+	ctx, lab, d := nodeLab(t)
 	svc := webService("10.244.2.5:8080")
 	if err := lab.AddBackend(svc.Ports[0].Internal.Endpoints[0].Addr, datapath.TCP, true); err != nil {
 		t.Fatal(err)
@@ -279,17 +259,7 @@ func TestLeftoversAndTableRepair(t *testing.T) {
 // service gets an answer: without masquerading, the packet IPVS sends back
 // to it carries its own address as the source, and its kernel drops it.
 func TestHairpin(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	lab := testnet.NewForTest(t, testnet.Options{})
-	d := newDatapath(t, lab)
-	node := []netip.Addr{a("192.168.0.1")}
-	if err := lab.SetNodeAddrs(node); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.SetNode(ctx, datapath.Node{Name: "n", Addresses: node}); err != nil {
-		t.Fatal(err)
-	}
+	ctx, lab, d := nodeLab(t)
 	svc := webService("10.244.1.5:8080")
 	if err := lab.AddBackend(ap("10.244.1.5:8080"), datapath.TCP, false); err != nil {
 		t.Fatal(err)
@@ -305,4 +275,22 @@ func TestHairpin(t *testing.T) {
 	if res.Outcome != testnet.Reached || res.Local != ap("10.244.1.5:8080") || res.Remote != pkt.Dst {
 		t.Errorf("%s: %s; want the backend itself, through the service address", pkt, res)
 	}
+}
+
+// nodeLab opens a datapath on a lab of its own whose node has the address
+// 192.168.0.1, with a context that ends with the test or after a minute.
+func nodeLab(t *testing.T) (context.Context, *testnet.Lab, *Datapath) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	t.Cleanup(cancel)
+	lab := testnet.NewForTest(t, testnet.Options{})
+	d := newDatapath(t, lab)
+	node := []netip.Addr{a("192.168.0.1")}
+	if err := lab.SetNodeAddrs(node); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetNode(ctx, datapath.Node{Name: "n", Addresses: node}); err != nil {
+		t.Fatal(err)
+	}
+	return ctx, lab, d
 }
