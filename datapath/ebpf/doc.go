@@ -7,9 +7,11 @@
 // node's external devices, with a connection table and reverse NAT.
 // README.md draws both ways.
 //
-// Maps and links are pinned under Options.PinPath, so that the datapath
-// outlives the agent: a new agent adopts the pins and replaces the programs
-// atomically; its first Apply reads back what the maps hold. A pinned stamp
+// Maps, links and programs are pinned under Options.PinPath, so that the
+// datapath outlives the agent: a new agent adopts the pins and replaces the
+// programs atomically (with the pinned ones when they are its build's, so
+// that the kernel verifies nothing again); its first Apply reads back what
+// the maps hold. A pinned stamp
 // map keeps the agent's stamp (datapath.Stamper), with which a restarted
 // agent knows, without reading the maps back, that they hold its state
 // file's services.
