@@ -182,7 +182,10 @@ func TestPodDeviceGoneBeforeAttach(t *testing.T) {
 	if err := d.attach.podLink(u); err != nil {
 		t.Errorf("attaching to a device that is gone: %v", err)
 	}
-	if _, ok := d.attach.pods["be999"]; ok {
+	d.attach.mu.Lock()
+	_, ok := d.attach.pods["be999"]
+	d.attach.mu.Unlock()
+	if ok {
 		t.Error("a device that is gone is counted as attached")
 	}
 }
