@@ -236,7 +236,7 @@ func (a *attachments) detach(r role, keep map[string]int) error {
 			}
 		}
 	}
-	links, err := netlink.LinkList()
+	links, err := linkList()
 	if err != nil {
 		return fmt.Errorf("listing devices: %w", err)
 	}

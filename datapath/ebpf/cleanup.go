@@ -6,8 +6,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/spoke-proxy/spoke/internal/netns"
 )
 
@@ -29,7 +27,7 @@ func Cleanup(opts Options) error {
 		}
 	}
 	err = netns.Do(opts.NetNS, func() error {
-		links, err := netlink.LinkList()
+		links, err := linkList()
 		if err != nil {
 			return err
 		}

@@ -38,7 +38,7 @@ func (a *attachments) syncPods() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return netns.Do(a.opts.NetNS, func() error {
-		links, err := netlink.LinkList()
+		links, err := linkList()
 		if err != nil {
 			return fmt.Errorf("listing devices: %w", err)
 		}
@@ -101,6 +101,17 @@ func (a *attachments) podLink(u netlink.LinkUpdate) error {
 		})
 	}
 	return nil
+}
+
+// linkList lists the devices of the calling thread's namespace. A dump that
+// devices changed under (pods come and go) may be incomplete: it is read
+// again.
+func linkList() ([]netlink.Link, error) {
+	links, err := netlink.LinkList()
+	for try := 1; errors.Is(err, netlink.ErrDumpInterrupted) && try < 5; try++ {
+		links, err = netlink.LinkList()
+	}
+	return links, err
 }
 
 // gone reports whether err says the device no longer exists: pods come
