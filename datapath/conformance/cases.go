@@ -168,7 +168,11 @@ func clusterIPCases() []Case {
 		Services: svcs(service("sig", []string{"10.96.0.38"}, port("sig", corev1.ProtocolSCTP, 3868, 0))),
 		Slices: []*discoveryv1.EndpointSlice{slice("sig", "sig-1", discoveryv1.AddressTypeIPv4,
 			[]discoveryv1.EndpointPort{slicePort("sig", corev1.ProtocolSCTP, 3869)}, ep("10.244.1.38", "node-a", ready))},
-		Packets: []Packet{withProto(fromPod("10.96.0.38:3868", datapath.Forward, "10.244.1.38:3869"), datapath.SCTP)},
+		Packets: []Packet{
+			withProto(fromPod("10.96.0.38:3868", datapath.Forward, "10.244.1.38:3869"), datapath.SCTP),
+			// From the node itself (host network).
+			from(withProto(fromPod("10.96.0.38:3868", datapath.Forward, "10.244.1.38:3869"), datapath.SCTP), "192.168.0.1:40001"),
+		},
 	}, {
 		Name: "tcp-and-udp-on-one-port-number",
 		Services: svcs(service("dns", []string{"10.96.0.53"}, port("dns", corev1.ProtocolUDP, 53, 0),

@@ -8,7 +8,6 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/spoke-proxy/spoke/datapath"
-	"github.com/spoke-proxy/spoke/datapath/conformance"
 	"github.com/spoke-proxy/spoke/datapath/conformance/kernel"
 	"github.com/spoke-proxy/spoke/internal/testnet"
 )
@@ -48,34 +47,7 @@ func clearMap[K comparable, V any](m *ebpf.Map) error {
 func TestConformance(t *testing.T) {
 	lab := testnet.NewForTest(t, testnet.Options{Timeout: 3 * time.Second})
 	d := newDatapath(t, labOptions(t, lab))
-	kernel.Run(t, lab, d, kernel.Options{KnownGap: knownGap, ServiceAt: d.serviceAt})
-}
-
-// knownGap implements conformance.KnownGap for the eBPF datapath.
-func knownGap(q kernel.GapQuery) *conformance.Gap {
-	if q.Packet.Origin == datapath.FromNode && q.Packet.Protocol == datapath.SCTP && fromHost(q) {
-		// The association goes to the service address untranslated, where
-		// the lab's world answers it.
-		return &conformance.Gap{Got: datapath.Pass, Why: "SCTP that the node itself sends (host network) meets no socket hook " +
-			"(the kernel runs none for SCTP) and no pod device's tc program; Cilium balances SCTP only from pods as well"}
-	}
-	return nil
-}
-
-// fromHost reports whether the packet's source is an address of the node
-// under test.
-func fromHost(q kernel.GapQuery) bool {
-	for _, n := range q.Case.Nodes {
-		if n.Name != q.Case.Node {
-			continue
-		}
-		for _, a := range n.Status.Addresses {
-			if a.Address == q.Packet.Src.Addr().String() {
-				return true
-			}
-		}
-	}
-	return false
+	kernel.Run(t, lab, d, kernel.Options{ServiceAt: d.serviceAt})
 }
 
 // serviceAt names the programmed service with a frontend at the packet's

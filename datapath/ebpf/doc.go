@@ -18,11 +18,13 @@
 //
 // The kernel runs no cgroup socket hook for SCTP, so SCTP from the node's
 // pods is translated per packet too, by tc programs on the devices pods send
-// from (Options.PodDevices), attached to as they appear.
+// from (Options.PodDevices), attached to as they appear; SCTP the node
+// itself sends (host network), on its way out by an external device.
 //
-// Caveats: needs root, BTF, cgroup v2 and bpffs. SCTP sent by the node
-// itself (host network) to a service is not balanced. A pod's first packets
-// may pass untranslated if they leave before the watcher has attached to
-// its new device. A full map is an error that names the map; services are
-// never programmed in part.
+// Caveats: needs root, BTF, cgroup v2 and bpffs. SCTP the node sends to a
+// service address is balanced only if its routes send that address out of
+// an external device (the default route's, on most nodes). A pod's first
+// packets may pass untranslated if they leave before the watcher has
+// attached to its new device. A full map is an error that names the map;
+// services are never programmed in part.
 package ebpf

@@ -14,14 +14,16 @@ import (
 )
 
 // labOptions returns datapath options for a lab: its cgroup, its node's
-// namespace, external device and pod devices (the pod's and the local
-// backends', which are pods too), and pins of the test's own.
+// namespace, external devices (towards the outside, and the default
+// route's, which the node's own packets to service addresses leave by, as
+// on a real node), pod devices (the pod's and the local backends', which
+// are pods too), and pins of the test's own.
 func labOptions(t testing.TB, lab *testnet.Lab) Options {
 	return Options{
 		PinPath:    testPinPath(),
 		CgroupPath: lab.CgroupPath(),
 		NetNS:      lab.NodeNS().Path(),
-		Devices:    []string{testnet.ExternalDevice},
+		Devices:    []string{testnet.ExternalDevice, testnet.WorldDevice},
 		PodDevices: []string{testnet.PodDevice, testnet.BackendDevices},
 		OnError:    func(err error) { t.Errorf("ebpf datapath: %v", err) },
 	}

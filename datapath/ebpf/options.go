@@ -58,8 +58,8 @@ type Options struct {
 	// SCTP, so SCTP from pods to a service is balanced per packet on these
 	// devices; they are attached to as they appear, and an external device
 	// is never one. None when empty: SCTP from pods then reaches service
-	// addresses untranslated. SCTP sent by the node itself (host network)
-	// is never balanced.
+	// addresses untranslated. (SCTP the node itself sends is balanced on
+	// the external device it leaves by.)
 	PodDevices []string
 	// OnError, if set, is called with what fails in the background:
 	// following pod devices and attaching to them.

@@ -163,12 +163,27 @@ func progRunDatapath(t *testing.T, node ...netip.Addr) (context.Context, *Datapa
 	return ctx, d, testnet.NetNS(t)
 }
 
+// skbContext is the start of struct __sk_buff, up to the fields a test
+// run may set.
+type skbContext struct {
+	Len, PktType, Mark, QueueMapping, Protocol, VlanPresent, VlanTCI, VlanProto, Priority uint32
+	IngressIfindex, Ifindex                                                               uint32
+}
+
 // progRun runs a tc program on a packet in the namespace and returns its
-// verdict and the packet as it left.
+// verdict and the packet as it left. The packet came in by a device (the
+// namespace's loopback), as every packet does but those the node sends.
 func progRun(t *testing.T, ns *netns.NS, prog *ebpf.Program, in []byte) (uint32, []byte) {
 	t.Helper()
+	return progRunFrom(t, ns, prog, in, 1)
+}
+
+// progRunFrom is progRun with the index of the device the packet came in
+// by: 0 for a packet the node itself sends.
+func progRunFrom(t *testing.T, ns *netns.NS, prog *ebpf.Program, in []byte, ingress uint32) (uint32, []byte) {
+	t.Helper()
 	out := make([]byte, len(in)+256)
-	opts := &ebpf.RunOptions{Data: in, DataOut: out}
+	opts := &ebpf.RunOptions{Data: in, DataOut: out, Context: skbContext{IngressIfindex: ingress}}
 	var ret uint32
 	err := ns.Do(func() error {
 		var err error
@@ -184,7 +199,8 @@ func progRun(t *testing.T, ns *netns.NS, prog *ebpf.Program, in []byte) (uint32,
 // The pod devices' program balances SCTP to a service with the backends for
 // traffic from the node, keeping the pod's address, and leaves TCP and UDP
 // (which the socket programs translated) alone; its egress program turns
-// the replies' source back, and only theirs.
+// the replies' source back, and only theirs. SCTP the node itself sends is
+// balanced alike on its way out by an external device.
 func TestPodProgramRuns(t *testing.T) {
 	node4 := netip.MustParseAddr("192.168.0.1")
 	ctx, d, ns := progRunDatapath(t, node4)
@@ -228,6 +244,20 @@ func TestPodProgramRuns(t *testing.T) {
 			}
 		})
 	}
+	// SCTP the node itself sends, on its way out by an external device,
+	// and its reply, whether it comes back by a pod device or from outside.
+	host := netip.AddrPortFrom(node4, 40001)
+	if v, out := progRunFrom(t, ns, d.objs.TcEgress, sctp(host, netip.MustParseAddrPort("10.96.0.38:3868")), 0); v != tcActOK ||
+		string(out) != string(sctp(host, netip.MustParseAddrPort("10.244.1.38:3869"))) {
+		t.Errorf("SCTP the node sends: verdict %d, not translated to the backend for traffic from the node", v)
+	}
+	hostReply, wantReply := sctp(netip.MustParseAddrPort("10.244.1.38:3869"), host), sctp(netip.MustParseAddrPort("10.96.0.38:3868"), host)
+	for _, prog := range []*ebpf.Program{d.objs.TcPodIngress, d.objs.TcIngress} {
+		if v, out := progRun(t, ns, prog, hostReply); v != tcActOK || string(out) != string(wantReply) {
+			t.Errorf("%v: the reply to the node: verdict %d, source translated back %v", prog, v, string(out) == string(wantReply))
+		}
+	}
+
 	// A flow from outside to the node port, whose backend is local.
 	client := netip.MustParseAddrPort("203.0.113.50:40000")
 	if v, _ := progRun(t, ns, d.objs.TcIngress, sctp(client, netip.AddrPortFrom(node4, 30868))); v != tcActOK {

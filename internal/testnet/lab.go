@@ -27,6 +27,9 @@ import (
 const (
 	// ExternalDevice is the node's interface towards the outside.
 	ExternalDevice = "eth0"
+	// WorldDevice is the node's interface towards every other address:
+	// its default route.
+	WorldDevice = "sink0"
 	// PodDevice is the node's end of the pod's interface.
 	PodDevice = "pod0"
 	// BackendDevices matches (path.Match) the node's ends of the local
@@ -225,7 +228,7 @@ func (l *Lab) build() error {
 	if err := l.wire(l.node, ExternalDevice, l.outside, outside4, outside6); err != nil {
 		return err
 	}
-	if err := l.wire(l.node, "sink0", l.world, world4, world6); err != nil {
+	if err := l.wire(l.node, WorldDevice, l.world, world4, world6); err != nil {
 		return err
 	}
 	if err := l.wire(l.node, PodDevice, l.pod, pod4, pod6); err != nil {
@@ -233,8 +236,8 @@ func (l *Lab) build() error {
 	}
 	node := l.handles[l.node]
 	for _, r := range []*netlink.Route{
-		defaultVia(node, "sink0", world4),
-		defaultVia(node, "sink0", world6),
+		defaultVia(node, WorldDevice, world4),
+		defaultVia(node, WorldDevice, world6),
 	} {
 		if err := node.RouteAdd(r); err != nil {
 			return fmt.Errorf("node default route: %w", err)

@@ -50,6 +50,7 @@ enum spoke_sets : __u8 {
 #define CT_F_SNAT 1 /* the source was translated to a node address */
 #define CT_F_SEEN_ACK 2 /* ct_val: the client has sent more than a SYN */
 #define CT_F_POD 4 /* rev_val: a flow from a pod (its replies leave by a pod device) */
+#define CT_F_HOST 8 /* rev_val: a flow the node itself sent (its replies are delivered here) */
 
 #define PORT_NAME_LEN 64
 #define SVC_KEY_LEN 512

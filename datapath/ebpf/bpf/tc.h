@@ -4,7 +4,8 @@
  * elsewhere), with a connection table that the rest of the flow follows;
  * replies are translated back. SCTP from the node's pods, which no socket
  * hook sees, takes the same path from the pods' devices, with the backends
- * for traffic from the node and no SNAT (but for a pod reaching itself). */
+ * for traffic from the node and no SNAT (but for a pod reaching itself);
+ * SCTP the node itself sends, from the external device it leaves by. */
 #ifndef SPOKE_TC_H
 #define SPOKE_TC_H
 
@@ -221,7 +222,9 @@ static __noinline void route(struct __sk_buff *skb, const struct pkt *p,
 	__builtin_memset(r, 0, sizeof(*r));
 	fib.l4_protocol = p->t.proto;
 	fib.tot_len = p->ip_len;
-	fib.ifindex = skb->ingress_ifindex;
+	/* The node's own packets, which came in by no device, are looked up
+	 * as if they came in by the one they are leaving by. */
+	fib.ifindex = skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex;
 	if (p->family == 4) {
 		fib.family = AF_INET;
 		fib.ipv4_src = src->w[3];
@@ -476,12 +479,23 @@ static __noinline void record_reply(const struct pkt *p, const struct addr *back
 	bpf_map_update_elem(&revnat, &rev, &rv, BPF_ANY);
 }
 
+/* Where a flow balanced per packet comes from. */
+#define FROM_OUTSIDE 0
+#define FROM_POD 1  /* SCTP from a pod device */
+#define FROM_HOST 2 /* SCTP the node itself sends, leaving by an external device */
+
+/* rev_flags are the reverse entry flags of a flow's replies, by origin. */
+static __always_inline __u32 rev_flags(int origin)
+{
+	return origin == FROM_POD ? CT_F_POD : origin == FROM_HOST ? CT_F_HOST : 0;
+}
+
 /* new_flow picks a backend for the first packet of a flow: from outside
- * (from_pod 0) among the service's backends for traffic from outside, with
- * SNAT when the backend is on another node; from a pod among those for
- * traffic from the node, keeping the pod's address as the source, as the
- * socket programs do, unless the pod got itself. */
-static __noinline int new_flow(struct __sk_buff *skb, struct pkt *p, int from_pod)
+ * among the service's backends for traffic from outside, with SNAT when the
+ * backend is on another node; from a pod or the node itself among those for
+ * traffic from the node, keeping the source, as the socket programs do,
+ * unless a pod got itself. */
+static __noinline int new_flow(struct __sk_buff *skb, struct pkt *p, int origin)
 {
 	struct svc_val *svc;
 	struct aff_key aff;
@@ -498,9 +512,11 @@ static __noinline int new_flow(struct __sk_buff *skb, struct pkt *p, int from_po
 
 	__builtin_memset(&aff, 0, sizeof(aff));
 	aff.client = p->t.saddr;
-	act = pick_backend(from_pod ? svc->group_local : svc->group_ext, &aff, tuple_hash(&p->t),
-			   &pick);
-	if (act == ACT_REJECT)
+	act = pick_backend(origin == FROM_OUTSIDE ? svc->group_ext : svc->group_local, &aff,
+			   tuple_hash(&p->t), &pick);
+	/* A rejection goes back out of the device the packet came in by:
+	 * the node's own packet, on its way out, is dropped instead. */
+	if (act == ACT_REJECT && origin != FROM_HOST)
 		return reject(skb, p);
 	if (act != ACT_FWD)
 		return TC_ACT_SHOT;
@@ -514,13 +530,13 @@ static __noinline int new_flow(struct __sk_buff *skb, struct pkt *p, int from_po
 	/* A pod sent to its own service and got itself (hairpin): its reply
 	 * to itself would never leave it, so the flow leaves from a node
 	 * address, as kube-proxy masquerades it. */
-	hairpin = from_pod && addr_eq(&pick.be.addr, &p->t.saddr);
-	if (((!from_pod && r.remote) || hairpin) && snat_source(p, &ct.nat_addr) == 0) {
+	hairpin = origin == FROM_POD && addr_eq(&pick.be.addr, &p->t.saddr);
+	if (((origin == FROM_OUTSIDE && r.remote) || hairpin) && snat_source(p, &ct.nat_addr) == 0) {
 		if (snat_reserve(p, &pick, &ct.nat_addr, &ct.nat_port) < 0)
 			return TC_ACT_SHOT;
 		ct.flags = CT_F_SNAT;
 	} else {
-		record_reply(p, &pick.be.addr, pick.be.port, from_pod ? CT_F_POD : 0);
+		record_reply(p, &pick.be.addr, pick.be.port, rev_flags(origin));
 	}
 	bpf_map_update_elem(&conntrack, &p->t, &ct, BPF_ANY);
 	return forward(skb, p, &ct);
@@ -540,7 +556,7 @@ static __noinline int reply_snat(struct __sk_buff *skb, struct pkt *p, const str
 
 /* balance sends a packet to a service address on to its flow's backend,
  * or to a new one. */
-static __always_inline int balance(struct __sk_buff *skb, struct pkt *p, int from_pod)
+static __always_inline int balance(struct __sk_buff *skb, struct pkt *p, int origin)
 {
 	struct ct_val *ctp, ct;
 	struct backend *be;
@@ -561,12 +577,35 @@ static __always_inline int balance(struct __sk_buff *skb, struct pkt *p, int fro
 		if (be && addr_eq(&be->addr, &ct.backend_addr) && be->port == ct.backend_port &&
 		    !(syn && (ct.flags & CT_F_SEEN_ACK))) {
 			if (!(ct.flags & CT_F_SNAT))
-				record_reply(p, &ct.backend_addr, ct.backend_port, from_pod ? CT_F_POD : 0);
+				record_reply(p, &ct.backend_addr, ct.backend_port, rev_flags(origin));
 			return forward(skb, p, &ct);
 		}
 		bpf_map_delete_elem(&conntrack, &p->t);
 	}
-	return new_flow(skb, p, from_pod);
+	return new_flow(skb, p, origin);
+}
+
+/* rev_source turns the source of a reply back into the service address
+ * its flow was sent to, and lets it go on. */
+static __always_inline int rev_source(struct __sk_buff *skb, struct pkt *p, const struct rev_val *rvp)
+{
+	struct rev_val rv = *rvp;
+
+	if (set_addr(skb, p, 1, &rv.frontend) < 0 || set_port(skb, p, 1, rv.frontend_port) < 0)
+		return TC_ACT_SHOT;
+	return TC_ACT_OK;
+}
+
+/* reply_rev turns the source of a reply back into the service address,
+ * for replies whose entry has exactly these flags. */
+static __always_inline int reply_rev(struct __sk_buff *skb, struct pkt *p, __u32 flags)
+{
+	struct rev_val *rvp;
+
+	rvp = bpf_map_lookup_elem(&revnat, &p->t);
+	if (!rvp || rvp->flags != flags)
+		return TC_ACT_OK;
+	return rev_source(skb, p, rvp);
 }
 
 /* tc_ingress runs on the devices traffic from outside arrives on. */
@@ -582,7 +621,9 @@ int tc_ingress(struct __sk_buff *skb)
 	rvp = bpf_map_lookup_elem(&revnat, &p.t);
 	if (rvp && (rvp->flags & CT_F_SNAT))
 		return reply_snat(skb, &p, rvp);
-	return balance(skb, &p, 0);
+	if (rvp && rvp->flags == CT_F_HOST)
+		return rev_source(skb, &p, rvp);
+	return balance(skb, &p, FROM_OUTSIDE);
 }
 
 /* tc_pod_ingress runs on the devices the node's pods send from. TCP and UDP
@@ -596,29 +637,14 @@ int tc_pod_ingress(struct __sk_buff *skb)
 
 	if (parse(skb, &p) < 0 || p.t.proto != IPPROTO_SCTP)
 		return TC_ACT_OK;
-	/* The reply of a pod to itself through its service (hairpin). */
 	rvp = bpf_map_lookup_elem(&revnat, &p.t);
+	/* The reply of a pod to itself through its service (hairpin). */
 	if (rvp && (rvp->flags & CT_F_SNAT))
 		return reply_snat(skb, &p, rvp);
-	return balance(skb, &p, 1);
-}
-
-/* reply_rev turns the source of a reply back into the service address,
- * for replies whose entry has exactly these flags. */
-static __always_inline int reply_rev(struct __sk_buff *skb, __u32 flags)
-{
-	struct rev_val *rvp, rv;
-	struct pkt p;
-
-	if (parse(skb, &p) < 0)
-		return TC_ACT_OK;
-	rvp = bpf_map_lookup_elem(&revnat, &p.t);
-	if (!rvp || rvp->flags != flags)
-		return TC_ACT_OK;
-	rv = *rvp;
-	if (set_addr(skb, &p, 1, &rv.frontend) < 0 || set_port(skb, &p, 1, rv.frontend_port) < 0)
-		return TC_ACT_SHOT;
-	return TC_ACT_OK;
+	/* A pod's reply to the node's own flow. */
+	if (rvp && rvp->flags == CT_F_HOST)
+		return rev_source(skb, &p, rvp);
+	return balance(skb, &p, FROM_POD);
 }
 
 /* tc_egress runs on the external devices: replies from a backend on this
@@ -626,7 +652,15 @@ static __always_inline int reply_rev(struct __sk_buff *skb, __u32 flags)
 SEC("tc")
 int tc_egress(struct __sk_buff *skb)
 {
-	return reply_rev(skb, 0);
+	struct pkt p;
+
+	if (parse(skb, &p) < 0)
+		return TC_ACT_OK;
+	/* SCTP the node itself sends (it came in by no device) meets no
+	 * socket hook either: it is balanced here, on its way out. */
+	if (p.t.proto == IPPROTO_SCTP && !skb->ingress_ifindex)
+		return balance(skb, &p, FROM_HOST);
+	return reply_rev(skb, &p, 0);
 }
 
 /* tc_pod_egress runs on the pod devices: replies to a pod's SCTP flow, from
@@ -634,7 +668,11 @@ int tc_egress(struct __sk_buff *skb)
 SEC("tc")
 int tc_pod_egress(struct __sk_buff *skb)
 {
-	return reply_rev(skb, CT_F_POD);
+	struct pkt p;
+
+	if (parse(skb, &p) < 0)
+		return TC_ACT_OK;
+	return reply_rev(skb, &p, CT_F_POD);
 }
 
 #endif /* SPOKE_TC_H */
