@@ -608,22 +608,31 @@ static __always_inline int reply_rev(struct __sk_buff *skb, struct pkt *p, __u32
 	return rev_source(skb, p, rvp);
 }
 
+/* ingress takes a packet coming in: a reply to a flow whose source was
+ * translated (SNAT: from outside to another node, or a pod reaching itself)
+ * goes back to its client, a reply to the node's own flow gets the service
+ * address as its source, anything else is balanced. */
+static __always_inline int ingress(struct __sk_buff *skb, struct pkt *p, int origin)
+{
+	struct rev_val *rvp;
+
+	rvp = bpf_map_lookup_elem(&revnat, &p->t);
+	if (rvp && (rvp->flags & CT_F_SNAT))
+		return reply_snat(skb, p, rvp);
+	if (rvp && rvp->flags == CT_F_HOST)
+		return rev_source(skb, p, rvp);
+	return balance(skb, p, origin);
+}
+
 /* tc_ingress runs on the devices traffic from outside arrives on. */
 SEC("tc")
 int tc_ingress(struct __sk_buff *skb)
 {
-	struct rev_val *rvp;
 	struct pkt p;
 
 	if (parse(skb, &p) < 0)
 		return TC_ACT_OK;
-
-	rvp = bpf_map_lookup_elem(&revnat, &p.t);
-	if (rvp && (rvp->flags & CT_F_SNAT))
-		return reply_snat(skb, &p, rvp);
-	if (rvp && rvp->flags == CT_F_HOST)
-		return rev_source(skb, &p, rvp);
-	return balance(skb, &p, FROM_OUTSIDE);
+	return ingress(skb, &p, FROM_OUTSIDE);
 }
 
 /* tc_pod_ingress runs on the devices the node's pods send from. TCP and UDP
@@ -632,19 +641,11 @@ int tc_ingress(struct __sk_buff *skb)
 SEC("tc")
 int tc_pod_ingress(struct __sk_buff *skb)
 {
-	struct rev_val *rvp;
 	struct pkt p;
 
 	if (parse(skb, &p) < 0 || p.t.proto != IPPROTO_SCTP)
 		return TC_ACT_OK;
-	rvp = bpf_map_lookup_elem(&revnat, &p.t);
-	/* The reply of a pod to itself through its service (hairpin). */
-	if (rvp && (rvp->flags & CT_F_SNAT))
-		return reply_snat(skb, &p, rvp);
-	/* A pod's reply to the node's own flow. */
-	if (rvp && rvp->flags == CT_F_HOST)
-		return rev_source(skb, &p, rvp);
-	return balance(skb, &p, FROM_POD);
+	return ingress(skb, &p, FROM_POD);
 }
 
 /* tc_egress runs on the external devices: replies from a backend on this
