@@ -40,6 +40,15 @@ func (r *record) add(applied []*spokev1.Resource, removed []string) {
 	r.removed = append(r.removed, removed...)
 }
 
+// removedSoFar reports whether name was recorded as removed since the
+// last take. The agent reports a response once it has applied it, so its
+// state may show the change a moment before the record does.
+func (r *record) removedSoFar(name string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Contains(r.removed, name)
+}
+
 // take returns what was recorded since the last take.
 func (r *record) take() (applied, removed []string) {
 	r.mu.Lock()
@@ -205,6 +214,9 @@ func TestScenario4APIServerRestartAndGone(t *testing.T) {
 		}
 		if view[api.key("svc-0")] == viewBefore[api.key("svc-0")] {
 			return fmt.Errorf("the view has %s as before the outage", api.key("svc-0"))
+		}
+		if !rec.removedSoFar(api.key("doomed")) {
+			return fmt.Errorf("the agent has not reported removing %s yet", api.key("doomed"))
 		}
 		return nil
 	})
