@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/spoke-proxy/spoke/datapath"
 	"github.com/spoke-proxy/spoke/internal/testnet"
 )
@@ -208,26 +210,43 @@ func BenchmarkReopen10kServices(b *testing.B) {
 	}
 }
 
-// BenchmarkOpenPinned measures New on a datapath pinned by an earlier one
-// of the same build, as a restarted agent opens it: the maps and programs
-// are opened from their pins (no program is loaded, so the kernel verifies
-// none) and attached again. What the maps hold does not matter: New reads
-// none of it.
+// BenchmarkOpenPinned measures New on a datapath pinned by an earlier one,
+// as a restarted agent opens it: "reused", of the same build, opens the
+// maps and programs from their pins (no program is loaded, so the kernel
+// verifies none) and attaches them again; "loaded", finding another
+// build's digest, loads (verifies) and pins the programs. What the maps
+// hold does not matter: New reads none of it.
 func BenchmarkOpenPinned(b *testing.B) {
 	d := benchDatapath(b)
 	if err := d.Apply(context.Background(), benchServices(100, 10), nil); err != nil {
 		b.Fatal(err)
 	}
-	for b.Loop() {
-		reopened, err := New(d.opts)
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.StopTimer()
-		if !reopened.reused {
-			b.Fatal("the programs were loaded again")
-		}
-		reopened.Close()
-		b.StartTimer()
+	build, err := ebpf.NewMapWithOptions(buildMap, ebpf.MapOptions{PinPath: d.opts.PinPath})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer build.Close()
+	for _, reuse := range []bool{true, false} {
+		b.Run(map[bool]string{true: "reused", false: "loaded"}[reuse], func(b *testing.B) {
+			for b.Loop() {
+				b.StopTimer()
+				if !reuse {
+					if err := build.Put(uint32(0), [32]byte{1}); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StartTimer()
+				reopened, err := New(d.opts)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				if reopened.reused != reuse {
+					b.Fatalf("programs reused: %v, want %v", reopened.reused, reuse)
+				}
+				reopened.Close()
+				b.StartTimer()
+			}
+		})
 	}
 }

@@ -57,13 +57,15 @@ func (d *Datapath) loadPrograms(spec *ebpf.CollectionSpec, opts *ebpf.Collection
 		return false, fmt.Errorf("reading the build map: %w", err)
 	}
 	if pinned == thisBuild {
-		if err := openPinned(&d.objs.lbPrograms, dir); err == nil {
-			if err := usesMaps(&d.objs); err == nil {
-				return true, nil
-			}
-			d.objs.lbPrograms.Close()
-			d.objs.lbPrograms = lbPrograms{}
+		err := openPinned(&d.objs.lbPrograms, dir)
+		if err == nil {
+			err = usesMaps(&d.objs)
 		}
+		if err == nil {
+			return true, nil
+		}
+		d.objs.lbPrograms.Close()
+		d.objs.lbPrograms = lbPrograms{}
 	}
 	if err := spec.LoadAndAssign(&d.objs.lbPrograms, opts); err != nil {
 		return false, fmt.Errorf("loading the eBPF programs: %w", err)
@@ -91,16 +93,12 @@ func (d *Datapath) loadPrograms(spec *ebpf.CollectionSpec, opts *ebpf.Collection
 	return false, nil
 }
 
-// openPinned opens every program pinned in dir into p, or none.
+// openPinned opens the programs pinned in dir into p; on an error, p holds
+// those it opened.
 func openPinned(p *lbPrograms, dir string) error {
-	fields := programs(p)
-	for name, f := range fields {
+	for name, f := range programs(p) {
 		prog, err := ebpf.LoadPinnedProgram(filepath.Join(dir, name), nil)
 		if err != nil {
-			p.Close()
-			for _, f := range fields {
-				*f = nil
-			}
 			return err
 		}
 		*f = prog

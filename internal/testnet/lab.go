@@ -34,7 +34,8 @@ const (
 	PodDevice = "pod0"
 	// BackendDevices matches (path.Match) the node's ends of the local
 	// backends' interfaces, which come and go with backends.
-	BackendDevices = "be*"
+	BackendDevices = backendDevice + "*"
+	backendDevice  = "be"
 )
 
 // Addresses the lab's plumbing uses: every node-side veth has gw4 and gw6,
@@ -458,7 +459,7 @@ func (l *Lab) backendNS(a netip.Addr, remote bool) (*backend, error) {
 		return b, nil
 	}
 	l.nextVeth++
-	dev := fmt.Sprintf("be%d", l.nextVeth) // BackendDevices
+	dev := fmt.Sprintf("%s%d", backendDevice, l.nextVeth)
 	ns, err := l.newNS(fmt.Sprintf("b%d", l.nextVeth), nil)
 	if err != nil {
 		return nil, err

@@ -608,6 +608,25 @@ static __always_inline int reply_rev(struct __sk_buff *skb, struct pkt *p, __u32
 	return rev_source(skb, p, rvp);
 }
 
+/* l4_proto reads one byte, the packet's L4 protocol (0 when not IP): the
+ * pod devices' programs, which see every packet of every pod, leave all
+ * but SCTP at that cost. */
+static __always_inline __u8 l4_proto(struct __sk_buff *skb)
+{
+	__u32 off;
+	__u8 proto;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP))
+		off = ETH_HLEN + offsetof(struct iphdr, protocol);
+	else if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		off = ETH_HLEN + offsetof(struct ipv6hdr, nexthdr);
+	else
+		return 0;
+	if (bpf_skb_load_bytes(skb, off, &proto, 1) < 0)
+		return 0;
+	return proto;
+}
+
 /* ingress takes a packet coming in: a reply to a flow whose source was
  * translated (SNAT: from outside to another node, or a pod reaching itself)
  * goes back to its client, a reply to the node's own flow gets the service
@@ -643,7 +662,7 @@ int tc_pod_ingress(struct __sk_buff *skb)
 {
 	struct pkt p;
 
-	if (parse(skb, &p) < 0 || p.t.proto != IPPROTO_SCTP)
+	if (l4_proto(skb) != IPPROTO_SCTP || parse(skb, &p) < 0)
 		return TC_ACT_OK;
 	return ingress(skb, &p, FROM_POD);
 }
@@ -665,13 +684,14 @@ int tc_egress(struct __sk_buff *skb)
 }
 
 /* tc_pod_egress runs on the pod devices: replies to a pod's SCTP flow, from
- * any backend, reach the pod with the service's address. */
+ * any backend, reach the pod with the service's address. Only SCTP flows
+ * are recorded for pods. */
 SEC("tc")
 int tc_pod_egress(struct __sk_buff *skb)
 {
 	struct pkt p;
 
-	if (parse(skb, &p) < 0)
+	if (l4_proto(skb) != IPPROTO_SCTP || parse(skb, &p) < 0)
 		return TC_ACT_OK;
 	return reply_rev(skb, &p, CT_F_POD);
 }
