@@ -17,6 +17,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/spoke-proxy/spoke/controlplane/store"
+	"github.com/spoke-proxy/spoke/internal/background"
 	"github.com/spoke-proxy/spoke/internal/kubeapi"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
@@ -150,15 +151,7 @@ func runWatcher(ctx context.Context, t *testing.T, client kubernetes.Interface) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil && ctx.Err() == nil {
-			t.Errorf("watcher: %v", err)
-		}
-	})
+	background.Run(ctx, t, "watcher", w.Run)
 	select {
 	case <-st.Ready():
 	case <-ctx.Done():

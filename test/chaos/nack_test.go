@@ -16,6 +16,7 @@ import (
 	"github.com/spoke-proxy/spoke/datapath"
 	"github.com/spoke-proxy/spoke/datapath/fault"
 	"github.com/spoke-proxy/spoke/datapath/memory"
+	"github.com/spoke-proxy/spoke/internal/background"
 	"github.com/spoke-proxy/spoke/nodeagent/agent"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
@@ -49,15 +50,7 @@ func TestScenario6NackOnceTransientRetried(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- a.Run(runCtx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	}()
+	defer background.Run(ctx, t, "agent", a.Run)()
 	st := func() *spokev1.GetStateResponse {
 		s, err := a.GetState(ctx, &spokev1.GetStateRequest{})
 		if err != nil {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/spoke-proxy/spoke/datapath/memory"
 	"github.com/spoke-proxy/spoke/internal/apiproxy"
+	"github.com/spoke-proxy/spoke/internal/background"
 	"github.com/spoke-proxy/spoke/nodeagent/agent"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
@@ -104,14 +105,9 @@ func runReplicaAgent(ctx context.Context, t *testing.T, node string, addrs ...st
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- ra.a.Run(ctx) }()
+	stop := background.Run(ctx, t, "agent "+node, ra.a.Run)
 	t.Cleanup(func() {
 		stop()
-		if err := <-done; err != nil {
-			t.Errorf("agent %s: %v", node, err)
-		}
 		conn.Close()
 	})
 	return ra
