@@ -155,43 +155,26 @@ func startChurn(ctx context.Context, t *testing.T, a *api, services int, every t
 	c := &churn{api: a}
 	a.addNode(ctx, t, "s9-churn", "192.168.9.250")
 	a.create(ctx, t, service("churn", "", 0), slice("churn", "10.244.9.250"))
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		tick := time.NewTicker(every)
-		defer tick.Stop()
-		for i := 0; ; i++ {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-			c.mu.Lock()
-			name := fmt.Sprintf("svc-%d", i%services)
-			es, err := a.client.DiscoveryV1().EndpointSlices(a.ns).Get(ctx, name+"-1", metav1.GetOptions{})
-			if err == nil {
-				es.Endpoints = slice(name, fmt.Sprintf("10.%d.%d.%d", 100+i/62500, i/250%250, i%250+1)).Endpoints
-				_, err = a.client.DiscoveryV1().EndpointSlices(a.ns).Update(ctx, es, metav1.UpdateOptions{})
-			}
-			if err == nil {
-				c.changes++
-			}
-			patch := fmt.Appendf(nil, `{"metadata":{"labels":{"churn":"%d"}}}`, i)
-			a.client.CoreV1().Nodes().Patch(ctx, "s9-churn", types.MergePatchType, patch, metav1.PatchOptions{})
-			a.client.CoreV1().Services(a.ns).Patch(ctx, "churn", types.MergePatchType, patch, metav1.PatchOptions{})
-			a.client.DiscoveryV1().EndpointSlices(a.ns).Patch(ctx, "churn-1", types.MergePatchType, patch, metav1.PatchOptions{})
-			c.mu.Unlock()
-			if err != nil && ctx.Err() == nil {
-				t.Errorf("churn: %v", err)
-			}
+	c.stop = background.Every(ctx, t, every, func(ctx context.Context, i int) {
+		c.mu.Lock()
+		name := fmt.Sprintf("svc-%d", i%services)
+		es, err := a.client.DiscoveryV1().EndpointSlices(a.ns).Get(ctx, name+"-1", metav1.GetOptions{})
+		if err == nil {
+			es.Endpoints = slice(name, fmt.Sprintf("10.%d.%d.%d", 100+i/62500, i/250%250, i%250+1)).Endpoints
+			_, err = a.client.DiscoveryV1().EndpointSlices(a.ns).Update(ctx, es, metav1.UpdateOptions{})
 		}
-	}()
-	c.stop = func() {
-		cancel()
-		<-done
-	}
-	t.Cleanup(c.stop)
+		if err == nil {
+			c.changes++
+		}
+		patch := fmt.Appendf(nil, `{"metadata":{"labels":{"churn":"%d"}}}`, i)
+		a.client.CoreV1().Nodes().Patch(ctx, "s9-churn", types.MergePatchType, patch, metav1.PatchOptions{})
+		a.client.CoreV1().Services(a.ns).Patch(ctx, "churn", types.MergePatchType, patch, metav1.PatchOptions{})
+		a.client.DiscoveryV1().EndpointSlices(a.ns).Patch(ctx, "churn-1", types.MergePatchType, patch, metav1.PatchOptions{})
+		c.mu.Unlock()
+		if err != nil && ctx.Err() == nil {
+			t.Errorf("churn: %v", err)
+		}
+	})
 	return c
 }
 

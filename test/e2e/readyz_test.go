@@ -21,6 +21,7 @@ import (
 
 	"github.com/spoke-proxy/spoke/controlplane/app"
 	"github.com/spoke-proxy/spoke/internal/apiproxy"
+	"github.com/spoke-proxy/spoke/internal/background"
 	"github.com/spoke-proxy/spoke/internal/kubeapi"
 )
 
@@ -165,7 +166,7 @@ func (p *prober) wait(t *testing.T, what, path string, want int, within time.Dur
 }
 
 // startChurn changes a Service, an EndpointSlice and a Node every 250 ms
-// until the returned function is called.
+// until the returned function is called or the test ends.
 func startChurn(ctx context.Context, t *testing.T, client kubernetes.Interface) func() {
 	t.Helper()
 	if _, err := client.CoreV1().Nodes().Create(ctx, newNode("churn-node", "zone-1", "192.168.0.9"), metav1.CreateOptions{}); err != nil {
@@ -177,30 +178,14 @@ func startChurn(ctx context.Context, t *testing.T, client kubernetes.Interface) 
 	if _, err := client.DiscoveryV1().EndpointSlices("default").Create(ctx, newSlice("default", "churn", "10.244.9.1"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		tick := time.NewTicker(250 * time.Millisecond)
-		defer tick.Stop()
-		for i := 0; ; i++ {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-			label := fmt.Sprintf(`{"metadata":{"labels":{"churn":"%d"}}}`, i)
-			patch := []byte(label)
-			// Errors are the test ending; the readiness checks tell the rest.
-			client.CoreV1().Nodes().Patch(ctx, "churn-node", types.MergePatchType, patch, metav1.PatchOptions{})
-			client.CoreV1().Services("default").Patch(ctx, "churn", types.MergePatchType, patch, metav1.PatchOptions{})
-			client.DiscoveryV1().EndpointSlices("default").Patch(ctx, "churn-1", types.MergePatchType, patch, metav1.PatchOptions{})
-		}
-	}()
-	return func() {
-		cancel()
-		<-done
-	}
+	return background.Every(ctx, t, 250*time.Millisecond, func(ctx context.Context, i int) {
+		label := fmt.Sprintf(`{"metadata":{"labels":{"churn":"%d"}}}`, i)
+		patch := []byte(label)
+		// Errors are the test ending; the readiness checks tell the rest.
+		client.CoreV1().Nodes().Patch(ctx, "churn-node", types.MergePatchType, patch, metav1.PatchOptions{})
+		client.CoreV1().Services("default").Patch(ctx, "churn", types.MergePatchType, patch, metav1.PatchOptions{})
+		client.DiscoveryV1().EndpointSlices("default").Patch(ctx, "churn-1", types.MergePatchType, patch, metav1.PatchOptions{})
+	})
 }
 
 // TestNoConnectionBeforeTheFirstState: a starting control plane takes no
