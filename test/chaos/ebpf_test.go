@@ -2,8 +2,6 @@ package chaos
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -13,7 +11,7 @@ import (
 	"github.com/cilium/ebpf/features"
 
 	"github.com/spoke-proxy/spoke/datapath"
-	spokeebpf "github.com/spoke-proxy/spoke/datapath/ebpf"
+	"github.com/spoke-proxy/spoke/internal/ebpftest"
 	"github.com/spoke-proxy/spoke/internal/testnet"
 )
 
@@ -48,21 +46,7 @@ func newEBPFNode(t *testing.T, backends ...string) *ebpfNode {
 			t.Fatal(err)
 		}
 	}
-	var b [4]byte
-	rand.Read(b[:])
-	opts := spokeebpf.Options{
-		PinPath:    "/sys/fs/bpf/spoke-chaos-" + hex.EncodeToString(b[:]),
-		CgroupPath: lab.CgroupPath(),
-		NetNS:      lab.NodeNS().Path(),
-		Devices:    []string{testnet.ExternalDevice},
-	}
-	t.Cleanup(func() {
-		if err := spokeebpf.Cleanup(opts); err != nil {
-			t.Errorf("removing the eBPF datapath: %v", err)
-		}
-	})
-	n.args = []string{"-datapath", "ebpf", "-bpf-pin-path", opts.PinPath, "-cgroup-root", opts.CgroupPath,
-		"-devices", testnet.ExternalDevice, "-devices-netns", opts.NetNS}
+	_, n.args = ebpftest.AgentDatapath(t, lab)
 	return n
 }
 

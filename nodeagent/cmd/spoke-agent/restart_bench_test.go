@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	spokeebpf "github.com/spoke-proxy/spoke/datapath/ebpf"
+	"github.com/spoke-proxy/spoke/internal/ebpftest"
 	"github.com/spoke-proxy/spoke/internal/testnet"
 	"github.com/spoke-proxy/spoke/nodeagent/state/statetest"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
@@ -62,7 +63,7 @@ func BenchmarkRestartProcess(b *testing.B) {
 			if err := lab.SetNodeAddrs([]netip.Addr{netip.MustParseAddr(statetest.NodeAddr)}); err != nil {
 				b.Fatal(err)
 			}
-			opts, ebpfArgs := labDatapath(b, lab)
+			opts, ebpfArgs := ebpftest.AgentDatapath(b, lab)
 			before := func() {}
 			switch c {
 			case "ebpf-cold":

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
@@ -22,7 +20,7 @@ import (
 	"github.com/spoke-proxy/spoke/controlplane/server"
 	"github.com/spoke-proxy/spoke/controlplane/store"
 	"github.com/spoke-proxy/spoke/datapath"
-	spokeebpf "github.com/spoke-proxy/spoke/datapath/ebpf"
+	"github.com/spoke-proxy/spoke/internal/ebpftest"
 	"github.com/spoke-proxy/spoke/internal/testnet"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
@@ -90,26 +88,6 @@ func serveViews(t *testing.T, st *store.Store, addr string) (*grpc.Server, strin
 	return gs, lis.Addr().String()
 }
 
-// labDatapath returns eBPF options on a fresh pin path for an agent on the
-// lab's node, removed when the test ends, and the agent flags that say so.
-func labDatapath(t testing.TB, lab *testnet.Lab) (spokeebpf.Options, []string) {
-	var b [4]byte
-	rand.Read(b[:])
-	opts := spokeebpf.Options{
-		PinPath:    "/sys/fs/bpf/spoke-test-" + hex.EncodeToString(b[:]),
-		CgroupPath: lab.CgroupPath(),
-		NetNS:      lab.NodeNS().Path(),
-		Devices:    []string{testnet.ExternalDevice},
-	}
-	t.Cleanup(func() {
-		if err := spokeebpf.Cleanup(opts); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
-	return opts, []string{"-datapath", "ebpf", "-bpf-pin-path", opts.PinPath, "-cgroup-root", opts.CgroupPath,
-		"-devices", testnet.ExternalDevice, "-devices-netns", opts.NetNS}
-}
-
 func freeAddr(t testing.TB) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -159,7 +137,7 @@ func TestKilledAgentDropsNoFlow(t *testing.T) {
 	st.MarkReady()
 	_, cpAddr := serveViews(t, st, "127.0.0.1:0")
 
-	_, ebpfArgs := labDatapath(t, lab)
+	_, ebpfArgs := ebpftest.AgentDatapath(t, lab)
 	agent := &agentProcess{t: t, healthz: freeAddr(t)}
 	agent.args = append(ebpfArgs,
 		"-node-name", "node-1", "-controlplane", cpAddr, "-insecure",
