@@ -12,19 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spoke-proxy/spoke/internal/loopback"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
-
-// freePort returns a loopback port nothing listens on.
-func freePort(t *testing.T) uint16 {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
-	return uint16(lis.Addr().(*net.TCPAddr).Port)
-}
 
 type answer struct {
 	code int
@@ -52,7 +42,7 @@ func TestServerOpensAnswersAndCloses(t *testing.T) {
 	healthy.Store(true)
 	s := New(Options{Host: "127.0.0.1", Healthy: healthy.Load})
 	defer s.Close()
-	p1, p2 := freePort(t), freePort(t)
+	p1, p2 := loopback.FreePort(t), loopback.FreePort(t)
 	if err := s.Sync(map[uint16]Service{p1: {Key: "ns/web", LocalEndpoints: 2}, p2: {Key: "ns/empty"}}); err != nil {
 		t.Fatal(err)
 	}

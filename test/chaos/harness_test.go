@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -29,6 +28,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/spoke-proxy/spoke/internal/kubeapi"
+	"github.com/spoke-proxy/spoke/internal/loopback"
 	"github.com/spoke-proxy/spoke/internal/testnet"
 	"github.com/spoke-proxy/spoke/internal/wait"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
@@ -108,16 +108,6 @@ func binaries(t *testing.T) {
 	if bins.err != nil {
 		t.Fatal(bins.err)
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
-	return lis.Addr().String()
 }
 
 // process is a binary run by a scenario, its output kept in a file.
@@ -277,7 +267,7 @@ type controlPlane struct {
 func newControlPlane(t *testing.T, name, kubeconfig string, extra ...string) *controlPlane {
 	t.Helper()
 	binaries(t)
-	cp := &controlPlane{grpcAddr: freeAddr(t), httpAddr: freeAddr(t)}
+	cp := &controlPlane{grpcAddr: loopback.FreeAddr(t), httpAddr: loopback.FreeAddr(t)}
 	args := append([]string{"-kubeconfig", kubeconfig, "-insecure", "-agent-auth", "none",
 		"-grpc-address", cp.grpcAddr, "-metrics-address", cp.httpAddr,
 		"-debounce-window", "20ms", "-debounce-max-delay", "200ms"}, extra...)
@@ -387,8 +377,8 @@ type agentProc struct {
 func newAgent(t *testing.T, node, cpAddr string, extra ...string) *agentProc {
 	t.Helper()
 	binaries(t)
-	a := &agentProc{node: node, statePath: filepath.Join(t.TempDir(), node+".db"), healthzAddr: freeAddr(t), metricsAddr: freeAddr(t)}
-	inspectAddr := freeAddr(t)
+	a := &agentProc{node: node, statePath: filepath.Join(t.TempDir(), node+".db"), healthzAddr: loopback.FreeAddr(t), metricsAddr: loopback.FreeAddr(t)}
+	inspectAddr := loopback.FreeAddr(t)
 	args := append([]string{"-node-name", node, "-controlplane", cpAddr, "-insecure",
 		"-state-file", a.statePath, "-healthz-address", a.healthzAddr, "-metrics-address", a.metricsAddr,
 		"-inspect-address", inspectAddr}, extra...)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spoke-proxy/spoke/controlplane/model"
 	"github.com/spoke-proxy/spoke/controlplane/store"
+	"github.com/spoke-proxy/spoke/internal/loopback"
 	"github.com/spoke-proxy/spoke/internal/wait"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
@@ -91,12 +92,12 @@ func TestAgentServesKubeProxyEndpoints(t *testing.T) {
 	st.MarkReady()
 	gs, cpAddr := serveViews(t, st, "127.0.0.1:0")
 
-	agent := &agentProcess{t: t, healthz: freeAddr(t)}
-	metrics := freeAddr(t)
+	agent := &agentProcess{t: t, healthz: loopback.FreeAddr(t)}
+	metrics := loopback.FreeAddr(t)
 	agent.args = []string{
 		"-node-name", "node-1", "-controlplane", cpAddr, "-insecure", "-datapath", "memory",
 		"-state-file", filepath.Join(t.TempDir(), "state.db"), "-repair-interval", "1s",
-		"-healthz-address", agent.healthz, "-metrics-address", metrics, "-inspect-address", freeAddr(t),
+		"-healthz-address", agent.healthz, "-metrics-address", metrics, "-inspect-address", loopback.FreeAddr(t),
 	}
 	agent.start()
 	defer func() { agent.kill() }()
@@ -145,7 +146,7 @@ func TestAgentServesKubeProxyEndpoints(t *testing.T) {
 
 func mustPort(t *testing.T) int {
 	t.Helper()
-	_, p, _ := net.SplitHostPort(freeAddr(t))
+	_, p, _ := net.SplitHostPort(loopback.FreeAddr(t))
 	var n int
 	fmt.Sscan(p, &n)
 	return n

@@ -19,6 +19,7 @@ import (
 
 	spokeebpf "github.com/spoke-proxy/spoke/datapath/ebpf"
 	"github.com/spoke-proxy/spoke/internal/ebpftest"
+	"github.com/spoke-proxy/spoke/internal/loopback"
 	"github.com/spoke-proxy/spoke/internal/testnet"
 	"github.com/spoke-proxy/spoke/nodeagent/state/statetest"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
@@ -90,9 +91,9 @@ func BenchmarkRestartProcess(b *testing.B) {
 // Each timed start must have found the datapath stamped, or not, as
 // stamped says.
 func benchRestart(b *testing.B, services int, stamped bool, before func(), args ...string) {
-	inspect := freeAddr(b)
+	inspect := loopback.FreeAddr(b)
 	args = append(args, "-node-name", "node-1", "-controlplane", "127.0.0.1:1", "-insecure", "-token-file", "",
-		"-log-format", "json", "-healthz-address", freeAddr(b), "-metrics-address", freeAddr(b), "-inspect-address", inspect)
+		"-log-format", "json", "-healthz-address", loopback.FreeAddr(b), "-metrics-address", loopback.FreeAddr(b), "-inspect-address", inspect)
 	var took []time.Duration
 	last, _, err := startUntilRestored(args)
 	if err != nil {

@@ -21,6 +21,7 @@ import (
 	"github.com/spoke-proxy/spoke/controlplane/store"
 	"github.com/spoke-proxy/spoke/datapath"
 	"github.com/spoke-proxy/spoke/internal/ebpftest"
+	"github.com/spoke-proxy/spoke/internal/loopback"
 	"github.com/spoke-proxy/spoke/internal/testnet"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
@@ -88,16 +89,6 @@ func serveViews(t *testing.T, st *store.Store, addr string) (*grpc.Server, strin
 	return gs, lis.Addr().String()
 }
 
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
-	return lis.Addr().String()
-}
-
 // TestKilledAgentDropsNoFlow kills the agent with SIGKILL and restarts it
 // while a long-lived connection from a pod, one from outside, and a stream
 // of new connections of both kinds run through a service: not one of them
@@ -138,11 +129,11 @@ func TestKilledAgentDropsNoFlow(t *testing.T) {
 	_, cpAddr := serveViews(t, st, "127.0.0.1:0")
 
 	_, ebpfArgs := ebpftest.AgentDatapath(t, lab)
-	agent := &agentProcess{t: t, healthz: freeAddr(t)}
+	agent := &agentProcess{t: t, healthz: loopback.FreeAddr(t)}
 	agent.args = append(ebpfArgs,
 		"-node-name", "node-1", "-controlplane", cpAddr, "-insecure",
 		"-state-file", filepath.Join(t.TempDir(), "state.db"),
-		"-healthz-address", agent.healthz, "-metrics-address", freeAddr(t), "-inspect-address", freeAddr(t),
+		"-healthz-address", agent.healthz, "-metrics-address", loopback.FreeAddr(t), "-inspect-address", loopback.FreeAddr(t),
 	)
 	agent.start()
 	defer func() { agent.kill() }()
