@@ -92,6 +92,17 @@ func (f *flows) hold(ctx context.Context, pkt datapath.Packet) {
 	f.conns = append(f.conns, c)
 }
 
+// holdFromPod opens a long-lived connection from a pod to the cluster IP
+// vip's port 80 and returns the flows that hold it, with the packet of a
+// new connection to vip for their checks.
+func (n *ebpfNode) holdFromPod(ctx context.Context, vip string) (*flows, datapath.Packet) {
+	n.t.Helper()
+	pkt := fromPod(vip)
+	f := &flows{n: n}
+	f.hold(ctx, pkt)
+	return f, pkt
+}
+
 // check echoes on every held connection and makes a new connection to
 // each of pkts, reporting each failure.
 func (f *flows) check(ctx context.Context, when string, pkts ...datapath.Packet) {

@@ -34,9 +34,7 @@ func TestScenario1KilledDuringApplies(t *testing.T) {
 	ag := newAgent(t, "s1-node-1", cp.grpcAddr, append(n.args, "-repair-interval", "200ms")...)
 	ag.start()
 	eventually(ctx, t, "the agent holds its view", func() error { return converged(ctx, cp, ag) })
-	web := fromPod("10.96.11.10")
-	f := &flows{n: n}
-	f.hold(ctx, web)
+	f, web := n.holdFromPod(ctx, "10.96.11.10")
 	f.check(ctx, "before any kill", web)
 
 	var slowest time.Duration

@@ -42,9 +42,7 @@ func TestScenario2ControlPlaneDown(t *testing.T) {
 	eventually(ctx, t, "node-1 holds its view", func() error { return converged(ctx, cp, ag) })
 	eventually(ctx, t, "node-2 holds its view", func() error { return agentConverged(ctx, cp, other, "s2-node-2") })
 	rec.take()
-	web := fromPod("10.96.22.10")
-	f := &flows{n: n}
-	f.hold(ctx, web)
+	f, web := n.holdFromPod(ctx, "10.96.22.10")
 	f.check(ctx, "before the outage", web)
 
 	cp.kill()

@@ -183,9 +183,7 @@ func TestScenario3Partition(t *testing.T) {
 		"-keepalive-time", partitionKeepaliveTime.String(), "-keepalive-timeout", partitionKeepaliveTimeout.String())...)
 	ag.start()
 	eventually(ctx, t, "the agent holds its view", func() error { return converged(ctx, cp, ag) })
-	web := fromPod("10.96.33.10")
-	f := &flows{n: n}
-	f.hold(ctx, web)
+	f, web := n.holdFromPod(ctx, "10.96.33.10")
 	f.check(ctx, "before the partition", web)
 
 	bound := partitionKeepaliveTime + partitionKeepaliveTimeout

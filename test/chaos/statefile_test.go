@@ -180,9 +180,7 @@ func TestScenario7BadStateFiles(t *testing.T) {
 	ag := newAgent(t, "s7-node-1", cp.grpcAddr, append(n.args, "-repair-interval", "200ms")...)
 	ag.start()
 	eventually(ctx, t, "the agent holds its view", func() error { return converged(ctx, cp, ag) })
-	web := fromPod("10.96.77.10")
-	f := &flows{n: n}
-	f.hold(ctx, web)
+	f, web := n.holdFromPod(ctx, "10.96.77.10")
 	f.check(ctx, "before any fault", web)
 
 	rounds := pick(1, 3)
