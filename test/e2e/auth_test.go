@@ -100,11 +100,7 @@ func writeToken(t *testing.T, token string) string {
 // server's issuer keys, with a watched cache of the agents' pods.
 func authCluster(t *testing.T) (context.Context, kubernetes.Interface, *auth.Authenticator) {
 	t.Helper()
-	api := kubeapi.ForTest(t)
-	client, err := kubernetes.NewForConfig(api.RESTConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, client := startAPI(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
 	for i, name := range []string{"node-1", "node-2"} {
@@ -278,11 +274,7 @@ func forge(t *testing.T, payload []byte, kid string) string {
 // for a key ID not seen before, and a TokenReview for a token of another
 // issuer).
 func TestAgentTokensVerifiedWithoutAPICalls(t *testing.T) {
-	api := kubeapi.ForTest(t)
-	admin, err := kubernetes.NewForConfig(api.RESTConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
+	api, admin := startAPI(t)
 	var requests atomic.Int64
 	cfg := api.RESTConfig()
 	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return countingTransport{rt: rt, n: &requests} })

@@ -53,6 +53,18 @@ type node struct {
 	stop      func()
 }
 
+// startAPI starts a real API server for the test (stopped when it ends)
+// and returns it with a client of it.
+func startAPI(t *testing.T) (*kubeapi.Server, kubernetes.Interface) {
+	t.Helper()
+	api := kubeapi.ForTest(t)
+	client, err := kubernetes.NewForConfig(api.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return api, client
+}
+
 func startControlPlane(t *testing.T, client kubernetes.Interface, addr string) (*app.ControlPlane, string, func()) {
 	t.Helper()
 	lis, err := net.Listen("tcp", addr)
@@ -203,11 +215,7 @@ func newSlice(ns, svc string, ips ...string) *discoveryv1.EndpointSlice {
 }
 
 func TestEndToEnd(t *testing.T) {
-	api := kubeapi.ForTest(t)
-	client, err := kubernetes.NewForConfig(api.RESTConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, client := startAPI(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	for i := 1; i <= 3; i++ {

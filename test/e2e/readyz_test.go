@@ -29,11 +29,7 @@ import (
 // first state is published, and stops being ready when the API server its
 // watches follow stops answering, while it stays alive and keeps serving.
 func TestReadinessFollowsTheAPIServer(t *testing.T) {
-	api := kubeapi.ForTest(t)
-	client, err := kubernetes.NewForConfig(api.RESTConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
+	api, client := startAPI(t)
 	_, probe := runControlPlane(t, app.Options{Client: client, APIStaleAfter: 2 * time.Second})
 	probe.wait(t, "synced", "/readyz", http.StatusOK, 30*time.Second)
 
@@ -58,11 +54,7 @@ func TestReadinessFollowsTheAPIServer(t *testing.T) {
 // healthy watches hearing from the API server well within the test's short
 // bound (a real one hears a bookmark about every minute).
 func TestReadinessFailsWhenAWatchStalls(t *testing.T) {
-	api := kubeapi.ForTest(t)
-	direct, err := kubernetes.NewForConfig(api.RESTConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
+	api, direct := startAPI(t)
 	proxy, err := apiproxy.New(api.RESTConfig())
 	if err != nil {
 		t.Fatal(err)
