@@ -2,7 +2,6 @@ package main
 
 import (
 	"archive/tar"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,6 +9,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/spoke-proxy/spoke/internal/imagetest"
 )
 
 func TestWriteImage(t *testing.T) {
@@ -45,26 +46,9 @@ func TestWriteImage(t *testing.T) {
 	if cfg.OS != "linux" || cfg.Architecture != "amd64" || !slices.Equal(cfg.Config.Entrypoint, spec.entrypoint) || !slices.Equal(cfg.Config.Cmd, spec.cmd) {
 		t.Errorf("config = %s/%s %q %q", cfg.OS, cfg.Architecture, cfg.Config.Entrypoint, cfg.Config.Cmd)
 	}
-	layers, err := img.Layers()
-	if err != nil || len(layers) != 1 {
-		t.Fatalf("layers = %d, %v; want 1", len(layers), err)
-	}
-	rc, err := layers[0].Uncompressed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
 	got := map[string]string{}
-	tr := tar.NewReader(rc)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		got[h.Name] = string(rune(h.Typeflag)) + h.Linkname
+	for n, h := range imagetest.LayerEntries(t, img) {
+		got[n] = string(rune(h.Typeflag)) + h.Linkname
 	}
 	want := map[string]string{"uploads/": string(rune(tar.TypeDir)), "bin/busybox": string(rune(tar.TypeReg)), "bin/sh": string(rune(tar.TypeSymlink)) + "busybox"}
 	for k, v := range want {

@@ -1,9 +1,6 @@
 package main
 
 import (
-	"archive/tar"
-	"errors"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +10,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/spoke-proxy/spoke/internal/imagetest"
 )
 
 var created = time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
@@ -105,7 +104,7 @@ func TestBuildContents(t *testing.T) {
 	if cf.Config.User != "65532" || cf.OS != "linux" || cf.Architecture != "arm64" || !cf.Created.Equal(created) {
 		t.Errorf("config: user %q, platform %s/%s, created %v", cf.Config.User, cf.OS, cf.Architecture, cf.Created)
 	}
-	entries := layerEntries(t, img)
+	entries := imagetest.LayerEntries(t, img)
 	if h := entries["usr/local/bin/spoke-controlplane"]; h == nil || h.Mode != 0o755 || h.Size != int64(len("not really a binary")) {
 		t.Errorf("binary entry %+v", h)
 	}
@@ -116,31 +115,6 @@ func TestBuildContents(t *testing.T) {
 		if !h.ModTime.Equal(created) {
 			t.Errorf("%s: mtime %v, want %v", n, h.ModTime, created)
 		}
-	}
-}
-
-func layerEntries(t *testing.T, img v1.Image) map[string]*tar.Header {
-	t.Helper()
-	layers, err := img.Layers()
-	if err != nil || len(layers) != 1 {
-		t.Fatalf("%d layers, %v", len(layers), err)
-	}
-	rc, err := layers[0].Uncompressed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	out := map[string]*tar.Header{}
-	tr := tar.NewReader(rc)
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return out
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[h.Name] = h
 	}
 }
 
