@@ -215,17 +215,8 @@ func TestLeftoversAndTableRepair(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer done()
-	set := func(name string) *nftables.Set {
-		for _, s := range tableSets() {
-			if s.Name == name {
-				return s
-			}
-		}
-		t.Fatalf("no set %s", name)
-		return nil
-	}
 	lbKey := vkey{addr: a("198.51.100.10"), proto: datapath.TCP, port: 80}
-	if err := c.SetDeleteElements(set(setFirewall+"4"), []nftables.SetElement{{Key: frontendBytes(lbKey)}}); err != nil {
+	if err := c.SetDeleteElements(tableSet(t, setFirewall+"4"), []nftables.SetElement{{Key: frontendBytes(lbKey)}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Flush(); err != nil {
@@ -240,7 +231,7 @@ func TestLeftoversAndTableRepair(t *testing.T) {
 	if ok, left := programmed(); !ok || len(left) > 0 {
 		t.Fatalf("after repair: programmed %v, leftovers %q", ok, left)
 	}
-	if err := c.SetAddElements(set(setOutsideDrop+"4"), []nftables.SetElement{{Key: frontendBytes(stray.key)}}); err != nil {
+	if err := c.SetAddElements(tableSet(t, setOutsideDrop+"4"), []nftables.SetElement{{Key: frontendBytes(stray.key)}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Flush(); err != nil {

@@ -39,17 +39,7 @@ func TestTableAtScale(t *testing.T) {
 	ns := testnet.NetNS(t)
 	tb := &table{netns: ns.Path()}
 	node := []netip.Addr{a("192.168.0.1")}
-	rs := buildRuleset(scalePlans(3000, node), nil, node, []string{"eth0"})
-	if err := tb.replace(rs); err != nil {
-		t.Fatal(err)
-	}
-	rb, err := tb.read()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !rb.rulesOK || !rb.has(rs) || len(rb.extra(rs)) > 0 {
-		t.Fatalf("read back: rules ok %v (%s), has %v, %d extra", rb.rulesOK, rb.why, rb.has(rs), len(rb.extra(rs)))
-	}
+	replaceAndCheck(t, tb, buildRuleset(scalePlans(3000, node), nil, node, []string{"eth0"}))
 }
 
 // BenchmarkReplaceTable measures what an Apply that touches the table

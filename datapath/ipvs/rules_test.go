@@ -95,37 +95,10 @@ func TestTableReadBack(t *testing.T) {
 	ns := testnet.NetNS(t)
 	tb := &table{netns: ns.Path()}
 	rs := testRuleset()
-	if err := tb.replace(rs); err != nil {
-		t.Fatal(err)
-	}
-	rb, err := tb.read()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !rb.rulesOK || !rb.has(rs) || len(rb.extra(rs)) > 0 {
-		t.Fatalf("read back: rules ok %v (%s), has %v, extra %v", rb.rulesOK, rb.why, rb.has(rs), rb.extra(rs))
-	}
+	replaceAndCheck(t, tb, rs)
 	// Replacing it again is one transaction that leaves exactly rs.
 	if err := tb.replace(rs); err != nil {
 		t.Fatal(err)
-	}
-	set := func(name string) *nftables.Set {
-		for _, s := range tableSets() {
-			if s.Name == name {
-				return s
-			}
-		}
-		t.Fatalf("no set %s", name)
-		return nil
-	}
-	chain := func(name string) *nftables.Chain {
-		for _, c := range tableChains() {
-			if c.Name == name {
-				return c.Chain
-			}
-		}
-		t.Fatalf("no chain %s", name)
-		return nil
 	}
 	lb := vkey{addr: a("198.51.100.10"), proto: datapath.TCP, port: 80}
 	other := vkey{addr: a("10.96.0.99"), proto: datapath.TCP, port: 80}
@@ -135,17 +108,17 @@ func TestTableReadBack(t *testing.T) {
 		check  func(rb *readBack) bool
 	}{
 		{"an element deleted", func(c *nftables.Conn) error {
-			return c.SetDeleteElements(set("firewall4"), []nftables.SetElement{{Key: frontendBytes(lb)}})
+			return c.SetDeleteElements(tableSet(t, "firewall4"), []nftables.SetElement{{Key: frontendBytes(lb)}})
 		}, func(rb *readBack) bool { return rb.rulesOK && !rb.has(rs) }},
 		{"an element added", func(c *nftables.Conn) error {
-			return c.SetAddElements(set("outside-drop4"), []nftables.SetElement{{Key: frontendBytes(other)}})
+			return c.SetAddElements(tableSet(t, "outside-drop4"), []nftables.SetElement{{Key: frontendBytes(other)}})
 		}, func(rb *readBack) bool { return rb.rulesOK && rb.has(rs) && len(rb.extra(rs)) == 1 }},
 		{"a chain flushed", func(c *nftables.Conn) error {
-			c.FlushChain(chain("output"))
+			c.FlushChain(tableChain(t, "output"))
 			return nil
 		}, func(rb *readBack) bool { return !rb.rulesOK }},
 		{"a rule added", func(c *nftables.Conn) error {
-			c.AddRule(&nftables.Rule{Table: nftTable, Chain: chain("input"), Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}})
+			c.AddRule(&nftables.Rule{Table: nftTable, Chain: tableChain(t, "input"), Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}})
 			return nil
 		}, func(rb *readBack) bool { return !rb.rulesOK }},
 		{"a rule changed", func(c *nftables.Conn) error {
@@ -192,8 +165,48 @@ func TestTableReadBack(t *testing.T) {
 	if err := tb.remove(); err != nil {
 		t.Fatal(err)
 	}
-	rb, err = tb.read()
+	rb, err := tb.read()
 	if err != nil || rb.rulesOK {
 		t.Errorf("after remove: %+v, %v", rb, err)
 	}
+}
+
+// replaceAndCheck replaces the table with rs and checks that it reads back
+// as exactly rs.
+func replaceAndCheck(t *testing.T, tb *table, rs *ruleset) {
+	t.Helper()
+	if err := tb.replace(rs); err != nil {
+		t.Fatal(err)
+	}
+	rb, err := tb.read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if extra := rb.extra(rs); !rb.rulesOK || !rb.has(rs) || len(extra) > 0 {
+		t.Fatalf("read back: rules ok %v (%s), has %v, %d extra %q", rb.rulesOK, rb.why, rb.has(rs), len(extra), extra[:min(len(extra), 10)])
+	}
+}
+
+// tableSet returns the set of the planned table named name.
+func tableSet(t *testing.T, name string) *nftables.Set {
+	t.Helper()
+	for _, s := range tableSets() {
+		if s.Name == name {
+			return s
+		}
+	}
+	t.Fatalf("no set %s", name)
+	return nil
+}
+
+// tableChain returns the chain of the planned table named name.
+func tableChain(t *testing.T, name string) *nftables.Chain {
+	t.Helper()
+	for _, c := range tableChains() {
+		if c.Name == name {
+			return c.Chain
+		}
+	}
+	t.Fatalf("no chain %s", name)
+	return nil
 }
