@@ -48,14 +48,7 @@ func webService(backend string) *datapath.Service {
 // the node listening on every address must not answer on a service
 // address, which is the node's own for IPVS.
 func TestNodeSocketsNotReachableThroughServiceAddresses(t *testing.T) {
-	ctx, lab, d := nodeLab(t)
-	svc := webService("10.244.1.5:8080")
-	if err := lab.AddBackend(svc.Ports[0].Internal.Endpoints[0].Addr, datapath.TCP, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Apply(ctx, []*datapath.Service{svc}, nil); err != nil {
-		t.Fatal(err)
-	}
+	_, lab := webLab(t, "10.244.1.5:8080", false)
 	var l net.Listener
 	err := netns.Do(lab.NodeNS().Path(), func() error {
 		var err error
@@ -93,14 +86,7 @@ func TestNodeSocketsNotReachableThroughServiceAddresses(t *testing.T) {
 // leads back to this node: the service address would lead to the
 // backend's own node, which holds it too.
 func TestNodeConnectionsToServicesAreMasqueraded(t *testing.T) {
-	ctx, lab, d := nodeLab(t)
-	svc := webService("10.244.2.5:8080")
-	if err := lab.AddBackend(svc.Ports[0].Internal.Endpoints[0].Addr, datapath.TCP, true); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Apply(ctx, []*datapath.Service{svc}, nil); err != nil {
-		t.Fatal(err)
-	}
+	_, lab := webLab(t, "10.244.2.5:8080", true)
 	answer, err := dialFromNode(lab, ap("10.96.0.10:80"))
 	if err != nil {
 		t.Fatal(err)
@@ -250,14 +236,7 @@ func TestLeftoversAndTableRepair(t *testing.T) {
 // service gets an answer: without masquerading, the packet IPVS sends back
 // to it carries its own address as the source, and its kernel drops it.
 func TestHairpin(t *testing.T) {
-	ctx, lab, d := nodeLab(t)
-	svc := webService("10.244.1.5:8080")
-	if err := lab.AddBackend(ap("10.244.1.5:8080"), datapath.TCP, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Apply(ctx, []*datapath.Service{svc}, nil); err != nil {
-		t.Fatal(err)
-	}
+	ctx, lab := webLab(t, "10.244.1.5:8080", false)
 	pkt := datapath.Packet{Protocol: datapath.TCP, Src: ap("10.244.1.5:40000"), Dst: ap("10.96.0.10:80")}
 	res, err := lab.Send(ctx, datapath.FromNode, pkt)
 	if err != nil {
@@ -266,6 +245,21 @@ func TestHairpin(t *testing.T) {
 	if res.Outcome != testnet.Reached || res.Local != ap("10.244.1.5:8080") || res.Remote != pkt.Dst {
 		t.Errorf("%s: %s; want the backend itself, through the service address", pkt, res)
 	}
+}
+
+// webLab is a nodeLab with webService(backend) programmed and its backend
+// answering, behind the node or, when remote, on another node.
+func webLab(t *testing.T, backend string, remote bool) (context.Context, *testnet.Lab) {
+	t.Helper()
+	ctx, lab, d := nodeLab(t)
+	svc := webService(backend)
+	if err := lab.AddBackend(ap(backend), datapath.TCP, remote); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Apply(ctx, []*datapath.Service{svc}, nil); err != nil {
+		t.Fatal(err)
+	}
+	return ctx, lab
 }
 
 // nodeLab opens a datapath on a lab of its own whose node has the address
