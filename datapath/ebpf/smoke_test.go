@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/spoke-proxy/spoke/datapath"
+	"github.com/spoke-proxy/spoke/datapath/conformance/kernel"
 	"github.com/spoke-proxy/spoke/internal/testnet"
 )
 
@@ -35,16 +36,7 @@ func TestSmoke(t *testing.T) {
 		Ports: []datapath.Port{{Name: "http", Protocol: datapath.TCP, Port: 80, NodePort: 30080,
 			Internal: datapath.Backends{NoEndpoints: datapath.Reject, Endpoints: []datapath.Endpoint{{Addr: be}}}}},
 	}
-	if err := d.Apply(ctx, []*datapath.Service{svc}, nil); err != nil {
-		t.Fatal(err)
-	}
-	got, err := d.Programmed(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !datapath.Equal(got[svc.Key], svc) {
-		t.Errorf("programmed %+v, want %+v", got[svc.Key], svc)
-	}
+	kernel.ApplyAndReadBack(ctx, t, d, svc)
 	for _, c := range []struct {
 		origin datapath.Origin
 		dst    string

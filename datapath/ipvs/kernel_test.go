@@ -130,16 +130,7 @@ func TestReadBackAndRepair(t *testing.T) {
 		Ports: []datapath.Port{{Name: "http", Protocol: datapath.TCP, Port: 80, NodePort: 30080,
 			Internal: datapath.Backends{NoEndpoints: datapath.Reject, Endpoints: []datapath.Endpoint{
 				{Addr: netip.MustParseAddrPort("10.244.1.5:8080")}, {Addr: netip.MustParseAddrPort("10.244.1.6:8080"), Draining: true}}}}}}
-	if err := d.Apply(ctx, []*datapath.Service{svc}, nil); err != nil {
-		t.Fatal(err)
-	}
-	got, err := d.Programmed(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !datapath.Equal(got[svc.Key], svc) {
-		t.Fatalf("read back %+v, want %+v", got[svc.Key], svc)
-	}
+	kernel.ApplyAndReadBack(ctx, t, d, svc)
 	// Someone deletes a real server.
 	h, err := ipvs.New(lab.NodeNS().Path())
 	if err != nil {
@@ -150,21 +141,15 @@ func TestReadBackAndRepair(t *testing.T) {
 	if err := h.DelDestination(toService(&vs[0]), toDestination(vs[0].dests[0])); err != nil {
 		t.Fatal(err)
 	}
-	if got, err = d.Programmed(ctx); err != nil {
+	got, err := d.Programmed(ctx)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := got[svc.Key]; ok {
 		t.Fatal("the read-back did not notice a deleted real server")
 	}
-	if err := d.Apply(ctx, []*datapath.Service{svc}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if got, err = d.Programmed(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if !datapath.Equal(got[svc.Key], svc) {
-		t.Fatalf("after repair: read back %+v", got[svc.Key])
-	}
+	// Apply repairs it.
+	kernel.ApplyAndReadBack(ctx, t, d, svc)
 	// A second service may not take the first one's node port.
 	clash := *svc
 	clash.Key, clash.ClusterIPs = "default/other", []netip.Addr{netip.MustParseAddr("10.96.0.11")}

@@ -51,6 +51,22 @@ func Empty(ctx context.Context, dp datapath.Datapath) error {
 	return dp.SetNode(ctx, datapath.Node{})
 }
 
+// ApplyAndReadBack programs svc into dp and fails t unless dp reads it back
+// unchanged.
+func ApplyAndReadBack(ctx context.Context, t testing.TB, dp datapath.Datapath, svc *datapath.Service) {
+	t.Helper()
+	if err := dp.Apply(ctx, []*datapath.Service{svc}, nil); err != nil {
+		t.Fatal(err)
+	}
+	got, err := dp.Programmed(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !datapath.Equal(got[svc.Key], svc) {
+		t.Fatalf("read back %+v, want %+v", got[svc.Key], svc)
+	}
+}
+
 // Options adapt the conformance run to one datapath.
 type Options struct {
 	// KnownGap, when set, names what the datapath cannot do yet for a
