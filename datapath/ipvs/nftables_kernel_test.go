@@ -153,15 +153,10 @@ func TestLeftoversAndTableRepair(t *testing.T) {
 	}
 	removeLeftovers := func() {
 		t.Helper()
-		got, err := d.Programmed(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var keys []string
-		for k := range got {
-			if strings.HasPrefix(k, leftoverPrefix) {
-				keys = append(keys, k)
-			}
+		_, left := programmed()
+		keys := make([]string, len(left))
+		for i, l := range left {
+			keys[i] = leftoverPrefix + l
 		}
 		if err := d.Apply(ctx, nil, keys); err != nil {
 			t.Fatal(err)
