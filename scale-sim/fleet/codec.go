@@ -16,6 +16,7 @@ import (
 	_ "google.golang.org/grpc/encoding/proto"
 
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
+	"github.com/spoke-proxy/spoke/scale-sim/viewwire"
 )
 
 const internShards = 64
@@ -37,15 +38,6 @@ type internShard struct {
 	m  map[string]weak.Pointer[spokev1.Resource]
 }
 
-// Field numbers of StreamViewsResponse, from the generated descriptors.
-var (
-	respFields     = (&spokev1.StreamViewsResponse{}).ProtoReflect().Descriptor().Fields()
-	fieldNonce     = respFields.ByName("nonce").Number()
-	fieldResources = respFields.ByName("resources").Number()
-	fieldRemoved   = respFields.ByName("removed_resources").Number()
-	fieldRevisions = respFields.ByName("api_revisions").Number()
-)
-
 func newInternCodec() *internCodec {
 	c := &internCodec{proto: encoding.GetCodecV2("proto"), seed: maphash.MakeSeed()}
 	for i := range c.shards {
@@ -66,42 +58,35 @@ func (c *internCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 	defer buf.Free()
 	b := buf.ReadOnlyData()
-	whole := b
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return fmt.Errorf("decoding a view response: %w", protowire.ParseError(n))
-		}
-		b = b[n:]
-		if typ != protowire.BytesType || (num != fieldNonce && num != fieldResources && num != fieldRemoved && num != fieldRevisions) {
+	r := viewwire.NewReader(b)
+	for r.Next() {
+		if r.Type != protowire.BytesType || (r.Num != viewwire.Nonce && r.Num != viewwire.Resources && r.Num != viewwire.Removed && r.Num != viewwire.Revisions) {
 			// Not what this codec knows (send_initial_versions, in a
 			// response that carries nothing else): decode it the
 			// standard way.
 			resp.Reset()
-			return proto.Unmarshal(whole, resp)
+			return proto.Unmarshal(b, resp)
 		}
-		field, n := protowire.ConsumeBytes(b)
-		if n < 0 {
-			return fmt.Errorf("decoding a view response: %w", protowire.ParseError(n))
-		}
-		b = b[n:]
-		switch num {
-		case fieldNonce:
-			resp.Nonce = string(field)
-		case fieldResources:
-			r, err := c.intern(field)
+		switch r.Num {
+		case viewwire.Nonce:
+			resp.Nonce = string(r.Bytes)
+		case viewwire.Resources:
+			res, err := c.intern(r.Bytes)
 			if err != nil {
 				return err
 			}
-			resp.Resources = append(resp.Resources, r)
-		case fieldRemoved:
-			resp.RemovedResources = append(resp.RemovedResources, string(field))
-		case fieldRevisions:
+			resp.Resources = append(resp.Resources, res)
+		case viewwire.Removed:
+			resp.RemovedResources = append(resp.RemovedResources, string(r.Bytes))
+		case viewwire.Revisions:
 			resp.ApiRevisions = &spokev1.ApiRevisions{}
-			if err := proto.Unmarshal(field, resp.ApiRevisions); err != nil {
+			if err := proto.Unmarshal(r.Bytes, resp.ApiRevisions); err != nil {
 				return fmt.Errorf("decoding a view response's API revisions: %w", err)
 			}
 		}
+	}
+	if err := r.Err(); err != nil {
+		return fmt.Errorf("decoding a view response: %w", err)
 	}
 	return nil
 }

@@ -12,24 +12,7 @@ import (
 	// Registers the proto codec that requests go through.
 	_ "google.golang.org/grpc/encoding/proto"
 
-	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
-)
-
-// Field numbers of the messages a light agent reads, from the generated
-// descriptors.
-var (
-	respFields = (&spokev1.StreamViewsResponse{}).ProtoReflect().Descriptor().Fields()
-	resFields  = (&spokev1.Resource{}).ProtoReflect().Descriptor().Fields()
-
-	fieldNonce     = respFields.ByName("nonce").Number()
-	fieldResources = respFields.ByName("resources").Number()
-	fieldRemoved   = respFields.ByName("removed_resources").Number()
-	fieldRevisions = respFields.ByName("api_revisions").Number()
-	fieldSendHeld  = respFields.ByName("send_initial_versions").Number()
-	fieldName      = resFields.ByName("name").Number()
-	fieldVersion   = resFields.ByName("version").Number()
-	fieldService   = resFields.ByName("service").Number()
-	fieldNode      = resFields.ByName("node").Number()
+	"github.com/spoke-proxy/spoke/scale-sim/viewwire"
 )
 
 // Hash is a resource's content hash: what the control plane's version is
@@ -66,83 +49,56 @@ type response struct {
 // decodeResponse reads a StreamViewsResponse's envelope from its wire form;
 // intern returns the string to keep for a resource name.
 func decodeResponse(b []byte, resp *response, intern func([]byte) string) error {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return fmt.Errorf("decoding a view response: %w", protowire.ParseError(n))
-		}
-		b = b[n:]
-		if num == fieldSendHeld && typ == protowire.VarintType {
-			v, n := protowire.ConsumeVarint(b)
-			if n < 0 {
-				return fmt.Errorf("decoding a view response: %w", protowire.ParseError(n))
-			}
-			resp.sendHeld = v != 0
-			b = b[n:]
+	r := viewwire.NewReader(b)
+	for r.Next() {
+		if r.Num == viewwire.SendHeld && r.Type == protowire.VarintType {
+			resp.sendHeld = r.Varint != 0
 			continue
 		}
-		if typ != protowire.BytesType {
-			n = protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return fmt.Errorf("decoding a view response: %w", protowire.ParseError(n))
-			}
-			b = b[n:]
+		if r.Type != protowire.BytesType {
 			continue
 		}
-		field, n := protowire.ConsumeBytes(b)
-		if n < 0 {
-			return fmt.Errorf("decoding a view response: %w", protowire.ParseError(n))
-		}
-		b = b[n:]
-		switch num {
-		case fieldNonce:
-			resp.nonce = string(field)
-		case fieldResources:
-			r, err := decodeResource(field, intern)
+		switch r.Num {
+		case viewwire.Nonce:
+			resp.nonce = string(r.Bytes)
+		case viewwire.Resources:
+			res, err := decodeResource(r.Bytes, intern)
 			if err != nil {
 				return err
 			}
-			resp.resources = append(resp.resources, r)
-		case fieldRemoved:
-			resp.removed = append(resp.removed, intern(field))
-		case fieldRevisions:
-			resp.revisions = append([]byte(nil), field...)
+			resp.resources = append(resp.resources, res)
+		case viewwire.Removed:
+			resp.removed = append(resp.removed, intern(r.Bytes))
+		case viewwire.Revisions:
+			resp.revisions = append([]byte(nil), r.Bytes...)
 		}
+	}
+	if err := r.Err(); err != nil {
+		return fmt.Errorf("decoding a view response: %w", err)
 	}
 	return nil
 }
 
 func decodeResource(b []byte, intern func([]byte) string) (received, error) {
-	var r received
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return r, fmt.Errorf("decoding a resource: %w", protowire.ParseError(n))
-		}
-		b = b[n:]
-		if typ != protowire.BytesType {
-			n = protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return r, fmt.Errorf("decoding a resource: %w", protowire.ParseError(n))
-			}
-			b = b[n:]
+	var res received
+	r := viewwire.NewReader(b)
+	for r.Next() {
+		if r.Type != protowire.BytesType {
 			continue
 		}
-		field, n := protowire.ConsumeBytes(b)
-		if n < 0 {
-			return r, fmt.Errorf("decoding a resource: %w", protowire.ParseError(n))
-		}
-		b = b[n:]
-		switch num {
-		case fieldName:
-			r.name = intern(field)
-		case fieldVersion:
-			r.version = string(field)
-		case fieldService, fieldNode:
-			r.hash, r.hasContent = ContentHash(field), true
+		switch r.Num {
+		case viewwire.Name:
+			res.name = intern(r.Bytes)
+		case viewwire.Version:
+			res.version = string(r.Bytes)
+		case viewwire.Service, viewwire.Node:
+			res.hash, res.hasContent = ContentHash(r.Bytes), true
 		}
 	}
-	return r, nil
+	if err := r.Err(); err != nil {
+		return res, fmt.Errorf("decoding a resource: %w", err)
+	}
+	return res, nil
 }
 
 // codec sends requests with the standard proto codec and reads responses
