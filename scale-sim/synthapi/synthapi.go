@@ -204,14 +204,12 @@ func (s *Server) SentBytes() uint64 {
 // its kind. The server owns obj afterwards: its resourceVersion is set and
 // the caller must not change it.
 func (s *Server) Set(obj metav1.Object) error {
-	k, err := kindOf(obj)
+	st, key, err := s.storeOf(obj)
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := s.data[k]
-	key := obj.GetNamespace() + "/" + obj.GetName()
 	typ := "MODIFIED"
 	if _, ok := st.objects[key]; !ok {
 		typ = "ADDED"
@@ -232,14 +230,12 @@ func (s *Server) Set(obj metav1.Object) error {
 
 // Delete removes an object, if present, and sends the deletion.
 func (s *Server) Delete(obj metav1.Object) error {
-	k, err := kindOf(obj)
+	st, key, err := s.storeOf(obj)
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := s.data[k]
-	key := obj.GetNamespace() + "/" + obj.GetName()
 	old, ok := st.objects[key]
 	if !ok {
 		return nil
@@ -248,6 +244,16 @@ func (s *Server) Delete(obj metav1.Object) error {
 	s.rv++
 	s.publish(st, event{rv: s.rv, line: eventLine("DELETED", old.json), field: old.field})
 	return nil
+}
+
+// storeOf returns the store of obj's kind and obj's key in it. The stores
+// are made once, by Start: reading s.data needs no lock.
+func (s *Server) storeOf(obj metav1.Object) (*store, string, error) {
+	k, err := kindOf(obj)
+	if err != nil {
+		return nil, "", err
+	}
+	return s.data[k], obj.GetNamespace() + "/" + obj.GetName(), nil
 }
 
 func kindOf(obj metav1.Object) (Kind, error) {
