@@ -1,8 +1,6 @@
 package main
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,11 +10,9 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/spoke-proxy/spoke/hack/internal/imagetar"
 )
 
 // The images the cluster itself needs, made from local binaries: nothing is
@@ -29,60 +25,6 @@ const (
 
 // Spoke's images as make images writes them.
 var spokeImageTars = []string{"bin/images/spoke-controlplane.tar", "bin/images/spoke-agent.tar"}
-
-// imageSpec is a single-layer image holding static binaries.
-type imageSpec struct {
-	ref        string
-	files      map[string]string // path in the image -> file on the host
-	entrypoint []string
-	user       string
-}
-
-// writeImage writes spec as a docker-save tarball that ctr can import.
-func writeImage(path string, spec imageSpec) error {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for dst, src := range spec.files {
-		b, err := os.ReadFile(src)
-		if err != nil {
-			return err
-		}
-		if err := tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(dst, "/"), Mode: 0o755, Size: int64(len(b)), Typeflag: tar.TypeReg}); err != nil {
-			return err
-		}
-		if _, err := tw.Write(b); err != nil {
-			return err
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return err
-	}
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(buf.Bytes())), nil
-	})
-	if err != nil {
-		return err
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		return err
-	}
-	cfg, err := img.ConfigFile()
-	if err != nil {
-		return err
-	}
-	cfg = cfg.DeepCopy()
-	cfg.OS, cfg.Architecture = "linux", "amd64"
-	cfg.Config = v1.Config{Entrypoint: spec.entrypoint, User: spec.user}
-	if img, err = mutate.ConfigFile(img, cfg); err != nil {
-		return err
-	}
-	tag, err := name.NewTag(spec.ref)
-	if err != nil {
-		return err
-	}
-	return tarball.WriteToFile(path, tag, img)
-}
 
 // imageRefs returns the references a docker-save tarball holds.
 func imageRefs(path string) ([]string, error) {
@@ -110,16 +52,16 @@ func clusterImages(ctx context.Context, repo, dir string, b binaries) ([]string,
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("building the probe: %w\n%s", err, out)
 	}
-	specs := map[string]imageSpec{
-		"pause.tar":   {ref: pauseImage, files: map[string]string{"/pause": probe}, entrypoint: []string{"/pause", "pause"}},
-		"probe.tar":   {ref: probeImage, files: map[string]string{"/probe": probe}, entrypoint: []string{"/probe"}},
-		"coredns.tar": {ref: corednsImage, files: map[string]string{"/coredns": b.coredns}, entrypoint: []string{"/coredns"}},
+	specs := map[string]imagetar.Spec{
+		"pause.tar":   {Ref: pauseImage, Files: map[string]string{"/pause": probe}, Entrypoint: []string{"/pause", "pause"}},
+		"probe.tar":   {Ref: probeImage, Files: map[string]string{"/probe": probe}, Entrypoint: []string{"/probe"}},
+		"coredns.tar": {Ref: corednsImage, Files: map[string]string{"/coredns": b.coredns}, Entrypoint: []string{"/coredns"}},
 	}
 	var tars []string
 	for file, spec := range specs {
 		path := filepath.Join(dir, file)
-		if err := writeImage(path, spec); err != nil {
-			return nil, fmt.Errorf("writing image %s: %w", spec.ref, err)
+		if err := imagetar.Write(path, spec); err != nil {
+			return nil, fmt.Errorf("writing image %s: %w", spec.Ref, err)
 		}
 		tars = append(tars, path)
 	}

@@ -1,13 +1,10 @@
 package main
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	"os"
@@ -16,12 +13,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
-
+	"github.com/spoke-proxy/spoke/hack/internal/imagetar"
 	"github.com/spoke-proxy/spoke/internal/kubeapi"
 )
 
@@ -170,83 +162,11 @@ func busyboxApplets(ctx context.Context) (string, map[string]string, error) {
 // writeImage writes s as a docker-save tarball that `ctr images import`
 // reads, atomically.
 func writeImage(path string, s imageSpec) error {
-	img := empty.Image
-	if s.base != "" {
-		base, err := tarball.LayerFromFile(s.base)
-		if err != nil {
-			return err
-		}
-		if img, err = mutate.AppendLayers(img, base); err != nil {
-			return err
-		}
-	}
-	layer, err := filesLayer(s)
-	if err != nil {
-		return err
-	}
-	if img, err = mutate.AppendLayers(img, layer); err != nil {
-		return err
-	}
-	cfg, err := img.ConfigFile()
-	if err != nil {
-		return err
-	}
-	cfg = cfg.DeepCopy()
-	cfg.OS, cfg.Architecture = "linux", "amd64"
-	cfg.Config = v1.Config{
-		Entrypoint: s.entrypoint,
-		Cmd:        s.cmd,
-		Env:        []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-	}
-	if img, err = mutate.ConfigFile(img, cfg); err != nil {
-		return err
-	}
-	tag, err := name.NewTag(s.ref)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := tarball.WriteToFile(tmp, tag, img); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return os.Rename(tmp, path)
-}
-
-// filesLayer is a layer holding s's files, symlinks and directories.
-func filesLayer(s imageSpec) (v1.Layer, error) {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, d := range s.dirs {
-		if err := tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o755, Typeflag: tar.TypeDir}); err != nil {
-			return nil, err
-		}
-	}
-	for _, dst := range sortedKeys(s.files) {
-		b, err := os.ReadFile(s.files[dst])
-		if err != nil {
-			return nil, err
-		}
-		if err := tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(dst, "/"), Mode: 0o755, Size: int64(len(b)), Typeflag: tar.TypeReg}); err != nil {
-			return nil, err
-		}
-		if _, err := tw.Write(b); err != nil {
-			return nil, err
-		}
-	}
-	for _, dst := range sortedKeys(s.symlinks) {
-		if err := tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(dst, "/"), Linkname: s.symlinks[dst], Mode: 0o777, Typeflag: tar.TypeSymlink}); err != nil {
-			return nil, err
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-	return tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(buf.Bytes())), nil
+	return imagetar.Write(path, imagetar.Spec{
+		Ref: s.ref, Base: s.base,
+		Files: s.files, Symlinks: s.symlinks, Dirs: s.dirs,
+		Entrypoint: s.entrypoint, Cmd: s.cmd,
+		Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
 	})
 }
 
