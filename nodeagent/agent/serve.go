@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/spoke-proxy/spoke/datapath"
+	"github.com/spoke-proxy/spoke/nodeagent/view"
 
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
@@ -136,14 +137,7 @@ func (a *Agent) TracePacket(_ context.Context, req *spokev1.TracePacketRequest) 
 		return nil, status.Errorf(codes.Unimplemented, "the %s datapath cannot trace packets", a.opts.Datapath.Name())
 	}
 	var pkt datapath.Packet
-	switch req.GetProtocol() {
-	case spokev1.Protocol_PROTOCOL_TCP:
-		pkt.Protocol = datapath.TCP
-	case spokev1.Protocol_PROTOCOL_UDP:
-		pkt.Protocol = datapath.UDP
-	case spokev1.Protocol_PROTOCOL_SCTP:
-		pkt.Protocol = datapath.SCTP
-	default:
+	if pkt.Protocol, ok = view.Protocol(req.GetProtocol()); !ok {
 		return nil, status.Error(codes.InvalidArgument, "protocol must be TCP, UDP or SCTP")
 	}
 	var err error

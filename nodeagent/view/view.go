@@ -124,16 +124,24 @@ func Node(r *spokev1.Resource) (datapath.Node, error) {
 	return datapath.Node{Name: n.GetName(), Zone: n.GetZone(), Addresses: as}, nil
 }
 
+// Protocol returns the datapath's protocol for p, and false for one the
+// datapath does not know.
+func Protocol(p spokev1.Protocol) (datapath.Protocol, bool) {
+	switch p {
+	case spokev1.Protocol_PROTOCOL_TCP:
+		return datapath.TCP, true
+	case spokev1.Protocol_PROTOCOL_UDP:
+		return datapath.UDP, true
+	case spokev1.Protocol_PROTOCOL_SCTP:
+		return datapath.SCTP, true
+	}
+	return 0, false
+}
+
 func servicePort(p *spokev1.ServicePort) (datapath.Port, error) {
 	out := datapath.Port{Name: p.GetName()}
-	switch p.GetProtocol() {
-	case spokev1.Protocol_PROTOCOL_TCP:
-		out.Protocol = datapath.TCP
-	case spokev1.Protocol_PROTOCOL_UDP:
-		out.Protocol = datapath.UDP
-	case spokev1.Protocol_PROTOCOL_SCTP:
-		out.Protocol = datapath.SCTP
-	default:
+	var ok bool
+	if out.Protocol, ok = Protocol(p.GetProtocol()); !ok {
 		return out, fmt.Errorf("unknown protocol %v", p.GetProtocol())
 	}
 	var err error
