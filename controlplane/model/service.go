@@ -212,22 +212,28 @@ func (s *serviceSpec) addresses(what string, in []string, report func(error)) []
 		}
 		out = append(out, a)
 	}
-	slices.SortFunc(out, netip.Addr.Compare)
-	out = slices.Compact(out)
-	if len(out) > MaxAddresses {
-		report(fmt.Errorf("more than %d %ss: the rest are skipped", MaxAddresses, what))
-		out = out[:MaxAddresses]
-	}
-	return addrStrings(out)
+	return canonicalStrings(out, netip.Addr.Compare, what, report)
 }
 
-func addrStrings(as []netip.Addr) []string {
-	if len(as) == 0 {
+// canonicalStrings sorts vs by cmp, drops duplicates, keeps the first
+// MaxAddresses (reporting, under the plural of what, that the rest are
+// skipped) and returns their strings: nil for none.
+func canonicalStrings[T interface {
+	comparable
+	String() string
+}](vs []T, cmp func(a, b T) int, what string, report func(error)) []string {
+	slices.SortFunc(vs, cmp)
+	vs = slices.Compact(vs)
+	if len(vs) > MaxAddresses {
+		report(fmt.Errorf("more than %d %ss: the rest are skipped", MaxAddresses, what))
+		vs = vs[:MaxAddresses]
+	}
+	if len(vs) == 0 {
 		return nil
 	}
-	out := make([]string, len(as))
-	for i, a := range as {
-		out[i] = a.String()
+	out := make([]string, len(vs))
+	for i, v := range vs {
+		out[i] = v.String()
 	}
 	return out
 }
@@ -244,25 +250,12 @@ func sourceRanges(in []string, report func(error)) []string {
 		}
 		out = append(out, p.Masked())
 	}
-	slices.SortFunc(out, func(a, b netip.Prefix) int {
+	return canonicalStrings(out, func(a, b netip.Prefix) int {
 		if c := a.Addr().Compare(b.Addr()); c != 0 {
 			return c
 		}
 		return a.Bits() - b.Bits()
-	})
-	out = slices.Compact(out)
-	if len(out) > MaxAddresses {
-		report(fmt.Errorf("more than %d load-balancer source ranges: the rest are skipped", MaxAddresses))
-		out = out[:MaxAddresses]
-	}
-	if len(out) == 0 {
-		return nil
-	}
-	strs := make([]string, len(out))
-	for i, p := range out {
-		strs[i] = p.String()
-	}
-	return strs
+	}, "load-balancer source range", report)
 }
 
 func affinityTimeout(svc *corev1.Service, report func(error)) uint32 {
