@@ -180,18 +180,25 @@ func synced(t *testing.T, cp *controlPlane, a *agent.Agent) {
 	})
 }
 
+// syncOnce runs an agent against cp until it is in sync, then stops it,
+// leaving its state file at statePath and its programming in dp.
+func syncOnce(t *testing.T, cp *controlPlane, statePath string, dp *memory.Datapath) {
+	t.Helper()
+	a := newAgent(t, cp.addr, statePath, dp)
+	stop := run(t, a)
+	synced(t, cp, a)
+	stop()
+}
+
 func TestRestartProgramsFromStateBeforeConnecting(t *testing.T) {
 	statePath := filepath.Join(t.TempDir(), "state.db")
 	cp := startControlPlane(t, "127.0.0.1:0", newStore(t, svc("web", "10.96.0.10", "10.244.1.5"), svc("api", "10.96.0.11", "10.244.2.5")))
 
 	dp1 := memory.New(memory.Options{})
-	a1 := newAgent(t, cp.addr, statePath, dp1)
-	stop := run(t, a1)
-	synced(t, cp, a1)
+	syncOnce(t, cp, statePath, dp1)
 	if v := trace(dp1, "10.96.0.10:80"); v.Backend.String() != "10.244.1.5:8080" {
 		t.Fatalf("first agent: %v", v)
 	}
-	stop()
 
 	// The restarted agent programs a fresh datapath from its state file
 	// while the control plane is out of reach.
@@ -343,25 +350,13 @@ func testLogger() *slog.Logger {
 // replica catches up, and is never sent the older view.
 func TestFailoverToLaggingReplicaDoesNotRollBack(t *testing.T) {
 	statePath := filepath.Join(t.TempDir(), "state.db")
-	revs := func(slices uint64) *spokev1.ApiRevisions {
-		return &spokev1.ApiRevisions{Services: 10, EndpointSlices: slices, Nodes: 10}
-	}
-	publish := func(st *store.Store, rev *spokev1.ApiRevisions, s *spokev1.Service) {
-		t.Helper()
-		if _, err := st.Apply(store.Batch{Services: map[string]*model.Views{"default/web": {Default: s}}, APIRevisions: rev}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	ahead, behind := newStore(t), newStore(t)
-	publish(ahead, revs(20), svc("web", "10.96.0.10", "10.244.1.6"))
-	publish(behind, revs(15), svc("web", "10.96.0.10", "10.244.1.5"))
+	publishWeb(t, ahead, 20, svc("web", "10.96.0.10", "10.244.1.6"))
+	publishWeb(t, behind, 15, svc("web", "10.96.0.10", "10.244.1.5"))
 	cpAhead, cpBehind := startControlPlane(t, "127.0.0.1:0", ahead), startControlPlane(t, "127.0.0.1:0", behind)
 
 	dp := memory.New(memory.Options{})
-	a1 := newAgent(t, cpAhead.addr, statePath, dp)
-	stop := run(t, a1)
-	synced(t, cpAhead, a1)
-	stop()
+	syncOnce(t, cpAhead, statePath, dp)
 
 	a2 := newAgent(t, cpBehind.addr, statePath, dp)
 	run(t, a2)
@@ -375,13 +370,23 @@ func TestFailoverToLaggingReplicaDoesNotRollBack(t *testing.T) {
 	if st := state(t, a2); st.GetResourcesReceived() != 0 {
 		t.Fatalf("lagging replica sent %d resources before catching up", st.GetResourcesReceived())
 	}
-	publish(behind, revs(20), svc("web", "10.96.0.10", "10.244.1.6"))
+	publishWeb(t, behind, 20, svc("web", "10.96.0.10", "10.244.1.6"))
 	synced(t, cpBehind, a2)
 	if st := state(t, a2); st.GetResourcesReceived() != 0 {
 		t.Errorf("caught-up replica sent %d resources the agent already held", st.GetResourcesReceived())
 	}
 	if v := trace(dp, "10.96.0.10:80"); v.Backend.String() != "10.244.1.6:8080" {
 		t.Errorf("after catching up: %v", v)
+	}
+}
+
+// publishWeb publishes s as default/web's view at API revisions that
+// differ only in the endpoint slices' revision.
+func publishWeb(t *testing.T, st *store.Store, slices uint64, s *spokev1.Service) {
+	t.Helper()
+	rev := &spokev1.ApiRevisions{Services: 10, EndpointSlices: slices, Nodes: 10}
+	if _, err := st.Apply(store.Batch{Services: map[string]*model.Views{"default/web": {Default: s}}, APIRevisions: rev}); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -423,24 +428,14 @@ func counter(t *testing.T, cp *controlPlane, name string, labels ...string) floa
 // and is served again, rather than never.
 func TestAgentForgetsRevisionsNoReplicaReaches(t *testing.T) {
 	statePath := filepath.Join(t.TempDir(), "state.db")
-	publish := func(st *store.Store, slices uint64, s *spokev1.Service) {
-		t.Helper()
-		rev := &spokev1.ApiRevisions{Services: 10, EndpointSlices: slices, Nodes: 10}
-		if _, err := st.Apply(store.Batch{Services: map[string]*model.Views{"default/web": {Default: s}}, APIRevisions: rev}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	before, restored := newStore(t), newStore(t)
-	publish(before, 900, svc("web", "10.96.0.10", "10.244.1.6"))
-	publish(restored, 40, svc("web", "10.96.0.10", "10.244.1.7"))
+	publishWeb(t, before, 900, svc("web", "10.96.0.10", "10.244.1.6"))
+	publishWeb(t, restored, 40, svc("web", "10.96.0.10", "10.244.1.7"))
 	cpBefore := startControlPlane(t, "127.0.0.1:0", before)
 	cpRestored := startControlPlane(t, "127.0.0.1:0", restored, func(o *server.Options) { o.CatchUpTimeout = 50 * time.Millisecond })
 
 	dp := memory.New(memory.Options{})
-	a1 := newAgent(t, cpBefore.addr, statePath, dp)
-	stop := run(t, a1)
-	synced(t, cpBefore, a1)
-	stop()
+	syncOnce(t, cpBefore, statePath, dp)
 
 	a2 := newAgent(t, cpRestored.addr, statePath, dp)
 	run(t, a2)

@@ -34,10 +34,7 @@ func TestRestartAdoptsStampedDatapath(t *testing.T) {
 	statePath := filepath.Join(t.TempDir(), "state.db")
 	cp := startControlPlane(t, "127.0.0.1:0", newStore(t, svc("web", "10.96.0.10", "10.244.1.5"), svc("api", "10.96.0.11", "10.244.2.5")))
 	mem := memory.New(memory.Options{})
-	a := newAgent(t, cp.addr, statePath, mem)
-	stop := run(t, a)
-	synced(t, cp, a)
-	stop()
+	syncOnce(t, cp, statePath, mem)
 	if stamp, err := mem.Stamped(ctx); err != nil || stamp == nil {
 		t.Fatalf("after a sync the datapath's stamp is %x, %v; want one", stamp, err)
 	}
