@@ -48,11 +48,7 @@ func TestViewOf200MiBIsHeldBack(t *testing.T) {
 	t.Cleanup(func() { conn.Close() })
 	for _, node := range []string{"node-1", "node-2", "node-3"} {
 		c := dialOn(ctx, t, conn, node, nil)
-		resp := c.recv()
-		if got := names(resp); fmt.Sprint(got) != "[a/one b/two]" {
-			t.Fatalf("%s received %v, want [a/one b/two] without the held-back a/huge", node, got)
-		}
-		c.ack(resp)
+		c.ack(c.recvNames("[a/one b/two]", node+"'s response (without the held-back a/huge)"))
 	}
 	held, err := spokev1.NewControlPlaneInspectionServiceClient(f.conn).ListHeldBack(ctx, &spokev1.ListHeldBackRequest{})
 	if err != nil {

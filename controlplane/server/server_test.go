@@ -185,6 +185,18 @@ func (c *client) nack(resp *spokev1.StreamViewsResponse, names ...string) {
 	}
 }
 
+// recvNames receives a response and fails the test, naming the response
+// by what, unless it carries exactly the resources want lists, as in
+// "[a/one a/two]".
+func (c *client) recvNames(want, what string) *spokev1.StreamViewsResponse {
+	c.t.Helper()
+	resp := c.recv()
+	if got := names(resp); fmt.Sprint(got) != want {
+		c.t.Fatalf("%s carries %v, want %s", what, got, want)
+	}
+	return resp
+}
+
 func names(resp *spokev1.StreamViewsResponse) []string {
 	var out []string
 	for _, r := range resp.GetResources() {
@@ -212,17 +224,11 @@ func TestInitialSyncThenDeltas(t *testing.T) {
 	f, ctx := serving(t, svc("a", "one", "10.0.0.1"), svc("a", "two", "10.0.0.2"))
 
 	c := f.dial(ctx, t, "node-1", nil)
-	resp := c.recv()
-	if got := names(resp); fmt.Sprint(got) != "[a/one a/two]" {
-		t.Fatalf("initial response carries %v, want [a/one a/two]", got)
-	}
+	resp := c.recvNames("[a/one a/two]", "initial response")
 	c.ack(resp)
 
 	f.set(t, svc("a", "two", "10.0.0.2", "10.0.0.3"), svc("a", "three"))
-	resp = c.recv()
-	if got := names(resp); fmt.Sprint(got) != "[a/three a/two]" {
-		t.Fatalf("delta carries %v, want only the changed [a/three a/two]", got)
-	}
+	resp = c.recvNames("[a/three a/two]", "delta (only the changed services)")
 	c.ack(resp)
 
 	f.remove(t, "a/one")
@@ -236,10 +242,7 @@ func TestInitialSyncThenDeltas(t *testing.T) {
 	// response carries only the next real change.
 	f.set(t, svc("a", "three"))
 	f.set(t, svc("a", "four"))
-	resp = c.recv()
-	if got := names(resp); fmt.Sprint(got) != "[a/four]" {
-		t.Fatalf("after a no-op update the delta carries %v, want [a/four]", got)
-	}
+	c.recvNames("[a/four]", "after a no-op update the delta")
 }
 
 func TestReconnectWithCurrentVersionsReceivesNothing(t *testing.T) {
@@ -358,17 +361,11 @@ func TestNackedVersionIsNotResent(t *testing.T) {
 
 	// Another change goes out without the rejected version.
 	f.set(t, svc("a", "three"))
-	resp = c.recv()
-	if got := names(resp); fmt.Sprint(got) != "[a/three]" {
-		t.Fatalf("after a NACK the next response carries %v, want [a/three] (the rejected version must not be resent)", got)
-	}
+	resp = c.recvNames("[a/three]", "after a NACK the next response (the rejected version must not be resent)")
 	c.ack(resp)
 	// A new version of the rejected service is sent.
 	f.set(t, svc("a", "one", "10.0.0.10"))
-	resp = c.recv()
-	if got := names(resp); fmt.Sprint(got) != "[a/one]" {
-		t.Fatalf("a new version of the rejected service: got %v", got)
-	}
+	c.recvNames("[a/one]", "the response to a new version of the rejected service")
 }
 
 func TestUnacknowledgedStreamIsDisconnected(t *testing.T) {
@@ -447,9 +444,7 @@ func TestHostileRequests(t *testing.T) {
 	}
 	// The server still serves well-behaved agents.
 	c := f.dial(ctx, t, "node-ok", nil)
-	if got := names(c.recv()); fmt.Sprint(got) != "[a/one]" {
-		t.Fatalf("after hostile streams a good agent got %v", got)
-	}
+	c.recvNames("[a/one]", "after hostile streams a good agent's response")
 }
 
 func TestLargeViewIsSplit(t *testing.T) {
@@ -504,10 +499,7 @@ func TestOversizedViewIsHeldBack(t *testing.T) {
 	t.Cleanup(func() { conn.Close() })
 
 	c := dialOn(ctx, t, conn, "node-1", nil)
-	resp := c.recv()
-	if got := names(resp); fmt.Sprint(got) != "[a/small]" {
-		t.Fatalf("initial response carries %v, want [a/small] without the oversized a/huge", got)
-	}
+	resp := c.recvNames("[a/small]", "initial response (without the oversized a/huge)")
 	c.ack(resp)
 	held, err := spokev1.NewControlPlaneInspectionServiceClient(f.conn).ListHeldBack(ctx, &spokev1.ListHeldBackRequest{})
 	if err != nil {
@@ -517,16 +509,10 @@ func TestOversizedViewIsHeldBack(t *testing.T) {
 		t.Errorf("held back: %v, want a/huge above its limit", hs)
 	}
 	f.set(t, svc("a", "other", "10.0.0.2"), svc("a", "huge", append(huge, "10.2.0.1")...))
-	resp = c.recv()
-	if got := names(resp); fmt.Sprint(got) != "[a/other]" {
-		t.Fatalf("delta carries %v, want [a/other]", got)
-	}
+	resp = c.recvNames("[a/other]", "delta")
 	c.ack(resp)
 	f.set(t, svc("a", "huge", "10.0.0.3"))
-	resp = c.recv()
-	if got := names(resp); fmt.Sprint(got) != "[a/huge]" {
-		t.Fatalf("after a/huge shrank the delta carries %v, want [a/huge]", got)
-	}
+	resp = c.recvNames("[a/huge]", "after a/huge shrank the delta")
 	c.ack(resp)
 	if held, err := spokev1.NewControlPlaneInspectionServiceClient(f.conn).ListHeldBack(ctx, &spokev1.ListHeldBackRequest{}); err != nil || len(held.GetServices()) != 0 {
 		t.Errorf("held back after a/huge shrank: %v, %v", held.GetServices(), err)
@@ -541,10 +527,7 @@ func TestSlowAgentDoesNotDelayOthers(t *testing.T) {
 	fast.ack(fast.recv())
 	for i := range 20 {
 		f.set(t, svc("a", "one", fmt.Sprintf("10.0.1.%d", i+1)))
-		resp := fast.recv()
-		if got := names(resp); fmt.Sprint(got) != "[a/one]" {
-			t.Fatalf("update %d: fast agent got %v", i, got)
-		}
+		resp := fast.recvNames("[a/one]", fmt.Sprintf("update %d: the fast agent's response", i))
 		fast.ack(resp)
 	}
 }
