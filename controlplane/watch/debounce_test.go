@@ -57,15 +57,21 @@ func (h *harness) step(d time.Duration, wakes bool) {
 	}
 }
 
+// burst triggers n times, 50ms apart: never quiet long enough to end the
+// burst.
+func (h *harness) burst(n int) {
+	h.trigger()
+	for range n - 1 {
+		h.step(50*time.Millisecond, false)
+		h.trigger()
+	}
+}
+
 func (h *harness) runCount() int { return len(h.runs) }
 
 func TestDebounceBatchesABurst(t *testing.T) {
 	h := newHarness(t)
-	h.trigger()
-	for range 5 { // triggers 50ms apart keep the burst open
-		h.step(50*time.Millisecond, false)
-		h.trigger()
-	}
+	h.burst(6)
 	if h.runCount() != 0 {
 		t.Fatal("ran during the burst")
 	}
@@ -77,11 +83,7 @@ func TestDebounceBatchesABurst(t *testing.T) {
 
 func TestDebounceMaxDelayBoundsAnEndlessBurst(t *testing.T) {
 	h := newHarness(t)
-	h.trigger()
-	for range 19 { // 950ms of a burst that never pauses
-		h.step(50*time.Millisecond, false)
-		h.trigger()
-	}
+	h.burst(20) // 950ms of a burst that never pauses
 	if h.runCount() != 0 {
 		t.Fatal("ran before the maximum delay")
 	}
