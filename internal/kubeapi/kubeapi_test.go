@@ -194,14 +194,9 @@ func TestServer(t *testing.T) {
 // TestStartFailure shows that a kube-apiserver that cannot start is reported
 // with the end of its log, and that Start cleans up after itself.
 func TestStartFailure(t *testing.T) {
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Minute)
-	defer cancel()
-	bins, err := kubeapi.Build(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, bins := build(t)
 	dataDir := filepath.Join(t.TempDir(), "data")
-	_, err = kubeapi.Start(ctx, kubeapi.Options{
+	_, err := kubeapi.Start(ctx, kubeapi.Options{
 		Binaries:           bins,
 		DataDir:            dataDir,
 		ExtraAPIServerArgs: []string{"--no-such-flag"},
@@ -218,12 +213,7 @@ func TestStartFailure(t *testing.T) {
 }
 
 func TestBuildIsCached(t *testing.T) {
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Minute)
-	defer cancel()
-	first, err := kubeapi.Build(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, first := build(t)
 	start := time.Now()
 	second, err := kubeapi.Build(ctx)
 	if err != nil {
@@ -235,6 +225,19 @@ func TestBuildIsCached(t *testing.T) {
 	if first != second {
 		t.Errorf("Build returned %+v, then %+v", first, second)
 	}
+}
+
+// build builds kube-apiserver, or takes it from the cache, and returns the
+// binaries with a context that gives the test 20 minutes in all.
+func build(t *testing.T) (context.Context, kubeapi.Binaries) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Minute)
+	t.Cleanup(cancel)
+	bins, err := kubeapi.Build(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx, bins
 }
 
 func newService(name string) *corev1.Service {
