@@ -3,11 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -17,23 +15,14 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/spoke-proxy/spoke/internal/countproxy"
 )
 
-// countingProxy forwards TCP connections to the API server and counts what
-// the API server sends through it: TLS records on the wire, HTTP/2 framing
-// and all.
-type countingProxy struct {
-	lis      net.Listener
-	upstream string
-	down     atomic.Uint64 // API server to client
-	up       atomic.Uint64
-	wg       sync.WaitGroup
-	mu       sync.Mutex
-	conns    map[net.Conn]struct{}
-	closed   bool
-}
-
-func startCountingProxy(upstreamURL string) (*countingProxy, error) {
+// startCountingProxy forwards TCP connections from a local port to the API
+// server at upstreamURL; its Down counts what the API server sends through
+// it.
+func startCountingProxy(upstreamURL string) (*countproxy.Proxy, error) {
 	u, err := url.Parse(upstreamURL)
 	if err != nil {
 		return nil, fmt.Errorf("parsing %s: %w", upstreamURL, err)
@@ -42,80 +31,7 @@ func startCountingProxy(upstreamURL string) (*countingProxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &countingProxy{lis: lis, upstream: u.Host, conns: map[net.Conn]struct{}{}}
-	p.wg.Go(p.serve)
-	return p, nil
-}
-
-// Host returns the proxy's address as a URL with the upstream's scheme.
-func (p *countingProxy) Host() string { return "https://" + p.lis.Addr().String() }
-
-func (p *countingProxy) serve() {
-	for {
-		c, err := p.lis.Accept()
-		if err != nil {
-			return
-		}
-		p.wg.Go(func() { p.forward(c) })
-	}
-}
-
-func (p *countingProxy) track(c net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return false
-	}
-	p.conns[c] = struct{}{}
-	return true
-}
-
-func (p *countingProxy) forward(client net.Conn) {
-	server, err := net.DialTimeout("tcp", p.upstream, 10*time.Second)
-	if err != nil {
-		client.Close()
-		return
-	}
-	if !p.track(client) || !p.track(server) {
-		client.Close()
-		server.Close()
-		return
-	}
-	var wg sync.WaitGroup
-	pipe := func(dst, src net.Conn, n *atomic.Uint64) {
-		io.Copy(&countingWriter{w: dst, n: n}, src)
-		dst.Close()
-		src.Close()
-	}
-	wg.Go(func() { pipe(client, server, &p.down) })
-	wg.Go(func() { pipe(server, client, &p.up) })
-	wg.Wait()
-	p.mu.Lock()
-	delete(p.conns, client)
-	delete(p.conns, server)
-	p.mu.Unlock()
-}
-
-func (p *countingProxy) Close() {
-	p.lis.Close()
-	p.mu.Lock()
-	p.closed = true
-	for c := range p.conns {
-		c.Close()
-	}
-	p.mu.Unlock()
-	p.wg.Wait()
-}
-
-type countingWriter struct {
-	w io.Writer
-	n *atomic.Uint64
-}
-
-func (c *countingWriter) Write(b []byte) (int, error) {
-	n, err := c.w.Write(b)
-	c.n.Add(uint64(n))
-	return n, err
+	return countproxy.New(lis, u.Host, 10*time.Second), nil
 }
 
 // kubeProxies is the kube-proxy pattern: every node runs its own informers

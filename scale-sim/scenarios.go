@@ -305,13 +305,13 @@ func (s *sim) scenarioAPIServerLoad(ctx context.Context) error {
 		return err
 	}
 	defer proxy.Close()
-	restCfg.Host = proxy.Host()
+	restCfg.Host = "https://" + proxy.Addr()
 	names := make([]string, len(s.cluster.Nodes))
 	for i, n := range s.cluster.Nodes {
 		names[i] = n.Name
 	}
 	s.progressf("apiserver-load: starting %d nodes' informers (the kube-proxy pattern)", len(names))
-	spokeBefore := s.spokeProxy.down.Load()
+	spokeBefore := s.spokeProxy.Down.Load()
 	kp, err := startKubeProxies(restCfg, names)
 	if err != nil {
 		return err
@@ -322,8 +322,8 @@ func (s *sim) scenarioAPIServerLoad(ctx context.Context) error {
 	if !kp.WaitSynced(syncCtx) {
 		return fmt.Errorf("the per-node informers did not sync: %w", syncCtx.Err())
 	}
-	perNodeInitial := proxy.down.Load()
-	spokeStart, perNodeStart := s.spokeProxy.down.Load(), proxy.down.Load()
+	perNodeInitial := proxy.Down.Load()
+	spokeStart, perNodeStart := s.spokeProxy.Down.Load(), proxy.Down.Load()
 	s.measuredChurn(ctx, 1, "apiserver-load")
 	// The last watch events reach every informer before the counters are
 	// read.
@@ -333,8 +333,8 @@ func (s *sim) scenarioAPIServerLoad(ctx context.Context) error {
 	if err := kp.WaitCurrent(currentCtx, s.api.RESTConfig()); err != nil {
 		return fmt.Errorf("the per-node informers did not catch up with the churn: %w", err)
 	}
-	spokeChurn, perNodeChurn := s.spokeProxy.down.Load()-spokeStart, proxy.down.Load()-perNodeStart
-	spokeTotal, perNodeTotal := s.spokeProxy.down.Load(), proxy.down.Load()
+	spokeChurn, perNodeChurn := s.spokeProxy.Down.Load()-spokeStart, proxy.Down.Load()-perNodeStart
+	spokeTotal, perNodeTotal := s.spokeProxy.Down.Load(), proxy.Down.Load()
 	s.extra["apiserver_bytes_spoke"] = spokeTotal
 	s.extra["apiserver_bytes_per_node_watch"] = perNodeTotal
 	s.extra["apiserver_bytes_ratio"] = ratio(perNodeTotal, spokeTotal)

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/spoke-proxy/spoke/internal/countproxy"
 	"github.com/spoke-proxy/spoke/scale-sim/cluster"
 	"github.com/spoke-proxy/spoke/scale-sim/fleet"
 	"github.com/spoke-proxy/spoke/scale-sim/lightfleet"
@@ -35,7 +36,7 @@ type sim struct {
 	id *identity
 	// spokeProxy counts what the API server sends the control plane
 	// (apiserver-load only).
-	spokeProxy *countingProxy
+	spokeProxy *countproxy.Proxy
 	started    time.Time
 	loadStart  [3]float64
 
@@ -84,7 +85,7 @@ func setup(ctx context.Context, c config, log *slog.Logger) (*sim, error) {
 		if s.spokeProxy, err = startCountingProxy(restCfg.Host); err != nil {
 			return s, err
 		}
-		host = s.spokeProxy.Host()
+		host = "https://" + s.spokeProxy.Addr()
 		restCfg.Host = host
 	}
 	if err := writeKubeconfig(kubeconfig, restCfg, host); err != nil {

@@ -45,6 +45,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/spoke-proxy/spoke/internal/cgroup"
+	"github.com/spoke-proxy/spoke/internal/countproxy"
 	"github.com/spoke-proxy/spoke/internal/kubeapi"
 )
 
@@ -128,7 +129,7 @@ type bench struct {
 	cp         *node // cgroup of the control plane (no namespace)
 	cpGRPC     string
 	cpMetrics  string
-	cpAPI      *forwarder
+	cpAPI      *countproxy.Proxy // counts what the API server sends the control plane
 	nodes      []*node
 }
 
@@ -216,7 +217,7 @@ func (b *bench) close() error {
 		errs = append(errs, b.nodes[i].close())
 	}
 	if b.cpAPI != nil {
-		b.cpAPI.close()
+		b.cpAPI.Close()
 	}
 	errs = append(errs, removeCgroup(b.cgroupRoot))
 	if b.bpffs != "" {
@@ -240,7 +241,7 @@ func (b *bench) mountBPFFS() error {
 }
 
 // startControlPlane starts Spoke's control plane on the host, its API
-// traffic through a counting forwarder, with its default flags (and no
+// traffic through a counting proxy, with its default flags (and no
 // agent authentication: the agents present no token).
 func (b *bench) startControlPlane() error {
 	cp, err := b.cgroupNode("controlplane")
@@ -252,9 +253,9 @@ func (b *bench) startControlPlane() error {
 	if err != nil {
 		return err
 	}
-	b.cpAPI = newForwarder(lis, b.apiHost)
+	b.cpAPI = countproxy.New(lis, b.apiHost, 0)
 	restCfg := rest.CopyConfig(b.rest)
-	restCfg.Host = "https://" + b.cpAPI.addr()
+	restCfg.Host = "https://" + b.cpAPI.Addr()
 	kubeconfig := filepath.Join(b.dir, "controlplane.kubeconfig")
 	if err := writeKubeconfig(restCfg, kubeconfig); err != nil {
 		return err

@@ -389,9 +389,9 @@ func (b *bench) fleet(ctx context.Context, res *results) error {
 	}
 	time.Sleep(10 * time.Second)
 	for _, r := range proxies {
-		res.FleetBytes += r.fwd.down.Load()
+		res.FleetBytes += r.fwd.Down.Load()
 	}
-	res.ControlBytes = b.cpAPI.down.Load()
+	res.ControlBytes = b.cpAPI.Down.Load()
 	res.FleetNodes, res.FleetChanges, res.FleetServices = len(proxies), changes, b.cfg.small
 	res.FleetCPU = cpuSeconds(b.cgroupRoot) - cpu0
 	b.log.Info("API server bytes", "kube_proxies", len(proxies), "to_kube_proxies", res.FleetBytes, "to_control_plane", res.ControlBytes)

@@ -14,6 +14,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/spoke-proxy/spoke/internal/countproxy"
 )
 
 // The proxies compared.
@@ -32,7 +34,7 @@ type running struct {
 	kind string
 	node *node
 	proc *proc
-	fwd  *forwarder // to the API server (kube-proxy) or the control plane (agent)
+	fwd  *countproxy.Proxy // to the API server (kube-proxy) or the control plane (agent)
 }
 
 // startProxy starts a proxy of kind on n.
@@ -43,17 +45,17 @@ func (b *bench) startProxy(kind string, n *node) (*running, error) {
 	}
 	r := &running{kind: kind, node: n}
 	if kind == spoke {
-		r.fwd = newForwarder(lis, b.cpGRPC)
-		r.proc, err = b.start(n.proxyCgroup(), n.ns, n.name+"-spoke-agent", filepath.Join(b.bin, "spoke-agent"), b.agentArgs(n, r.fwd.addr())...)
+		r.fwd = countproxy.New(lis, b.cpGRPC, 0)
+		r.proc, err = b.start(n.proxyCgroup(), n.ns, n.name+"-spoke-agent", filepath.Join(b.bin, "spoke-agent"), b.agentArgs(n, r.fwd.Addr())...)
 	} else {
-		r.fwd = newForwarder(lis, b.apiHost)
+		r.fwd = countproxy.New(lis, b.apiHost, 0)
 		var cfg string
-		if cfg, err = b.kubeProxyConfig(kind, n, r.fwd.addr()); err == nil {
+		if cfg, err = b.kubeProxyConfig(kind, n, r.fwd.Addr()); err == nil {
 			r.proc, err = b.start(n.proxyCgroup(), n.ns, n.name+"-kube-proxy", b.kubeProxy, "--config", cfg)
 		}
 	}
 	if err != nil {
-		r.fwd.close()
+		r.fwd.Close()
 		return nil, err
 	}
 	n.procs = append(n.procs, r.proc)
@@ -120,7 +122,7 @@ conntrack:
 // stop stops the proxy and removes what it programmed.
 func (b *bench) stopProxy(r *running) error {
 	r.proc.stop()
-	r.fwd.close()
+	r.fwd.Close()
 	if r.kind == spoke {
 		return b.cleanupAgent(r.node)
 	}
