@@ -38,18 +38,6 @@ const (
 	regressionImage = "registry.k8s.io/e2e-test-images/regression-issue-74839:1.4"
 )
 
-// imageSpec is an image: an optional base layer (a root filesystem tarball)
-// and a layer of files, links and directories.
-type imageSpec struct {
-	ref        string
-	base       string            // root filesystem tarball, or ""
-	files      map[string]string // path in the image -> file on the host
-	symlinks   map[string]string // path in the image -> target
-	dirs       []string
-	entrypoint []string
-	cmd        []string
-}
-
 // buildImages writes the test images as docker-save tarballs in the cache
 // and returns their paths. The Debian root filesystem (mmdebstrap) is built
 // once and kept.
@@ -66,25 +54,25 @@ func buildImages(ctx context.Context, t tools, log *slog.Logger) ([]string, erro
 	if err != nil {
 		return nil, err
 	}
-	specs := []imageSpec{
+	specs := []imagetar.Spec{
 		{
-			ref: agnhostImage, base: rootfs,
-			files:      map[string]string{"/agnhost": t.agnhost},
-			symlinks:   map[string]string{"/agnhost-2": "agnhost"},
-			dirs:       []string{"/uploads"},
-			entrypoint: []string{"/agnhost"}, cmd: []string{"pause"},
+			Ref: agnhostImage, Base: rootfs,
+			Files:      map[string]string{"/agnhost": t.agnhost},
+			Symlinks:   map[string]string{"/agnhost-2": "agnhost"},
+			Dirs:       []string{"/uploads"},
+			Entrypoint: []string{"/agnhost"}, Cmd: []string{"pause"},
 		},
-		{ref: nginxImage, base: rootfs, entrypoint: []string{"nginx", "-g", "daemon off;"}},
-		{ref: busyboxImage, files: map[string]string{"/bin/busybox": busybox}, symlinks: applets, cmd: []string{"sh"}},
-		{ref: regressionImage, files: map[string]string{"/regression-issue-74839": t.regression}, entrypoint: []string{"/regression-issue-74839"}},
+		{Ref: nginxImage, Base: rootfs, Entrypoint: []string{"nginx", "-g", "daemon off;"}},
+		{Ref: busyboxImage, Files: map[string]string{"/bin/busybox": busybox}, Symlinks: applets, Cmd: []string{"sh"}},
+		{Ref: regressionImage, Files: map[string]string{"/regression-issue-74839": t.regression}, Entrypoint: []string{"/regression-issue-74839"}},
 	}
 	var tars []string
 	for _, s := range specs {
 		path := filepath.Join(cache, "e2e-images", imageFileName(s))
 		if _, err := os.Stat(path); err != nil {
-			log.Info("writing image", "ref", s.ref)
+			log.Info("writing image", "ref", s.Ref)
 			if err := writeImage(path, s); err != nil {
-				return nil, fmt.Errorf("image %s: %w", s.ref, err)
+				return nil, fmt.Errorf("image %s: %w", s.Ref, err)
 			}
 		}
 		tars = append(tars, path)
@@ -94,15 +82,15 @@ func buildImages(ctx context.Context, t tools, log *slog.Logger) ([]string, erro
 
 // imageFileName names an image tarball by its inputs, which are themselves
 // named by content (the cache's binaries and root filesystem).
-func imageFileName(s imageSpec) string {
+func imageFileName(s imagetar.Spec) string {
 	h := sha256.New()
-	fmt.Fprintln(h, imageRecipe, s.ref, s.base, s.entrypoint, s.cmd, s.dirs)
-	for _, m := range []map[string]string{s.files, s.symlinks} {
+	fmt.Fprintln(h, imageRecipe, s.Ref, s.Base, s.Entrypoint, s.Cmd, s.Dirs)
+	for _, m := range []map[string]string{s.Files, s.Symlinks} {
 		for _, k := range sortedKeys(m) {
 			fmt.Fprintln(h, k, m[k])
 		}
 	}
-	base := strings.NewReplacer("/", "_", ":", "_").Replace(s.ref[strings.LastIndex(s.ref, "/")+1:])
+	base := strings.NewReplacer("/", "_", ":", "_").Replace(s.Ref[strings.LastIndex(s.Ref, "/")+1:])
 	return base + "-" + hex.EncodeToString(h.Sum(nil))[:12] + ".tar"
 }
 
@@ -159,15 +147,11 @@ func busyboxApplets(ctx context.Context) (string, map[string]string, error) {
 	return path, links, nil
 }
 
-// writeImage writes s as a docker-save tarball that `ctr images import`
-// reads, atomically.
-func writeImage(path string, s imageSpec) error {
-	return imagetar.Write(path, imagetar.Spec{
-		Ref: s.ref, Base: s.base,
-		Files: s.files, Symlinks: s.symlinks, Dirs: s.dirs,
-		Entrypoint: s.entrypoint, Cmd: s.cmd,
-		Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-	})
+// writeImage writes s, with the usual PATH in its environment, as a
+// docker-save tarball that `ctr images import` reads, atomically.
+func writeImage(path string, s imagetar.Spec) error {
+	s.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+	return imagetar.Write(path, s)
 }
 
 func sortedKeys(m map[string]string) []string {

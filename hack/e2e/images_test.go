@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
+	"github.com/spoke-proxy/spoke/hack/internal/imagetar"
 	"github.com/spoke-proxy/spoke/internal/imagetest"
 )
 
@@ -20,13 +21,13 @@ func TestWriteImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, "img.tar")
-	spec := imageSpec{
-		ref:        busyboxImage,
-		files:      map[string]string{"/bin/busybox": bin},
-		symlinks:   map[string]string{"/bin/sh": "busybox"},
-		dirs:       []string{"/uploads"},
-		entrypoint: []string{"/bin/busybox"},
-		cmd:        []string{"sh"},
+	spec := imagetar.Spec{
+		Ref:        busyboxImage,
+		Files:      map[string]string{"/bin/busybox": bin},
+		Symlinks:   map[string]string{"/bin/sh": "busybox"},
+		Dirs:       []string{"/uploads"},
+		Entrypoint: []string{"/bin/busybox"},
+		Cmd:        []string{"sh"},
 	}
 	if err := writeImage(path, spec); err != nil {
 		t.Fatal(err)
@@ -43,7 +44,7 @@ func TestWriteImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.OS != "linux" || cfg.Architecture != "amd64" || !slices.Equal(cfg.Config.Entrypoint, spec.entrypoint) || !slices.Equal(cfg.Config.Cmd, spec.cmd) {
+	if cfg.OS != "linux" || cfg.Architecture != "amd64" || !slices.Equal(cfg.Config.Entrypoint, spec.Entrypoint) || !slices.Equal(cfg.Config.Cmd, spec.Cmd) {
 		t.Errorf("config = %s/%s %q %q", cfg.OS, cfg.Architecture, cfg.Config.Entrypoint, cfg.Config.Cmd)
 	}
 	got := map[string]string{}

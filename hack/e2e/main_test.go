@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/spoke-proxy/spoke/hack/internal/imagetar"
 )
 
 func TestParseSkips(t *testing.T) {
@@ -82,9 +84,9 @@ func TestScanReady(t *testing.T) {
 }
 
 func TestImageFileNameFollowsInputs(t *testing.T) {
-	a := imageSpec{ref: agnhostImage, base: "/c/rootfs-1.tar", files: map[string]string{"/agnhost": "/c/agnhost-1"}}
+	a := imagetar.Spec{Ref: agnhostImage, Base: "/c/rootfs-1.tar", Files: map[string]string{"/agnhost": "/c/agnhost-1"}}
 	b := a
-	b.files = map[string]string{"/agnhost": "/c/agnhost-2"}
+	b.Files = map[string]string{"/agnhost": "/c/agnhost-2"}
 	if imageFileName(a) == imageFileName(b) {
 		t.Errorf("same file name %s for different binaries", imageFileName(a))
 	}
