@@ -11,6 +11,7 @@ import (
 
 	"github.com/spoke-proxy/spoke/controlplane/model"
 	"github.com/spoke-proxy/spoke/datapath"
+	"github.com/spoke-proxy/spoke/internal/kubeobj"
 )
 
 // The cluster every case runs in: four nodes in three zones (node-a and
@@ -814,146 +815,48 @@ func svcs(s ...*corev1.Service) []*corev1.Service { return s }
 
 // service builds a ClusterIP service in namespace "default".
 func service(name string, clusterIPs []string, opts ...func(*corev1.Service)) *corev1.Service {
-	s := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
-		Spec: corev1.ServiceSpec{
-			Type: corev1.ServiceTypeClusterIP, ClusterIP: clusterIPs[0], ClusterIPs: clusterIPs,
-		},
-	}
-	for _, o := range opts {
-		o(s)
-	}
-	return s
+	return kubeobj.Service("default", name, clusterIPs, opts...)
 }
 
-func port(name string, proto corev1.Protocol, p, nodePort int32) func(*corev1.Service) {
-	return func(s *corev1.Service) {
-		s.Spec.Ports = append(s.Spec.Ports, corev1.ServicePort{Name: name, Protocol: proto, Port: p, NodePort: nodePort})
-	}
+// slice builds a slice of service svc in namespace "default".
+func slice(svc, name string, family discoveryv1.AddressType, ports []discoveryv1.EndpointPort, eps ...discoveryv1.Endpoint) *discoveryv1.EndpointSlice {
+	return kubeobj.EndpointSlice("default", name, svc, family, ports, eps...)
 }
 
 func tcpPort(name string, p, nodePort int32) func(*corev1.Service) {
 	return port(name, corev1.ProtocolTCP, p, nodePort)
 }
 
-func serviceType(t corev1.ServiceType) func(*corev1.Service) {
-	return func(s *corev1.Service) { s.Spec.Type = t }
-}
-
-func externalIPs(ips ...string) func(*corev1.Service) {
-	return func(s *corev1.Service) { s.Spec.ExternalIPs = ips }
-}
-
-func ingress(ip string, mode corev1.LoadBalancerIPMode) func(*corev1.Service) {
-	return func(s *corev1.Service) {
-		ing := corev1.LoadBalancerIngress{IP: ip}
-		if mode != "" {
-			ing.IPMode = ptr.To(mode)
-		}
-		s.Status.LoadBalancer.Ingress = append(s.Status.LoadBalancer.Ingress, ing)
-	}
-}
-
-func ingressHostname(host string) func(*corev1.Service) {
-	return func(s *corev1.Service) {
-		s.Status.LoadBalancer.Ingress = append(s.Status.LoadBalancer.Ingress, corev1.LoadBalancerIngress{Hostname: host})
-	}
-}
-
-func sourceRanges(cidrs ...string) func(*corev1.Service) {
-	return func(s *corev1.Service) { s.Spec.LoadBalancerSourceRanges = cidrs }
-}
-
-func clientIPAffinity(timeout *int32) func(*corev1.Service) {
-	return func(s *corev1.Service) {
-		s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
-		if timeout != nil {
-			s.Spec.SessionAffinityConfig = &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: timeout}}
-		}
-	}
-}
-
-func internalLocal(s *corev1.Service) {
-	s.Spec.InternalTrafficPolicy = ptr.To(corev1.ServiceInternalTrafficPolicyLocal)
-}
-
-func externalLocal(healthCheckNodePort int32) func(*corev1.Service) {
-	return func(s *corev1.Service) {
-		s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
-		s.Spec.HealthCheckNodePort = healthCheckNodePort
-	}
-}
-
-func trafficDistribution(d string) func(*corev1.Service) {
-	return func(s *corev1.Service) { s.Spec.TrafficDistribution = ptr.To(d) }
-}
-
+// proxyName labels a service for the service proxy of that name.
 func proxyName(name string) func(*corev1.Service) {
-	return func(s *corev1.Service) {
-		s.Labels = map[string]string{model.ServiceProxyNameLabel: name}
-	}
+	return kubeobj.Label(model.ServiceProxyNameLabel, name)
 }
 
-func slice(svc, name string, family discoveryv1.AddressType, ports []discoveryv1.EndpointPort, eps ...discoveryv1.Endpoint) *discoveryv1.EndpointSlice {
-	return &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
-		AddressType: family,
-		Ports:       ports,
-		Endpoints:   eps,
-	}
-}
-
-func slicePort(name string, proto corev1.Protocol, p int32) discoveryv1.EndpointPort {
-	return discoveryv1.EndpointPort{Name: ptr.To(name), Protocol: ptr.To(proto), Port: ptr.To(p)}
-}
+// Short names for the shared Service and EndpointSlice builders.
+var (
+	port                = kubeobj.Port
+	serviceType         = kubeobj.Type
+	externalIPs         = kubeobj.ExternalIPs
+	ingress             = kubeobj.Ingress
+	ingressHostname     = kubeobj.IngressHostname
+	sourceRanges        = kubeobj.SourceRanges
+	clientIPAffinity    = kubeobj.ClientIPAffinity
+	internalLocal       = kubeobj.InternalLocal
+	externalLocal       = kubeobj.ExternalLocal
+	trafficDistribution = kubeobj.TrafficDistribution
+	slicePort           = kubeobj.SlicePort
+	ep                  = kubeobj.Endpoint
+	forZones            = kubeobj.ForZones
+	forNodes            = kubeobj.ForNodes
+)
 
 // Endpoint states, as the EndpointSlice controller writes the conditions.
 const (
-	ready              = "ready"
-	notReady           = "not-ready"
-	servingTerminating = "serving-terminating"
-	terminating        = "terminating"
+	ready              = kubeobj.Ready
+	notReady           = kubeobj.NotReady
+	servingTerminating = kubeobj.ServingTerminating
+	terminating        = kubeobj.Terminating
 )
-
-func ep(addr, nodeName, state string, opts ...func(*discoveryv1.Endpoint)) discoveryv1.Endpoint {
-	e := discoveryv1.Endpoint{Addresses: []string{addr}, NodeName: ptr.To(nodeName)}
-	r, s, t := false, false, false
-	switch state {
-	case ready:
-		r, s = true, true
-	case servingTerminating:
-		s, t = true, true
-	case terminating:
-		t = true
-	}
-	e.Conditions = discoveryv1.EndpointConditions{Ready: ptr.To(r), Serving: ptr.To(s), Terminating: ptr.To(t)}
-	for _, o := range opts {
-		o(&e)
-	}
-	return e
-}
-
-func forZones(zones ...string) func(*discoveryv1.Endpoint) {
-	return func(e *discoveryv1.Endpoint) {
-		if e.Hints == nil {
-			e.Hints = &discoveryv1.EndpointHints{}
-		}
-		for _, z := range zones {
-			e.Hints.ForZones = append(e.Hints.ForZones, discoveryv1.ForZone{Name: z})
-		}
-	}
-}
-
-func forNodes(nodes ...string) func(*discoveryv1.Endpoint) {
-	return func(e *discoveryv1.Endpoint) {
-		if e.Hints == nil {
-			e.Hints = &discoveryv1.EndpointHints{}
-		}
-		for _, n := range nodes {
-			e.Hints.ForNodes = append(e.Hints.ForNodes, discoveryv1.ForNode{Name: n})
-		}
-	}
-}
 
 // fromPod is a TCP packet from a pod on the node under test, of the
 // destination's family.
