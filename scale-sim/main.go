@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spoke-proxy/spoke/controlplane/watch"
 	"github.com/spoke-proxy/spoke/scale-sim/lightfleet"
 )
 
@@ -78,8 +79,8 @@ func main() {
 	flag.StringVar(&c.scenario, "scenario", "churn", fmt.Sprintf("one of %v", scenarios))
 	flag.BoolVar(&c.json, "json", false, "print one JSON object as the last line")
 	flag.StringVar(&c.plot, "plot", "", "write a PNG of propagation latency over time and its distribution")
-	flag.DurationVar(&c.window, "debounce-window", 50*time.Millisecond, "the control plane's debounce window")
-	flag.DurationVar(&c.maxDelay, "debounce-max-delay", 250*time.Millisecond, "the control plane's debounce maximum delay")
+	flag.DurationVar(&c.window, "debounce-window", watch.DefaultWindow, "the control plane's debounce window")
+	flag.DurationVar(&c.maxDelay, "debounce-max-delay", watch.DefaultMaxDelay, "the control plane's debounce maximum delay")
 	flag.DurationVar(&c.ackTimeout, "ack-timeout", time.Minute, "the control plane's acknowledgement timeout")
 	flag.BoolVar(&c.auth, "auth", true, "agents connect over TLS with tokens bound to agent pods, which the control plane verifies against the API's issuer keys (-agent-auth=token); false: plaintext, node names trusted")
 	flag.StringVar(&c.fleet, "fleet", "full", `"full": every node runs the real agent, in this process; "light": light agents that speak the stream protocol and hold content hashes only, in --fleet-processes worker processes of their own (churn and controlplane-restart)`)

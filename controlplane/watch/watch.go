@@ -28,13 +28,26 @@ import (
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
 )
 
+// The debounce's defaults. Under constant churn every change waits for the
+// batch it falls in, up to DefaultMaxDelay, so that bounds the programming
+// latency a busy cluster sees. A batch costs what changed (the dirty
+// services are computed, each node gets one delta), and a node with a
+// response in flight gets the next delta only once it acknowledged that
+// one, so a shorter batch does not multiply the responses a slow fleet is
+// sent. In the simulator at 5,000 nodes under 100 changes/s, 250 ms gave
+// a lower propagation p99 than both 1 s and 100 ms.
+const (
+	DefaultWindow   = 50 * time.Millisecond
+	DefaultMaxDelay = 250 * time.Millisecond
+)
+
 // Options configure a Watcher.
 type Options struct {
 	Client kubernetes.Interface
 	Store  *store.Store
 	Model  model.Options
 	// Window is the quiet time that ends a burst of changes; MaxDelay bounds
-	// how long a change waits. Defaults: 100ms and 1s.
+	// how long a change waits. Defaults: DefaultWindow and DefaultMaxDelay.
 	Window, MaxDelay time.Duration
 	// Clock drives the debounce; the real clock when nil.
 	Clock      clock.Clock
@@ -79,10 +92,10 @@ const byServiceIndex = "service"
 // New sets up the informers; Run starts them.
 func New(opts Options) (*Watcher, error) {
 	if opts.Window == 0 {
-		opts.Window = 100 * time.Millisecond
+		opts.Window = DefaultWindow
 	}
 	if opts.MaxDelay == 0 {
-		opts.MaxDelay = time.Second
+		opts.MaxDelay = DefaultMaxDelay
 	}
 	if opts.Clock == nil {
 		opts.Clock = clock.RealClock{}

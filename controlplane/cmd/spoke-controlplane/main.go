@@ -21,6 +21,7 @@ import (
 	"github.com/spoke-proxy/spoke/controlplane/auth"
 	"github.com/spoke-proxy/spoke/controlplane/model"
 	"github.com/spoke-proxy/spoke/controlplane/server"
+	"github.com/spoke-proxy/spoke/controlplane/watch"
 	"github.com/spoke-proxy/spoke/internal/command"
 	"github.com/spoke-proxy/spoke/internal/tlsfiles"
 	spokev1 "github.com/spoke-proxy/spoke/proto/spoke/v1"
@@ -58,8 +59,8 @@ func main() {
 	flag.StringVar(&c.grpcAddr, "grpc-address", ":18000", "address of the view stream and inspection gRPC services")
 	flag.StringVar(&c.metricsAddr, "metrics-address", ":9091", "address of /metrics, /healthz and /livez")
 	flag.StringVar(&c.proxyName, "proxy-name", "spoke", "this proxy's name for the service.kubernetes.io/service-proxy-name label")
-	flag.DurationVar(&c.window, "debounce-window", 100*time.Millisecond, "quiet time that ends a burst of API changes")
-	flag.DurationVar(&c.maxDelay, "debounce-max-delay", time.Second, "longest a change waits for its burst to end")
+	flag.DurationVar(&c.window, "debounce-window", watch.DefaultWindow, "quiet time that ends a burst of API changes")
+	flag.DurationVar(&c.maxDelay, "debounce-max-delay", watch.DefaultMaxDelay, "longest a change waits for its burst to end")
 	flag.DurationVar(&c.ackTimeout, "ack-timeout", time.Minute, "disconnect an agent that has not acknowledged a response in this time")
 	flag.StringVar(&c.tlsCert, "tls-cert-file", "", "serving certificate of the gRPC services; required unless -insecure")
 	flag.BoolVar(&c.insecure, "insecure", false, "serve gRPC in plaintext (tests and local demos only)")
