@@ -75,6 +75,11 @@ type Options struct {
 	// ServiceAt, when set, names the programmed service answering at a
 	// packet's destination, for messages.
 	ServiceAt func(datapath.Packet) string
+	// Settle, when set, is called once a case's endpoints are in place and
+	// its services programmed, before its packets: a datapath that
+	// follows devices as they appear (the lab gives each endpoint a
+	// device of its own) waits there until it has.
+	Settle func(context.Context) error
 }
 
 // GapQuery is what a KnownGap function decides on: a packet, its case, and
@@ -187,7 +192,13 @@ func (t *target) Apply(ctx context.Context, upsert []*datapath.Service, remove [
 			}
 		}
 	}
-	return t.Datapath.Apply(ctx, upsert, remove)
+	if err := t.Datapath.Apply(ctx, upsert, remove); err != nil {
+		return err
+	}
+	if t.opts.Settle != nil {
+		return t.opts.Settle(ctx)
+	}
+	return nil
 }
 
 // Trace sends the packet and reads the verdict off what answered.
