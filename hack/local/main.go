@@ -221,7 +221,7 @@ func (l *local) startControlPlane(kubeconfig string, sec *security) (string, err
 	}
 	return cpAddr, l.procs.start("controlplane", filepath.Join(l.bin, "spoke-controlplane"),
 		"-kubeconfig", kubeconfig, "-grpc-address", cpAddr, "-metrics-address", fmt.Sprintf("127.0.0.1:%d", metricsPort),
-		"-debounce-window", "50ms", "-tls-cert-file", sec.certFile, "-tls-key-file", sec.keyFile,
+		"-tls-cert-file", sec.certFile, "-tls-key-file", sec.keyFile,
 		"-agent-auth", "token", "-agent-token-audience", agentAudience, "-agent-service-accounts", agentNamespace+"/"+agentAccount)
 }
 
